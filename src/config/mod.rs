@@ -1,0 +1,679 @@
+//! The daemon's configuration: `switchyard.toml` parsed into typed sections.
+//!
+//! Every key of CONTRACT.md has a field here; unknown keys are errors. Loading never panics:
+//! each problem becomes a [`ConfigError`] that prints as `file:line:col: message`, so
+//! `switchyard check` can point the operator at the exact spot. Syntax and type errors come
+//! from the TOML deserializer (one per file); cross-references (a pool naming a missing
+//! source, a tenant naming a missing pool, an unreadable certificate) are checked afterwards
+//! and all of them are reported at once.
+
+pub mod values;
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+pub use values::{ByteSize, Cidr, HumanDuration, Rate};
+
+/// The embedded default config, compiled into the binary.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/switchyard.toml");
+/// The name under which errors in the embedded default are reported.
+pub const EMBEDDED_NAME: &str = "<embedded>/config/switchyard.toml";
+
+/// One problem in a config or shaping file, at a position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file as the operator named it.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub col: usize,
+    /// What is wrong, and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
+    }
+}
+
+/// A TOML source text with its name, for turning byte spans into `line:col`.
+pub struct SourceText<'a> {
+    /// File name for messages.
+    pub name: &'a str,
+    /// The whole text.
+    pub text: &'a str,
+}
+
+impl SourceText<'_> {
+    /// An error at the start of `span` (or at 1:1 when there is none).
+    pub fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
+        let offset = span.map(|s| s.start).unwrap_or(0).min(self.text.len());
+        let before = &self.text[..self.text.floor_char_boundary(offset)];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let col = before[line_start..].chars().count() + 1;
+        ConfigError {
+            file: self.name.to_string(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+
+    /// Parse the text as `T`, turning a TOML error into a positioned [`ConfigError`].
+    pub fn parse<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ConfigError> {
+        toml::from_str(self.text).map_err(|e| self.error(e.span(), e.message().trim().to_string()))
+    }
+}
+
+/// The whole `switchyard.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Banner and EHLO name.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Spool and logs; relative to the working directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// SMTP ingress.
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    /// Admin HTTP API and metrics.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// How tenant and campaign are identified.
+    #[serde(default)]
+    pub tenancy: TenancyConfig,
+    /// Retry schedule and expiry.
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// Resolver settings.
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// Spool settings.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// Domain → "host:port" smart-host routes that skip MX lookup.
+    #[serde(default)]
+    pub routes: BTreeMap<String, Spanned<String>>,
+    /// Egress sources ("virtual MTAs").
+    #[serde(default)]
+    pub source: Vec<SourceConfig>,
+    /// Weighted groups of sources.
+    #[serde(default)]
+    pub pool: Vec<PoolConfig>,
+    /// Declared tenants (optional).
+    #[serde(default)]
+    pub tenant: BTreeMap<String, TenantConfig>,
+    /// Metric label options.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Shaping files.
+    #[serde(default)]
+    pub shaping: ShapingConfig,
+}
+
+/// `[smtp]`: the injection listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Listening sockets.
+    pub listen: Vec<SocketAddr>,
+    /// Largest accepted message (SIZE and DATA).
+    pub max_message_size: ByteSize,
+    /// Recipients per transaction.
+    pub max_recipients: usize,
+    /// Networks that may relay without AUTH.
+    pub relay_hosts: Vec<Cidr>,
+    /// PEM certificate chain; enables STARTTLS together with the key.
+    pub tls_certificate: Option<Spanned<PathBuf>>,
+    /// PEM private key.
+    pub tls_private_key: Option<Spanned<PathBuf>>,
+    /// Offer AUTH without TLS (only for trusted networks).
+    pub allow_plaintext_auth: bool,
+    /// A client silent this long gets `421` and is dropped.
+    pub idle_timeout: HumanDuration,
+    /// Concurrent client sessions; more get `421` at connect.
+    pub max_connections: usize,
+    /// AUTH users.
+    pub user: Vec<SmtpUser>,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            max_message_size: ByteSize(25 << 20),
+            max_recipients: 1000,
+            relay_hosts: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            tls_certificate: None,
+            tls_private_key: None,
+            allow_plaintext_auth: false,
+            idle_timeout: HumanDuration(std::time::Duration::from_secs(300)),
+            max_connections: 2000,
+            user: Vec::new(),
+        }
+    }
+}
+
+/// `[[smtp.user]]`: an AUTH identity bound to a tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpUser {
+    /// Login name.
+    pub name: String,
+    /// argon2 PHC string (`$argon2id$...`).
+    pub password_hash: Spanned<String>,
+    /// The tenant all of this user's mail belongs to.
+    pub tenant: Spanned<String>,
+}
+
+/// `[http]`: admin API and `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listening socket.
+    pub listen: SocketAddr,
+    /// Bearer token for `/api/v1` routes other than health.
+    pub token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8025)),
+            token: None,
+        }
+    }
+}
+
+/// `[tenancy]`: where tenant and campaign come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenancyConfig {
+    /// Header naming the tenant (removed before delivery).
+    pub tenant_header: String,
+    /// Header naming the campaign (removed before delivery).
+    pub campaign_header: String,
+    /// Tenant of mail with neither AUTH nor header.
+    pub default_tenant: String,
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        TenancyConfig {
+            tenant_header: "X-Tenant".into(),
+            campaign_header: "X-Campaign".into(),
+            default_tenant: "default".into(),
+        }
+    }
+}
+
+/// `[queue]`: retry schedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// First retry delay; doubles each attempt.
+    pub retry_interval: HumanDuration,
+    /// Cap on the retry delay.
+    pub max_retry_interval: HumanDuration,
+    /// Age at which a message expires.
+    pub max_age: HumanDuration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        use std::time::Duration;
+        QueueConfig {
+            retry_interval: HumanDuration(Duration::from_secs(20 * 60)),
+            max_retry_interval: HumanDuration(Duration::from_secs(4 * 3600)),
+            max_age: HumanDuration(Duration::from_secs(3 * 86_400)),
+        }
+    }
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers ("ip:port"); empty = the system resolver.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// `[spool]`: durability guard rails.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Refuse new mail (`452 4.3.1`) when the spool's filesystem has less free space than this,
+    /// so a full disk never half-writes a message.
+    pub min_free_space: ByteSize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            min_free_space: ByteSize(64 << 20),
+        }
+    }
+}
+
+/// `[[source]]`: an egress IP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Unique name used by pools, shaping and metrics.
+    pub name: Spanned<String>,
+    /// Local address outbound connections bind to.
+    pub address: IpAddr,
+    /// EHLO name for this source (default: `hostname`).
+    pub ehlo: Option<String>,
+}
+
+/// `[[pool]]`: weighted sources.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Unique name used by tenants.
+    pub name: Spanned<String>,
+    /// Member sources.
+    pub sources: Vec<PoolMember>,
+}
+
+/// One member of a pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolMember {
+    /// A `[[source]]` name.
+    pub source: Spanned<String>,
+    /// Relative share of connections.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+/// `[tenant."name"]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Egress pool (default: "default").
+    pub pool: Option<Spanned<String>>,
+    /// Tenant-wide pacing across all its queues.
+    pub max_message_rate: Option<Rate>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Keep the campaign label on per-campaign series.
+    pub campaign_labels: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            campaign_labels: true,
+        }
+    }
+}
+
+/// `[shaping]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapingConfig {
+    /// Shaping files, relative to the config file, layered in order.
+    pub files: Vec<Spanned<String>>,
+}
+
+fn default_hostname() -> String {
+    "localhost".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn one() -> u32 {
+    1
+}
+
+/// A loaded config together with where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The parsed config.
+    pub config: Config,
+    /// Name used in messages (the path as given, or the embedded name).
+    pub name: String,
+    /// Directory that relative shaping and TLS paths are resolved against.
+    pub base_dir: PathBuf,
+}
+
+impl LoadedConfig {
+    /// Resolve a path named in the config relative to the config file.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The shaping files, resolved, with their spans in the config file.
+    pub fn shaping_files(&self) -> Vec<PathBuf> {
+        self.config
+            .shaping
+            .files
+            .iter()
+            .map(|f| self.resolve(Path::new(f.get_ref())))
+            .collect()
+    }
+}
+
+/// Load the config from `path`, or the embedded default when `path` is `None`.
+pub fn load(path: Option<&Path>) -> Result<LoadedConfig, Vec<ConfigError>> {
+    match path {
+        None => load_str(EMBEDDED_DEFAULT, EMBEDDED_NAME, Path::new(".")),
+        Some(p) => {
+            let name = p.display().to_string();
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                vec![ConfigError {
+                    file: name.clone(),
+                    line: 1,
+                    col: 1,
+                    message: format!("cannot read config file: {e}"),
+                }]
+            })?;
+            let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
+            let base = if base.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                base
+            };
+            load_str(&text, &name, &base)
+        }
+    }
+}
+
+/// Parse and validate a config text.
+pub fn load_str(text: &str, name: &str, base_dir: &Path) -> Result<LoadedConfig, Vec<ConfigError>> {
+    let src = SourceText { name, text };
+    let config: Config = src.parse().map_err(|e| vec![e])?;
+    let loaded = LoadedConfig {
+        config,
+        name: name.to_string(),
+        base_dir: base_dir.to_path_buf(),
+    };
+    let errors = validate(&loaded, &src);
+    if errors.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Names are used in queue names (`campaign:tenant@domain`) and metric labels.
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
+    let c = &loaded.config;
+    let mut errors = Vec::new();
+    let mut err = |span: Range<usize>, msg: String| errors.push(src.error(Some(span), msg));
+
+    let mut sources = HashSet::new();
+    for s in &c.source {
+        if !is_valid_name(s.name.get_ref()) {
+            err(
+                s.name.span(),
+                format!(
+                    "invalid source name {:?}: use letters, digits, '-', '_', '.'",
+                    s.name.get_ref()
+                ),
+            );
+        } else if !sources.insert(s.name.get_ref().as_str()) {
+            err(
+                s.name.span(),
+                format!("duplicate source name {:?}", s.name.get_ref()),
+            );
+        }
+    }
+    let mut pools = HashSet::new();
+    for p in &c.pool {
+        if !pools.insert(p.name.get_ref().as_str()) {
+            err(
+                p.name.span(),
+                format!("duplicate pool name {:?}", p.name.get_ref()),
+            );
+        }
+        if p.sources.is_empty() {
+            err(
+                p.name.span(),
+                format!("pool {:?} has no sources", p.name.get_ref()),
+            );
+        }
+        for m in &p.sources {
+            if !sources.contains(m.source.get_ref().as_str()) {
+                err(
+                    m.source.span(),
+                    format!(
+                        "pool {:?} names source {:?}, which no [[source]] defines",
+                        p.name.get_ref(),
+                        m.source.get_ref()
+                    ),
+                );
+            }
+            if m.weight == 0 {
+                err(
+                    m.source.span(),
+                    format!(
+                        "source {:?} in pool {:?} has weight 0",
+                        m.source.get_ref(),
+                        p.name.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+    for (name, t) in &c.tenant {
+        if let Some(pool) = &t.pool {
+            let implicit_default = c.pool.is_empty() && pool.get_ref() == "default";
+            if !implicit_default && !pools.contains(pool.get_ref().as_str()) {
+                err(
+                    pool.span(),
+                    format!(
+                        "tenant {name:?} names pool {:?}, which no [[pool]] defines",
+                        pool.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+    for u in &c.smtp.user {
+        if argon2::PasswordHash::new(u.password_hash.get_ref()).is_err() {
+            err(u.password_hash.span(), format!("password_hash of user {:?} is not an argon2 PHC string (\"$argon2id$v=19$...\")", u.name));
+        }
+        if !is_valid_name(u.tenant.get_ref()) {
+            err(
+                u.tenant.span(),
+                format!(
+                    "invalid tenant name {:?}: use letters, digits, '-', '_', '.'",
+                    u.tenant.get_ref()
+                ),
+            );
+        }
+    }
+    match (&c.smtp.tls_certificate, &c.smtp.tls_private_key) {
+        (Some(_), None) | (None, Some(_)) => {
+            let span = c
+                .smtp
+                .tls_certificate
+                .as_ref()
+                .or(c.smtp.tls_private_key.as_ref())
+                .map(|s| s.span())
+                .unwrap_or(0..0);
+            err(
+                span,
+                "tls_certificate and tls_private_key must be set together".into(),
+            );
+        }
+        (Some(cert), Some(key)) => {
+            for f in [cert, key] {
+                let path = loaded.resolve(f.get_ref());
+                if let Err(e) = std::fs::metadata(&path) {
+                    err(f.span(), format!("cannot read {}: {e}", path.display()));
+                }
+            }
+        }
+        (None, None) => {}
+    }
+    for (domain, target) in &c.routes {
+        if split_host_port(target.get_ref()).is_none() {
+            err(
+                target.span(),
+                format!(
+                    "route for {domain:?} must be \"host:port\", got {:?}",
+                    target.get_ref()
+                ),
+            );
+        }
+    }
+    if !is_valid_name(&c.tenancy.default_tenant) {
+        err(
+            0..0,
+            format!("invalid default_tenant {:?}", c.tenancy.default_tenant),
+        );
+    }
+    if c.smtp.listen.is_empty() {
+        err(
+            0..0,
+            "[smtp] listen is empty: switchyard needs at least one SMTP listener".into(),
+        );
+    }
+    if c.queue.retry_interval.0.is_zero() {
+        err(0..0, "[queue] retry_interval must be more than 0".into());
+    }
+    let mut shaping_errors = Vec::new();
+    for f in &c.shaping.files {
+        let path = loaded.resolve(Path::new(f.get_ref()));
+        match std::fs::read_to_string(&path) {
+            Err(e) => err(
+                f.span(),
+                format!("cannot read shaping file {}: {e}", path.display()),
+            ),
+            Ok(text) => {
+                let name = path.display().to_string();
+                let shaping = SourceText {
+                    name: &name,
+                    text: &text,
+                };
+                if let Err(e) = shaping.parse::<toml::Table>() {
+                    shaping_errors.push(e);
+                }
+            }
+        }
+    }
+    errors.extend(shaping_errors);
+    errors
+}
+
+/// Split "host:port" (or "[v6]:port") into its parts.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some((sa.ip().to_string(), sa.port()));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+    host_ok.then(|| (host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(text: &str) -> Vec<String> {
+        load_str(text, "t.toml", Path::new("."))
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn embedded_default_loads() {
+        let c = load(None).expect("embedded default loads").config;
+        assert_eq!(
+            c.smtp.listen,
+            vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
+        );
+        assert_eq!(c.http.listen, SocketAddr::from(([127, 0, 0, 1], 8025)));
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn unknown_key_has_position() {
+        let e = errs(
+            "hostname = \"a\"\n[smtp]\nlisten = [\"127.0.0.1:25\"]\nmax_mesage_size = \"1MiB\"\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml:4:1: unknown field `max_mesage_size`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn bad_value_has_position() {
+        let e = errs("[queue]\nmax_age = \"forever\"\n");
+        assert!(e[0].starts_with("t.toml:2:11: invalid duration"), "{e:?}");
+    }
+
+    #[test]
+    fn missing_references_are_all_reported() {
+        let e = errs(
+            "[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.1\"\n\n[[pool]]\nname = \"p\"\nsources = [{ source = \"ip-2\" }]\n\n[tenant.acme]\npool = \"nope\"\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml:7:22: pool \"p\" names source \"ip-2\""),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("t.toml:10:8: tenant \"acme\" names pool \"nope\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(
+            split_host_port("127.0.0.1:2626"),
+            Some(("127.0.0.1".into(), 2626))
+        );
+        assert_eq!(
+            split_host_port("mx.example:25"),
+            Some(("mx.example".into(), 25))
+        );
+        assert_eq!(split_host_port("[::1]:25"), Some(("::1".into(), 25)));
+        assert_eq!(split_host_port("mx.example"), None);
+    }
+}

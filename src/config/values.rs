@@ -1,0 +1,222 @@
+//! Value types of the config files: durations ("90s", "3 hours"), sizes ("25MiB"),
+//! rates ("100/h") and CIDR networks ("127.0.0.0/8").
+//!
+//! Each parses from the string a MailOps engineer would write and fails with a message
+//! that says what form was expected; the TOML loader attaches `file:line:col` to it.
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A humantime duration: "90s", "20m", "3 hours", "3d".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); expected e.g. \"90s\", \"20m\", \"3 hours\", \"3d\""))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A byte size: "25MiB", "10MB", "512KiB", "1024", or a bare integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let bad = || format!("invalid size {s:?}; expected e.g. \"25MiB\", \"10MB\", \"512KiB\"");
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(bad)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A rate: "N/unit" with unit s|sec|m|min|minute|h|hr|hour|d|day (plural accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// How many events...
+    pub count: u64,
+    /// ...per this period.
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Events per second, for pacing.
+    pub fn per_second(&self) -> f64 {
+        self.count as f64 / self.per.as_secs_f64()
+    }
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("invalid rate {s:?}; expected \"N/unit\" with unit s, min, h or day, e.g. \"100/h\"")
+        };
+        let (num, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u64 = num.trim().parse().map_err(|_| bad())?;
+        let unit = unit.trim().to_ascii_lowercase();
+        let secs = match unit.trim_end_matches('s') {
+            "" | "sec" => 1,
+            "m" | "min" | "minute" => 60,
+            "h" | "hr" | "hour" => 3600,
+            "d" | "day" => 86_400,
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("invalid rate {s:?}: the count must be at least 1"));
+        }
+        Ok(Rate {
+            count,
+            per: Duration::from_secs(secs),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An IP network in CIDR form; a bare address means just that host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl Cidr {
+    /// Whether `ip` lies in this network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if let Ok(net) = t.parse::<ipnet::IpNet>() {
+            return Ok(Cidr(net));
+        }
+        t.parse::<IpAddr>()
+            .map(|ip| Cidr(ipnet::IpNet::from(ip)))
+            .map_err(|_| {
+                format!(
+                    "invalid network {s:?}; expected CIDR such as \"127.0.0.0/8\" or \"::1/128\""
+                )
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_human_forms() {
+        for (s, secs) in [
+            ("90s", 90),
+            ("20m", 1200),
+            ("3 hours", 10800),
+            ("3d", 259_200),
+        ] {
+            assert_eq!(
+                s.parse::<HumanDuration>().unwrap().0,
+                Duration::from_secs(secs),
+                "{s}"
+            );
+        }
+        assert!("soon".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("25MiB".parse::<ByteSize>().unwrap().0, 25 << 20);
+        assert_eq!("10MB".parse::<ByteSize>().unwrap().0, 10_000_000);
+        assert_eq!("1024".parse::<ByteSize>().unwrap().0, 1024);
+        assert!("25 parsecs".parse::<ByteSize>().is_err());
+        assert!("99999999999999999999GiB".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn rates() {
+        let r: Rate = "100/h".parse().unwrap();
+        assert_eq!((r.count, r.per), (100, Duration::from_secs(3600)));
+        for u in [
+            "s", "sec", "m", "min", "minute", "minutes", "h", "hr", "hour", "d", "day",
+        ] {
+            assert!(format!("5/{u}").parse::<Rate>().is_ok(), "{u}");
+        }
+        assert!("100".parse::<Rate>().is_err());
+        assert!("0/s".parse::<Rate>().is_err());
+        assert!("5/fortnight".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        let c: Cidr = "127.0.0.0/8".parse().unwrap();
+        assert!(c.contains("127.0.0.9".parse().unwrap()));
+        assert!(c.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!c.contains("10.0.0.1".parse().unwrap()));
+        let host: Cidr = "::1".parse().unwrap();
+        assert!(host.contains("::1".parse().unwrap()));
+        assert!("127.0.0.0/33".parse::<Cidr>().is_err());
+    }
+}

@@ -1,0 +1,208 @@
+//! Reading the DATA phase: dot-unstuffing, the end-of-data mark, and limits.
+//!
+//! The only end of data is `<CRLF>.<CRLF>` (RFC 5321 §4.1.1.4). A bare `<LF>.<LF>` or
+//! `<LF>.<CRLF>` is *not* an end: treating it as one is what "SMTP smuggling" exploits, where
+//! a second, forged message hides inside the first. A bare LF is stored as CRLF so that no
+//! later hop can read a line break where we read none; a dot after it is kept as text (and is
+//! dot-stuffed again when the message is relayed).
+//!
+//! Limits are enforced while reading, without buffering past them: once the message is over
+//! `max_message_size` the rest is read and thrown away until the end mark, then `552` is
+//! answered; a text line over 1000 octets (RFC 5321 §4.5.3.1.6) gives `500 5.5.2`.
+
+/// Longest text line, CRLF included.
+pub const MAX_TEXT_LINE: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a line (after CRLF, or at the very beginning).
+    LineStart,
+    /// Inside a line.
+    Text,
+    /// Saw CR inside a line.
+    Cr,
+    /// Saw "." at the start of a line.
+    Dot,
+    /// Saw ".\r" at the start of a line.
+    DotCr,
+}
+
+/// What went wrong with a message body, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataProblem {
+    /// Longer than the size limit.
+    TooBig,
+    /// A line longer than [`MAX_TEXT_LINE`].
+    LineTooLong,
+}
+
+/// Incremental DATA decoder: feed it bytes as they arrive.
+pub struct DataReader {
+    state: State,
+    body: Vec<u8>,
+    max_size: usize,
+    line_len: usize,
+    total: u64,
+    problem: Option<DataProblem>,
+}
+
+impl DataReader {
+    /// A reader that keeps at most `max_size` body bytes.
+    pub fn new(max_size: usize) -> Self {
+        DataReader {
+            state: State::LineStart,
+            body: Vec::with_capacity(max_size.min(64 * 1024)),
+            max_size,
+            line_len: 0,
+            total: 0,
+            problem: None,
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        self.total += 1;
+        if self.problem.is_some() {
+            return;
+        }
+        if self.body.len() >= self.max_size {
+            self.problem = Some(DataProblem::TooBig);
+            self.body = Vec::new();
+            return;
+        }
+        self.body.push(b);
+    }
+
+    fn count_line(&mut self, n: usize) {
+        self.line_len += n;
+        if self.line_len > MAX_TEXT_LINE && self.problem.is_none() {
+            self.problem = Some(DataProblem::LineTooLong);
+            self.body = Vec::new();
+        }
+    }
+
+    /// Feed bytes; returns `Some(n)` when the end mark ended at `input[n - 1]` (the bytes from
+    /// `n` on belong to the next command), `None` when more data is needed.
+    pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
+        for (i, &b) in input.iter().enumerate() {
+            self.state = match (self.state, b) {
+                (State::LineStart, b'.') => {
+                    self.count_line(1);
+                    State::Dot
+                }
+                (State::Dot, b'\r') => State::DotCr,
+                (State::DotCr, b'\n') => return Some(i + 1),
+                // ".X": a stuffed dot; the dot itself is dropped.
+                (State::Dot, _) => self.text_byte(b),
+                (State::DotCr, _) => {
+                    self.push(b'\r');
+                    self.count_line(1);
+                    self.text_byte(b)
+                }
+                (State::Cr, b'\n') => {
+                    self.push(b'\n');
+                    self.line_len = 0;
+                    State::LineStart
+                }
+                (_, _) => self.text_byte(b),
+            };
+        }
+        None
+    }
+
+    fn text_byte(&mut self, b: u8) -> State {
+        match b {
+            b'\r' => {
+                self.push(b'\r');
+                self.count_line(1);
+                State::Cr
+            }
+            b'\n' => {
+                // Bare LF: store a real line break, but it does not start a line for the
+                // purpose of finding the end mark.
+                self.push(b'\r');
+                self.push(b'\n');
+                self.line_len = 0;
+                State::Text
+            }
+            _ => {
+                self.push(b);
+                self.count_line(1);
+                State::Text
+            }
+        }
+    }
+
+    /// Bytes received so far (before unstuffing), for logs and limits.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The body, or the problem that made it unacceptable.
+    pub fn finish(self) -> Result<Vec<u8>, DataProblem> {
+        match self.problem {
+            Some(p) => Err(p),
+            None => Ok(self.body),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(input: &[u8], max: usize) -> (Option<usize>, Result<Vec<u8>, DataProblem>) {
+        let mut r = DataReader::new(max);
+        let end = r.feed(input);
+        (end, r.finish())
+    }
+
+    #[test]
+    fn ends_only_on_crlf_dot_crlf() {
+        let (end, body) = read(b"Subject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n", 1000);
+        assert_eq!(end, Some(21));
+        assert_eq!(body.unwrap(), b"Subject: x\r\n\r\nhi\r\n");
+    }
+
+    #[test]
+    fn bare_lf_dot_is_not_an_end() {
+        let input = b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@x>\r\n";
+        let (end, _) = read(input, 1000);
+        assert_eq!(end, None);
+        let input = b"hi\r\n.\nstill data\r\n.\r\n";
+        let (end, body) = read(input, 1000);
+        assert_eq!(end, Some(input.len()));
+        // The lone dot line survives as text; the bare LFs became CRLF.
+        assert_eq!(body.unwrap(), b"hi\r\n\r\nstill data\r\n");
+    }
+
+    #[test]
+    fn unstuffs_dots_and_splits_across_feeds() {
+        let mut r = DataReader::new(1000);
+        assert_eq!(r.feed(b"..leading dot\r"), None);
+        assert_eq!(r.feed(b"\n."), None);
+        assert_eq!(r.feed(b"\r"), None);
+        assert_eq!(r.feed(b"\nrest"), Some(1));
+        assert_eq!(r.finish().unwrap(), b".leading dot\r\n");
+    }
+
+    #[test]
+    fn too_big_keeps_reading_to_the_end() {
+        let mut input = vec![b'a'; 50];
+        input.extend_from_slice(b"\r\n.\r\n");
+        let (end, body) = read(&input, 10);
+        assert_eq!(end, Some(input.len()));
+        assert_eq!(body, Err(DataProblem::TooBig));
+    }
+
+    #[test]
+    fn long_line() {
+        let mut input = vec![b'a'; 1200];
+        input.extend_from_slice(b"\r\n.\r\n");
+        let (end, body) = read(&input, 1 << 20);
+        assert_eq!(end, Some(input.len()));
+        assert_eq!(body, Err(DataProblem::LineTooLong));
+        let mut ok = vec![b'a'; 998];
+        ok.extend_from_slice(b"\r\n.\r\n");
+        assert!(read(&ok, 1 << 20).1.is_ok());
+    }
+}

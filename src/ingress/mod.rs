@@ -1,0 +1,172 @@
+//! SMTP ingress: where mail enters switchyard.
+//!
+//! Plain tokio I/O, not an actor: one task per client connection. A session (`session.rs`)
+//! reads commands, checks relay permission and AUTH (`auth.rs`), reads DATA with its limits
+//! (`data.rs`), works out tenant and campaign (`tenancy.rs`), and only answers `250` once the
+//! spool has fsynced the message.
+
+pub mod auth;
+pub mod data;
+pub mod session;
+pub mod tenancy;
+
+use crate::config::{LoadedConfig, SmtpConfig, TenancyConfig};
+use crate::logs::EventLog;
+use crate::spool::Spool;
+use anyhow::Context;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use session::{Ended, Session};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+/// Time a client has to finish the TLS handshake after STARTTLS.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every injection session shares.
+pub struct Ingress {
+    /// Banner name.
+    pub hostname: String,
+    /// `[smtp]` settings.
+    pub smtp: SmtpConfig,
+    /// `[tenancy]` settings.
+    pub tenancy: TenancyConfig,
+    /// STARTTLS, when a certificate is configured.
+    pub tls: Option<TlsAcceptor>,
+    /// AUTH users.
+    pub users: auth::Users,
+    /// Where accepted mail goes.
+    pub spool: Spool,
+    /// Event log.
+    pub log: EventLog,
+    sessions: Arc<Semaphore>,
+}
+
+impl Ingress {
+    /// Build the ingress from the config.
+    pub fn new(loaded: &LoadedConfig, spool: Spool, log: EventLog) -> anyhow::Result<Arc<Ingress>> {
+        let c = &loaded.config;
+        let tls = match (&c.smtp.tls_certificate, &c.smtp.tls_private_key) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(
+                &loaded.resolve(cert.get_ref()),
+                &loaded.resolve(key.get_ref()),
+            )?),
+            _ => None,
+        };
+        Ok(Arc::new(Ingress {
+            hostname: c.hostname.clone(),
+            smtp: c.smtp.clone(),
+            tenancy: c.tenancy.clone(),
+            tls,
+            users: auth::Users::new(&c.smtp.user),
+            spool,
+            log,
+            sessions: Arc::new(Semaphore::new(c.smtp.max_connections)),
+        }))
+    }
+
+    /// Sessions currently open.
+    pub fn open_sessions(&self) -> usize {
+        self.smtp.max_connections - self.sessions.available_permits()
+    }
+
+    /// Bind every `[smtp] listen` address (failing if any cannot be bound).
+    pub async fn bind(&self) -> anyhow::Result<Vec<TcpListener>> {
+        let mut listeners = Vec::new();
+        for addr in &self.smtp.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for SMTP on {addr}"))?;
+            tracing::info!("SMTP ingress on {addr}");
+            listeners.push(l);
+        }
+        Ok(listeners)
+    }
+
+    /// Accept clients on `listener` forever.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let ctx = self.clone();
+                    tokio::spawn(async move { ctx.handle(stream, peer).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let Ok(_permit) = self.sessions.clone().try_acquire_owned() else {
+            let _ = stream
+                .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+                .await;
+            return;
+        };
+        let _gauge = SessionGauge::open();
+        let mut session = Session::new(self.clone(), peer);
+        session.banner();
+        let ended = session.run(BufReader::new(stream)).await;
+        let Ok(Ended::StartTls(stream)) = ended else {
+            return;
+        };
+        let Some(acceptor) = self.tls.clone() else {
+            return;
+        };
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                session.restart_after_tls();
+                let _ = session.run(BufReader::new(tls)).await;
+            }
+            Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+            Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+        }
+    }
+}
+
+/// Counts open sessions in `switchyard_smtp_sessions` for as long as it lives.
+struct SessionGauge;
+
+impl SessionGauge {
+    fn open() -> Self {
+        metrics::gauge!("switchyard_smtp_sessions").increment(1.0);
+        SessionGauge
+    }
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("switchyard_smtp_sessions").decrement(1.0);
+    }
+}
+
+/// A rustls acceptor from PEM files.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read certificate {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("bad PEM in {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("no certificate in {}", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read private key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("certificate and key do not match")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,15 @@
+//! switchyard: an outbound MTA for multi-tenant senders, where tenants and campaigns are
+//! first-class queues.
+//!
+//! This crate is the daemon's edges — CLI plumbing, config, SMTP ingress, spool, logs,
+//! metrics export, HTTP. The actors that route and shape mail live in `switchyard-actors`.
+//! A message's path: [`ingress`] (SMTP session) → [`spool`] (fsync, then `250`) → the
+//! tenant's actors → out.
+
+pub mod config;
+pub mod http;
+pub mod ingress;
+pub mod logs;
+pub mod server;
+pub mod spool;
+pub mod telemetry;

@@ -1,0 +1,68 @@
+//! `switchyard serve`: wires config, spool, logs, ingress and HTTP together and runs them
+//! until SIGTERM/SIGINT.
+
+use crate::config::LoadedConfig;
+use crate::http::{self, HttpState};
+use crate::ingress::Ingress;
+use crate::logs::EventLog;
+use crate::spool::Spool;
+use crate::telemetry::Telemetry;
+use anyhow::Context;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// How long SIGTERM waits for open SMTP sessions to finish their transactions.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Run the daemon on `loaded` until a stop signal.
+pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
+    let c = &loaded.config;
+    let telemetry = Telemetry::install()?;
+    telemetry.spawn_upkeep();
+    let data_dir = &c.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    let spool = tokio::task::block_in_place(|| {
+        Spool::open(&data_dir.join("spool"), c.spool.min_free_space.0)
+    })
+    .context("cannot open the spool")?;
+    tracing::info!(
+        messages = spool.message_count(),
+        "spool open at {}",
+        data_dir.join("spool").display()
+    );
+    let log = EventLog::start(&data_dir.join("logs")).context("cannot start the event log")?;
+    let ingress = Ingress::new(&loaded, spool.clone(), log)?;
+    let listeners = ingress.bind().await?;
+    let http_listener = tokio::net::TcpListener::bind(c.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", c.http.listen))?;
+    let mut tasks = Vec::new();
+    for l in listeners {
+        tasks.push(tokio::spawn(ingress.clone().serve(l)));
+    }
+    let http_state = HttpState { telemetry };
+    tokio::spawn(async move {
+        if let Err(e) = http::serve(http_listener, http_state).await {
+            tracing::error!("HTTP server stopped: {e}");
+        }
+    });
+    tracing::info!("switchyard ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while ingress.open_sessions() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(ingress);
+    drop(spool);
+    Ok(())
+}

@@ -1,0 +1,491 @@
+//! The spool: every accepted message, durable on disk before its `250`.
+//!
+//! One fjall database under `data_dir/spool` with three keyspaces:
+//! - `messages`: message id → envelope + body, written once;
+//! - `queue`: message id + recipient index → scheduling state of one recipient
+//!   (queue name, attempts, next due time, created time);
+//! - `state`: suspensions, overrides and counters that must survive a restart.
+//!
+//! A message is stored once, whatever its number of recipients; each recipient gets its own
+//! `queue` entry, because each can have its own fate (delivered, deferred, bounced) and its own
+//! scheduled queue (`campaign:tenant@domain`). The message record goes when its last
+//! recipient entry goes.
+//!
+//! Durability: all writes go through one writer thread that does *group commit*: it takes
+//! every write request waiting in its channel, puts them into one fjall batch and commits it
+//! with `PersistMode::SyncAll`, then answers each request. Many concurrent SMTP sessions thus
+//! cost one fsync per batch, not one per message, and no caller hears "stored" before the
+//! fsync returned. Before a batch the writer checks the filesystem's free space against
+//! `[spool] min_free_space`, so a nearly full disk refuses mail cleanly (`452 4.3.1`)
+//! instead of failing half-way through a journal write.
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Requests a batch may hold before it is committed, so one commit never grows without bound.
+const MAX_BATCH_REQUESTS: usize = 4096;
+/// Bytes a batch may hold before it is committed.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+/// Write requests that may wait for the writer; senders beyond that wait (back-pressure).
+const WRITE_QUEUE_DEPTH: usize = 8192;
+
+/// Why the spool could not take a write.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The filesystem is (nearly) full.
+    #[error("spool disk is full ({available} bytes free, {required} required)")]
+    DiskFull {
+        /// Free bytes on the spool's filesystem.
+        available: u64,
+        /// Bytes the batch plus the reserve need.
+        required: u64,
+    },
+    /// fjall failed (I/O error, poisoned journal).
+    #[error("spool write failed: {0}")]
+    Storage(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt spool record: {0}")]
+    Corrupt(String),
+    /// The writer thread is gone (shutdown).
+    #[error("spool writer has stopped")]
+    Closed,
+}
+
+impl From<fjall::Error> for SpoolError {
+    fn from(e: fjall::Error) -> Self {
+        SpoolError::Storage(e.to_string())
+    }
+}
+
+/// A time-ordered message id (UUIDv7), printed as 32 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MessageId(pub uuid::Uuid);
+
+impl MessageId {
+    /// A new id; ids made later sort after ids made earlier.
+    pub fn new() -> Self {
+        MessageId(uuid::Uuid::now_v7())
+    }
+    fn key(&self) -> [u8; 16] {
+        *self.0.as_bytes()
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.simple().fmt(f)
+    }
+}
+
+/// Who sent a message and to whom, as the ingress saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// MAIL FROM address (empty for the null sender).
+    pub sender: String,
+    /// RCPT TO addresses, in order.
+    pub recipients: Vec<String>,
+    /// The tenant the message belongs to.
+    pub tenant: String,
+    /// Its campaign, if it named one.
+    pub campaign: Option<String>,
+    /// Reception time, milliseconds since the Unix epoch.
+    pub received_ms: u64,
+    /// The injecting client's address.
+    pub client_addr: String,
+    /// The client's EHLO/HELO name.
+    pub helo: String,
+}
+
+/// Scheduling state of one recipient of one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// The recipient address.
+    pub recipient: String,
+    /// Scheduled queue name, `campaign:tenant@domain` (no `campaign:` without a campaign).
+    pub queue: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Owning campaign.
+    pub campaign: Option<String>,
+    /// Destination domain (lower case).
+    pub domain: String,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due, ms since the epoch.
+    pub due_ms: u64,
+    /// When the message was received, ms since the epoch.
+    pub created_ms: u64,
+}
+
+/// The name of the scheduled queue for (tenant, campaign, domain).
+pub fn queue_name(tenant: &str, campaign: Option<&str>, domain: &str) -> String {
+    match campaign {
+        Some(c) => format!("{c}:{tenant}@{domain}"),
+        None => format!("{tenant}@{domain}"),
+    }
+}
+
+/// A message ready to be spooled.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Its id.
+    pub id: MessageId,
+    /// Its envelope.
+    pub envelope: Envelope,
+    /// The RFC 5322 content as it will be sent.
+    pub body: Vec<u8>,
+    /// One entry per recipient, in envelope order.
+    pub entries: Vec<QueueEntry>,
+}
+
+/// Key of a recipient's queue entry: message id then recipient index, so entries sort by time.
+pub fn entry_key(id: MessageId, index: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(&id.key());
+    k[16..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Split an entry key back into its message id and recipient index.
+pub fn parse_entry_key(k: &[u8]) -> Option<(MessageId, u32)> {
+    let id: [u8; 16] = k.get(..16)?.try_into().ok()?;
+    let idx: [u8; 4] = k.get(16..20)?.try_into().ok()?;
+    Some((
+        MessageId(uuid::Uuid::from_bytes(id)),
+        u32::from_be_bytes(idx),
+    ))
+}
+
+fn encode_message(envelope: &Envelope, body: &[u8]) -> Vec<u8> {
+    // Serializing a struct of strings to JSON cannot fail.
+    let head = serde_json::to_vec(envelope).unwrap_or_default();
+    let mut v = Vec::with_capacity(4 + head.len() + body.len());
+    v.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    v.extend_from_slice(&head);
+    v.extend_from_slice(body);
+    v
+}
+
+fn decode_message(v: &[u8]) -> Result<(Envelope, Vec<u8>), SpoolError> {
+    let corrupt = |m: &str| SpoolError::Corrupt(m.to_string());
+    let len: [u8; 4] = v
+        .get(..4)
+        .ok_or_else(|| corrupt("short record"))?
+        .try_into()
+        .map_err(|_| corrupt("short record"))?;
+    let len = u32::from_le_bytes(len) as usize;
+    let head = v
+        .get(4..4 + len)
+        .ok_or_else(|| corrupt("truncated envelope"))?;
+    let envelope = serde_json::from_slice(head).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
+    Ok((envelope, v[4 + len..].to_vec()))
+}
+
+struct WriteRequest {
+    message: NewMessage,
+    done: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+/// The spool handle; cheap to clone.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    messages: Keyspace,
+    queue: Keyspace,
+    state: Keyspace,
+    /// `None` only while dropping, so the writer sees its channel close.
+    writer: Option<mpsc::Sender<WriteRequest>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Counters {
+    fn publish(&self) {
+        metrics::gauge!("switchyard_spool_messages")
+            .set(self.messages.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("switchyard_spool_bytes").set(self.bytes.load(Ordering::Relaxed) as f64);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Close the channel, then wait for the writer so the database is released (and its
+        // last batch answered) before whoever dropped us goes on.
+        self.writer.take();
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The group-commit writer, alone on its thread.
+struct Writer {
+    db: Database,
+    messages: Keyspace,
+    queue: Keyspace,
+    counters: Arc<Counters>,
+    path: PathBuf,
+    min_free_space: u64,
+}
+
+impl Spool {
+    /// Open (or create) the spool under `dir` and start its writer thread.
+    pub fn open(dir: &Path, min_free_space: u64) -> Result<Spool, SpoolError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SpoolError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        let db = Database::builder(dir).open()?;
+        // Bodies are large and written once: keep them out of the LSM's compaction path.
+        let messages = db.keyspace("messages", || {
+            KeyspaceCreateOptions::default()
+                .with_kv_separation(Some(KvSeparationOptions::default()))
+        })?;
+        let queue = db.keyspace("queue", KeyspaceCreateOptions::default)?;
+        let state = db.keyspace("state", KeyspaceCreateOptions::default)?;
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for item in messages.iter() {
+            let (_, v) = item.into_inner()?;
+            count += 1;
+            bytes += v.len() as u64;
+        }
+        let counters = Arc::new(Counters {
+            messages: AtomicU64::new(count),
+            bytes: AtomicU64::new(bytes),
+        });
+        counters.publish();
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_DEPTH);
+        let writer = Writer {
+            db,
+            messages: messages.clone(),
+            queue: queue.clone(),
+            counters: counters.clone(),
+            path: dir.to_path_buf(),
+            min_free_space,
+        };
+        let writer_thread = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| SpoolError::Storage(format!("cannot start spool writer: {e}")))?;
+        Ok(Spool {
+            inner: Arc::new(Inner {
+                messages,
+                queue,
+                state,
+                writer: Some(tx),
+                writer_thread: Some(writer_thread),
+                counters,
+            }),
+        })
+    }
+
+    /// Store a message durably; returns once it is fsynced (or failed).
+    pub async fn store(&self, message: NewMessage) -> Result<(), SpoolError> {
+        let (done, wait) = oneshot::channel();
+        let writer = self.inner.writer.as_ref().ok_or(SpoolError::Closed)?;
+        writer
+            .send(WriteRequest { message, done })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        wait.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Messages in the spool.
+    pub fn message_count(&self) -> u64 {
+        self.inner.counters.messages.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of spooled message records.
+    pub fn byte_count(&self) -> u64 {
+        self.inner.counters.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Read a message's envelope and body.
+    pub fn read_message(&self, id: MessageId) -> Result<Option<(Envelope, Vec<u8>)>, SpoolError> {
+        match self.inner.messages.get(id.key())? {
+            Some(v) => decode_message(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every recipient entry in the spool, oldest first.
+    pub fn queue_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<(MessageId, u32, QueueEntry), SpoolError>> + '_ {
+        self.inner.queue.iter().map(|item| {
+            let (k, v) = item.into_inner()?;
+            let (id, idx) =
+                parse_entry_key(&k).ok_or_else(|| SpoolError::Corrupt("bad queue key".into()))?;
+            let entry =
+                serde_json::from_slice(&v).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
+            Ok((id, idx, entry))
+        })
+    }
+
+    /// The `state` keyspace, for suspensions and overrides.
+    pub fn state(&self) -> &Keyspace {
+        &self.inner.state
+    }
+}
+
+impl Writer {
+    fn run(self, mut rx: mpsc::Receiver<WriteRequest>) {
+        let mut batch_reqs: Vec<WriteRequest> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            batch_reqs.push(first);
+            let mut bytes = batch_reqs[0].message.body.len();
+            while batch_reqs.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        bytes += r.message.body.len();
+                        batch_reqs.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit(&batch_reqs, bytes as u64);
+            for req in batch_reqs.drain(..) {
+                let answer = match &result {
+                    Ok(()) => Ok(()),
+                    Err(SpoolError::DiskFull {
+                        available,
+                        required,
+                    }) => Err(SpoolError::DiskFull {
+                        available: *available,
+                        required: *required,
+                    }),
+                    Err(e) => Err(SpoolError::Storage(e.to_string())),
+                };
+                let _ = req.done.send(answer);
+            }
+        }
+    }
+
+    fn commit(&self, reqs: &[WriteRequest], bytes: u64) -> Result<(), SpoolError> {
+        let required = bytes.saturating_mul(2).saturating_add(self.min_free_space);
+        if let Some(available) = available_space(&self.path) {
+            if available < required {
+                return Err(SpoolError::DiskFull {
+                    available,
+                    required,
+                });
+            }
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut added_bytes = 0u64;
+        for r in reqs {
+            let m = &r.message;
+            let record = encode_message(&m.envelope, &m.body);
+            added_bytes += record.len() as u64;
+            batch.insert(&self.messages, m.id.key(), record);
+            for (i, e) in m.entries.iter().enumerate() {
+                let v = serde_json::to_vec(e).map_err(|e| SpoolError::Storage(e.to_string()))?;
+                batch.insert(&self.queue, entry_key(m.id, i as u32), v);
+            }
+        }
+        batch.commit()?;
+        self.counters
+            .messages
+            .fetch_add(reqs.len() as u64, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(added_bytes, Ordering::Relaxed);
+        self.counters.publish();
+        Ok(())
+    }
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `path`.
+fn available_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tenant: &str, rcpts: &[&str]) -> NewMessage {
+        let id = MessageId::new();
+        NewMessage {
+            id,
+            envelope: Envelope {
+                sender: "a@example.com".into(),
+                recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+                tenant: tenant.into(),
+                campaign: Some("spring".into()),
+                received_ms: 1,
+                client_addr: "127.0.0.1:1".into(),
+                helo: "client".into(),
+            },
+            body: b"Subject: hi\r\n\r\nhello\r\n".to_vec(),
+            entries: rcpts
+                .iter()
+                .map(|r| QueueEntry {
+                    recipient: r.to_string(),
+                    queue: queue_name(tenant, Some("spring"), "example.org"),
+                    tenant: tenant.into(),
+                    campaign: Some("spring".into()),
+                    domain: "example.org".into(),
+                    attempts: 0,
+                    due_ms: 1,
+                    created_ms: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn stored_messages_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = message("acme", &["x@example.org", "y@example.org"]);
+        let id = m.id;
+        {
+            let spool = Spool::open(dir.path(), 0).unwrap();
+            spool.store(m.clone()).await.unwrap();
+            assert_eq!(spool.message_count(), 1);
+        }
+        let spool = Spool::open(dir.path(), 0).unwrap();
+        assert_eq!(spool.message_count(), 1);
+        let (env, body) = spool.read_message(id).unwrap().unwrap();
+        assert_eq!(env, m.envelope);
+        assert_eq!(body, m.body);
+        let entries: Vec<_> = spool.queue_entries().map(Result::unwrap).collect();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].2.queue, "spring:acme@example.org");
+    }
+
+    #[tokio::test]
+    async fn full_disk_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), u64::MAX / 4).unwrap();
+        let err = spool
+            .store(message("acme", &["x@example.org"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SpoolError::DiskFull { .. }), "{err}");
+        assert_eq!(spool.message_count(), 0);
+    }
+}

@@ -1,0 +1,79 @@
+//! Prometheus metrics export: installs the global `metrics` recorder and renders it.
+//!
+//! Code everywhere records with the `metrics` macros under the names of CONTRACT.md; the
+//! HTTP server's `/metrics` route calls [`Telemetry::render`].
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Latency buckets in seconds: from a sub-millisecond spool commit up to a slow remote MTA.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Handle on the installed recorder.
+#[derive(Clone)]
+pub struct Telemetry {
+    handle: PrometheusHandle,
+}
+
+static INSTALLED: OnceLock<Telemetry> = OnceLock::new();
+
+impl Telemetry {
+    /// Install the process-wide recorder (once; later calls return the same handle).
+    pub fn install() -> anyhow::Result<Telemetry> {
+        if let Some(t) = INSTALLED.get() {
+            return Ok(t.clone());
+        }
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+            .install_recorder()?;
+        let t = Telemetry { handle };
+        let _ = INSTALLED.set(t.clone());
+        describe();
+        Ok(INSTALLED.get().cloned().unwrap_or(t))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Periodic housekeeping the exporter needs (histogram buffers); run on the runtime.
+    pub fn spawn_upkeep(&self) {
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "switchyard_received_total",
+        "Messages accepted for delivery, by tenant."
+    );
+    describe_gauge!("switchyard_spool_messages", "Messages in the spool.");
+    describe_gauge!(
+        "switchyard_spool_bytes",
+        Unit::Bytes,
+        "Bytes of message records in the spool."
+    );
+    describe_gauge!("switchyard_smtp_sessions", "Open SMTP injection sessions.");
+    describe_histogram!(
+        "switchyard_injection_seconds",
+        Unit::Seconds,
+        "Time from DATA to the 250 reply, spool fsync included."
+    );
+    describe_counter!(
+        "switchyard_smtp_rejections_total",
+        "SMTP commands refused, by reply code."
+    );
+}
