@@ -654,7 +654,7 @@ mod tests {
         );
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(
-            e[0].starts_with("t.toml:7:22: pool \"p\" names source \"ip-2\""),
+            e[0].starts_with("t.toml:7:23: pool \"p\" names source \"ip-2\""),
             "{e:?}"
         );
         assert!(

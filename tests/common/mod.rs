@@ -1,0 +1,314 @@
+//! Test harness: a real switchyard daemon on loopback ports, and the real clients that
+//! drive it (swaks, Python smtplib, raw sockets).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A free loopback port (bound then released; the daemon binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running daemon with its own directory and ports.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub smtp: SocketAddr,
+    pub http: SocketAddr,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Write a config (SMTP/HTTP ports and data_dir filled in, `extra` appended) and start.
+    pub fn start(extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra)
+    }
+
+    /// Like [`Daemon::start`] in a given directory.
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Daemon {
+        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("switchyard.toml");
+        let smtp_section = if extra.contains("[smtp]") {
+            extra.replace("[smtp]", &format!("[smtp]\nlisten = [\"{smtp}\"]"))
+        } else {
+            format!("[smtp]\nlisten = [\"{smtp}\"]\n\n{extra}")
+        };
+        let text = format!(
+            "hostname = \"mta.test\"\ndata_dir = \"{}\"\n\n[http]\nlisten = \"{http}\"\n\n{smtp_section}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut d = Daemon {
+            dir,
+            smtp,
+            http,
+            config,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Start the process (again) on the same config and data.
+    pub fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for_port(self.smtp, Duration::from_secs(20));
+        wait_for_port(self.http, Duration::from_secs(20));
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().unwrap()
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// GET a path from the HTTP server: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.http, path)
+    }
+
+    /// The value of an unlabelled metric, or of the series whose labels contain `labels`.
+    pub fn metric(&self, name: &str, labels: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics");
+        metric_value(&body, name, labels)
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// All event-log records written so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let dir = self.dir.path().join("data/logs");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        for f in files {
+            for line in std::fs::read_to_string(f).unwrap().lines() {
+                out.push(serde_json::from_str(line).unwrap());
+            }
+        }
+        out
+    }
+
+    /// Wait until `f` holds on the event log (the log thread writes asynchronously).
+    pub fn wait_events(
+        &self,
+        what: &str,
+        f: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ev = self.events();
+            if f(&ev) {
+                return ev;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; events: {ev:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Wait until something accepts on `addr`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Find a sample in Prometheus text: `name{...labels...} value` or `name value`.
+pub fn metric_value(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let matches = if labels.is_empty() {
+            series == name
+        } else {
+            series.starts_with(&format!("{name}{{")) && series.contains(labels)
+        };
+        if matches {
+            value.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Run a real command and capture its output.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    out
+}
+
+/// swaks against `addr` with extra arguments; returns (exit ok, transcript).
+pub fn swaks(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = run(Command::new("swaks")
+        .arg("--server")
+        .arg(addr.to_string())
+        .args(["--timeout", "20"])
+        .args(args));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Run a Python script from `tests/py/` with arguments; returns (exit ok, stdout, stderr).
+pub fn python(script: &str, args: &[String]) -> (bool, String, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let out = run(Command::new("python3").arg(path).args(args));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A raw SMTP client over a socket, for input that no well-behaved client sends.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    /// Connect and read the banner.
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut r = Raw {
+            stream,
+            buf: Vec::new(),
+        };
+        let banner = r.reply();
+        assert!(banner.starts_with("220 "), "banner: {banner}");
+        r
+    }
+
+    /// Send bytes as they are.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Read one whole (possibly multi-line) reply; "" on EOF.
+    pub fn reply(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            let line = self.line();
+            if line.is_empty() {
+                return out;
+            }
+            out.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return out;
+            }
+        }
+    }
+
+    /// Read one line (with CRLF); "" on EOF.
+    pub fn line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return String::from_utf8_lossy(&line).to_string();
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return String::new(),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Send a command line and read its reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+}
