@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
-pub use values::{ByteSize, Cidr, HumanDuration, Rate};
+pub use values::{ByteSize, Cidr, HumanDuration, List, Rate};
 
 /// The embedded default config, compiled into the binary.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/switchyard.toml");
@@ -129,13 +129,13 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// Listening sockets.
-    pub listen: Vec<SocketAddr>,
+    pub listen: List<SocketAddr>,
     /// Largest accepted message (SIZE and DATA).
     pub max_message_size: ByteSize,
     /// Recipients per transaction.
     pub max_recipients: usize,
     /// Networks that may relay without AUTH.
-    pub relay_hosts: Vec<Cidr>,
+    pub relay_hosts: List<Cidr>,
     /// PEM certificate chain; enables STARTTLS together with the key.
     pub tls_certificate: Option<Spanned<PathBuf>>,
     /// PEM private key.
@@ -153,13 +153,14 @@ pub struct SmtpConfig {
 impl Default for SmtpConfig {
     fn default() -> Self {
         SmtpConfig {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))].into(),
             max_message_size: ByteSize(25 << 20),
             max_recipients: 1000,
             relay_hosts: ["127.0.0.0/8", "::1/128"]
                 .iter()
                 .filter_map(|s| s.parse().ok())
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
             tls_certificate: None,
             tls_private_key: None,
             allow_plaintext_auth: false,
@@ -247,11 +248,19 @@ impl Default for QueueConfig {
 }
 
 /// `[dns]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Name servers ("ip:port"); empty = the system resolver.
-    pub nameservers: Vec<SocketAddr>,
+    pub nameservers: List<SocketAddr>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new().into(),
+        }
+    }
 }
 
 /// `[spool]`: durability guard rails.
@@ -435,6 +444,14 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut err = |span: Range<usize>, msg: String| errors.push(src.error(Some(span), msg));
 
+    let lists = [
+        c.smtp.listen.problems(),
+        c.smtp.relay_hosts.problems(),
+        c.dns.nameservers.problems(),
+    ];
+    for (span, msg) in lists.into_iter().flatten() {
+        err(span.clone(), msg.clone());
+    }
     let mut sources = HashSet::new();
     for s in &c.source {
         if !is_valid_name(s.name.get_ref()) {
@@ -558,7 +575,7 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
             format!("invalid default_tenant {:?}", c.tenancy.default_tenant),
         );
     }
-    if c.smtp.listen.is_empty() {
+    if c.smtp.listen.values.is_empty() && c.smtp.listen.problems().is_empty() {
         err(
             0..0,
             "[smtp] listen is empty: switchyard needs at least one SMTP listener".into(),
@@ -622,7 +639,7 @@ mod tests {
     fn embedded_default_loads() {
         let c = load(None).expect("embedded default loads").config;
         assert_eq!(
-            c.smtp.listen,
+            c.smtp.listen.values,
             vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
         );
         assert_eq!(c.http.listen, SocketAddr::from(([127, 0, 0, 1], 8025)));

@@ -165,6 +165,61 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// A list of values parsed from strings, remembering where each bad element was.
+///
+/// TOML deserializers report a failing array element at the array's start; MailOps deserve
+/// the element's own column. So elements are taken as spanned strings and parsed here, and
+/// the config's validation reports [`List::problems`] with their exact spans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct List<T> {
+    /// The elements that parsed, in order.
+    pub values: Vec<T>,
+    problems: Vec<(std::ops::Range<usize>, String)>,
+}
+
+impl<T> List<T> {
+    /// Elements that did not parse: (byte span, message).
+    pub fn problems(&self) -> &[(std::ops::Range<usize>, String)] {
+        &self.problems
+    }
+}
+
+impl<T> From<Vec<T>> for List<T> {
+    fn from(values: Vec<T>) -> Self {
+        List {
+            values,
+            problems: Vec::new(),
+        }
+    }
+}
+
+impl<'de, T> Deserialize<'de> for List<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Vec::<toml::Spanned<String>>::deserialize(d)?;
+        let mut list = List::from(Vec::with_capacity(raw.len()));
+        for item in raw {
+            match item.get_ref().parse::<T>() {
+                Ok(v) => list.values.push(v),
+                Err(e) => {
+                    let m = e.to_string();
+                    let raw = item.get_ref();
+                    let m = if m.contains(raw.as_str()) {
+                        m
+                    } else {
+                        format!("{m}: {raw:?}")
+                    };
+                    list.problems.push((item.span(), m));
+                }
+            }
+        }
+        Ok(list)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

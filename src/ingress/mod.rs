@@ -78,7 +78,7 @@ impl Ingress {
     /// Bind every `[smtp] listen` address (failing if any cannot be bound).
     pub async fn bind(&self) -> anyhow::Result<Vec<TcpListener>> {
         let mut listeners = Vec::new();
-        for addr in &self.smtp.listen {
+        for addr in &self.smtp.listen.values {
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for SMTP on {addr}"))?;

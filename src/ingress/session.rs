@@ -75,7 +75,12 @@ pub struct Session {
 impl Session {
     /// A new session for a client at `peer`.
     pub fn new(ctx: Arc<Ingress>, peer: SocketAddr) -> Session {
-        let relay_allowed = ctx.smtp.relay_hosts.iter().any(|c| c.contains(peer.ip()));
+        let relay_allowed = ctx
+            .smtp
+            .relay_hosts
+            .values
+            .iter()
+            .any(|c| c.contains(peer.ip()));
         Session {
             ctx,
             peer,

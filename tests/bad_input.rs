@@ -1,0 +1,243 @@
+//! Hostile and broken clients: each gets its reply or a timeout, the daemon keeps serving
+//! everyone else, and memory stays bounded.
+
+mod common;
+
+use common::{swaks, Daemon, Raw};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+const CONFIG: &str =
+    "[smtp]\nmax_message_size = \"1MiB\"\nmax_recipients = 1000\nidle_timeout = \"2s\"\n";
+
+fn still_serving(d: &Daemon) {
+    let (ok, out) = swaks(d.smtp, &["--to", "ok@example.org"]);
+    assert!(ok, "daemon stopped serving: {out}");
+}
+
+#[test]
+fn binary_garbage_gets_errors_then_a_421() {
+    let d = Daemon::start(CONFIG);
+    let mut raw = Raw::connect(d.smtp);
+    // Deterministic noise: 19 short lines and one over-long line, 20 errors in all, so the
+    // 421 comes right after the last of it has been read.
+    let mut x: u32 = 2463534242;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                match x as u8 {
+                    b'\n' | b'\r' => 0xff,
+                    b => b,
+                }
+            })
+            .chain(*b"\r\n")
+            .collect()
+    };
+    let mut garbage = Vec::new();
+    for _ in 0..19 {
+        garbage.extend(noise(100));
+    }
+    garbage.extend(noise(5000));
+    raw.send(&garbage);
+    let mut replies = Vec::new();
+    loop {
+        let r = raw.reply();
+        if r.is_empty() {
+            break;
+        }
+        replies.push(r);
+    }
+    assert!(replies.len() >= 2, "{replies:?}");
+    assert!(
+        replies[..replies.len() - 1]
+            .iter()
+            .all(|r| r.starts_with('5')),
+        "{replies:?}"
+    );
+    assert!(
+        replies.last().unwrap().starts_with("421 4.7.0"),
+        "{replies:?}"
+    );
+    still_serving(&d);
+}
+
+#[test]
+fn a_ten_megabyte_line_is_refused_without_being_buffered() {
+    let d = Daemon::start(CONFIG);
+    let before = d.rss_kib();
+    let mut raw = Raw::connect(d.smtp);
+    raw.send(b"EHLO ");
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..10 {
+        raw.send(&chunk);
+    }
+    assert!(raw.cmd("").starts_with("500 5.5.2"), "line too long");
+    assert!(raw.cmd("NOOP").starts_with("250"), "session goes on");
+    let after = d.rss_kib();
+    assert!(
+        after < before + 8 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    still_serving(&d);
+}
+
+#[test]
+fn data_over_the_size_limit_gets_552_and_is_not_kept() {
+    let d = Daemon::start(CONFIG);
+    let before = d.rss_kib();
+    let mut raw = Raw::connect(d.smtp);
+    assert!(raw.cmd("EHLO client.test").contains("SIZE 1048576"));
+    assert!(raw
+        .cmd("MAIL FROM:<a@example.com> SIZE=2000000")
+        .starts_with("552 5.3.4"));
+    assert!(raw.cmd("MAIL FROM:<a@example.com>").starts_with("250"));
+    assert!(raw.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(raw.cmd("DATA").starts_with("354"));
+    let line = [vec![b'x'; 998], b"\r\n".to_vec()].concat();
+    for _ in 0..8000 {
+        raw.send(&line); // 8 MB, eight times the limit
+    }
+    assert!(raw.cmd(".").starts_with("552 5.3.4"));
+    let after = d.rss_kib();
+    assert!(
+        after < before + 8 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    // The session is still usable, and a message within the limit goes through.
+    assert!(raw.cmd("MAIL FROM:<a@example.com>").starts_with("250"));
+    assert!(raw.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(raw.cmd("DATA").starts_with("354"));
+    assert!(raw
+        .cmd("Subject: small\r\n\r\nfits\r\n.")
+        .starts_with("250 2.0.0"));
+    assert_eq!(d.metric("switchyard_spool_messages", ""), Some(1.0));
+}
+
+#[test]
+fn a_thousand_pipelined_commands_get_a_thousand_replies() {
+    let d = Daemon::start(CONFIG);
+    let mut raw = Raw::connect(d.smtp);
+    let mut batch = String::from("EHLO client.test\r\nMAIL FROM:<a@example.com>\r\n");
+    for i in 0..997 {
+        batch.push_str(&format!("RCPT TO:<r{i}@example.org>\r\n"));
+    }
+    batch.push_str("RSET\r\n");
+    raw.send(batch.as_bytes());
+    let replies: Vec<String> = (0..1000).map(|_| raw.reply()).collect();
+    assert!(replies[0].starts_with("250-"), "{}", replies[0]);
+    assert!(replies[1].starts_with("250 2.1.0"));
+    assert!(replies[2..999].iter().all(|r| r.starts_with("250 2.1.5")));
+    assert!(replies[999].starts_with("250 2.0.0"));
+    assert!(raw.cmd("QUIT").starts_with("221"));
+}
+
+#[test]
+fn limits_and_bad_sequences_get_their_codes() {
+    let d = Daemon::start("[smtp]\nmax_recipients = 2\n");
+    let mut raw = Raw::connect(d.smtp);
+    assert!(
+        raw.cmd("MAIL FROM:<a@example.com>")
+            .starts_with("503 5.5.1"),
+        "MAIL before EHLO"
+    );
+    assert!(raw.cmd("FROB").starts_with("500 5.5.1"), "unknown command");
+    assert!(raw.cmd("EHLO client.test").starts_with("250"));
+    assert!(
+        raw.cmd("RCPT TO:<b@example.org>").starts_with("503 5.5.1"),
+        "RCPT before MAIL"
+    );
+    assert!(raw.cmd("DATA").starts_with("503 5.5.1"), "DATA before MAIL");
+    assert!(raw.cmd("VRFY someone").starts_with("252"));
+    assert!(raw.cmd("MAIL FROM:<a@example.com>").starts_with("250"));
+    assert!(
+        raw.cmd("MAIL FROM:<a@example.com>")
+            .starts_with("503 5.5.1"),
+        "nested MAIL"
+    );
+    assert!(raw.cmd("DATA").starts_with("503 5.5.1"), "DATA before RCPT");
+    assert!(raw.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(raw.cmd("RCPT TO:<c@example.org>").starts_with("250"));
+    assert!(
+        raw.cmd("RCPT TO:<d@example.org>").starts_with("452 4.5.3"),
+        "max_recipients"
+    );
+    assert!(
+        raw.cmd("STARTTLS").starts_with("502"),
+        "no certificate configured"
+    );
+    let long = format!("NOOP {}", "x".repeat(600));
+    assert!(
+        raw.cmd(&long).starts_with("500 5.5.2"),
+        "command line over 512 octets"
+    );
+    assert!(raw.cmd("DATA").starts_with("354"));
+    let long_text = format!("Subject: x\r\n\r\n{}\r\n.", "y".repeat(1200));
+    assert!(
+        raw.cmd(&long_text).starts_with("500 5.5.2"),
+        "text line over 1000 octets"
+    );
+    assert!(raw.cmd("QUIT").starts_with("221"));
+}
+
+#[test]
+fn a_silent_client_gets_421_and_others_are_served_meanwhile() {
+    let d = Daemon::start(CONFIG);
+    let mut silent = Raw::connect(d.smtp);
+    let started = Instant::now();
+    still_serving(&d);
+    let reply = silent.reply();
+    assert!(reply.starts_with("421 4.4.2"), "{reply:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not before idle_timeout"
+    );
+    assert_eq!(silent.reply(), "", "connection closed after the 421");
+}
+
+#[test]
+fn a_half_closed_socket_gets_its_replies_and_no_message_is_kept() {
+    let d = Daemon::start(CONFIG);
+    let mut raw = Raw::connect(d.smtp);
+    raw.send(b"EHLO client.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nSubject: cut\r\n\r\nhalf a mess");
+    raw.stream.shutdown(Shutdown::Write).unwrap();
+    assert!(raw.reply().starts_with("250-"));
+    assert!(raw.reply().starts_with("250 2.1.0"));
+    assert!(raw.reply().starts_with("250 2.1.5"));
+    assert!(raw.reply().starts_with("354"));
+    assert_eq!(raw.reply(), "", "closed without a 250");
+    assert_eq!(d.metric("switchyard_spool_messages", ""), Some(0.0));
+    still_serving(&d);
+}
+
+#[test]
+fn a_bare_lf_dot_lf_does_not_end_the_message() {
+    let d = Daemon::start(CONFIG);
+    let mut raw = Raw::connect(d.smtp);
+    assert!(raw.cmd("EHLO client.test").starts_with("250"));
+    assert!(raw.cmd("MAIL FROM:<a@example.com>").starts_with("250"));
+    assert!(raw.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(raw.cmd("DATA").starts_with("354"));
+    // The smuggling attempt: a forged second transaction after <LF>.<LF>.
+    raw.send(b"Subject: first\r\n\r\nbody\n.\nMAIL FROM:<ceo@bank.example>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nSubject: forged\r\n\r\nsend money\r\n.\r\n");
+    let reply = raw.reply();
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    assert!(raw.cmd("QUIT").starts_with("221"));
+    let ev = d.wait_events("one Reception", |ev| {
+        ev.iter().any(|e| e["type"] == "Reception")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let receptions: Vec<_> = d
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "Reception")
+        .collect();
+    assert_eq!(receptions.len(), 1, "{ev:?}");
+    assert_eq!(
+        receptions[0]["recipients"],
+        serde_json::json!(["b@example.org"])
+    );
+    assert_eq!(d.metric("switchyard_spool_messages", ""), Some(1.0));
+}
