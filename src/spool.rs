@@ -262,10 +262,10 @@ impl Spool {
         let queue = db.keyspace("queue", KeyspaceCreateOptions::default)?;
         let state = db.keyspace("state", KeyspaceCreateOptions::default)?;
         let (mut count, mut bytes) = (0u64, 0u64);
+        // Sizes only: with key-value separation the bodies are not read.
         for item in messages.iter() {
-            let (_, v) = item.into_inner()?;
+            bytes += u64::from(item.size()?);
             count += 1;
-            bytes += v.len() as u64;
         }
         let counters = Arc::new(Counters {
             messages: AtomicU64::new(count),
