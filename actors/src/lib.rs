@@ -1,25 +1,32 @@
-//! switchyard's actors: TenantActor, CampaignActor, QueueActor (the scheduled queue),
-//! ReadyQueueActor (egress source → site), ConnectionActor and ClassifierActor.
+//! switchyard's actors: where tenants and campaigns are first-class queues.
 //!
-//! They arrive with the delivery engine (issue 3); this crate holds the names that the
-//! daemon's edges and the actors share.
+//! A message's way through them (see DESIGN.md):
+//!
+//! - [`engine`] — the door: spooled mail is submitted to its tenant;
+//! - [`tenant`] — TenantActor: the tenant's pool, suspensions and QoS;
+//! - [`campaign`] — CampaignActor: one campaign's scheduled queues, created and reaped;
+//! - [`queue`] — QueueActor: the scheduled queue `campaign:tenant@domain`, retry schedule,
+//!   source choice ([`pool`]), outcomes and their log records;
+//! - [`ready_queue`] — ReadyQueueActor: per (egress source, site), shaping ([`shaping`]) and
+//!   connections;
+//! - [`connection`] — ConnectionActor: one SMTP session;
+//! - [`classifier`] — ClassifierActor: every reply, bounce classes ([`bounce`]) and,
+//!   with issue 4, automation.
+//!
+//! The actors reach spool, log, DNS and network only through the traits of [`ports`], so
+//! they can be run and tested without sockets.
 
-/// The kind of event that changed a message's fate, as it appears in the `type` field of a
-/// log record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// Accepted and spooled.
-    Reception,
-    /// Refused at injection.
-    Rejection,
-}
-
-impl EventKind {
-    /// The log name of the event.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Reception => "Reception",
-            EventKind::Rejection => "Rejection",
-        }
-    }
-}
+pub mod bounce;
+pub mod campaign;
+pub mod classifier;
+pub mod connection;
+pub mod engine;
+pub mod message;
+pub mod pool;
+pub mod ports;
+pub mod queue;
+pub mod ready_queue;
+pub mod record;
+pub mod schedule;
+pub mod shaping;
+pub mod tenant;

@@ -1,0 +1,180 @@
+//! The actors' view of the outside world: spool, event log, DNS and outbound SMTP.
+//!
+//! The daemon (`src/`) implements these over fjall, the log thread, hickory-resolver and
+//! tokio-rustls; tests can implement them in memory. Everything here may be called from actor
+//! threads, so no method blocks except [`SpoolPort::load`], which the connection calls on the
+//! blocking pool.
+
+use crate::message::{MessageKey, Peer, Reply};
+use crate::record::LogRecord;
+use futures::future::BoxFuture;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a connection needs of a message to send it.
+#[derive(Debug, Clone)]
+pub struct LoadedMessage {
+    /// Envelope sender (MAIL FROM).
+    pub sender: String,
+    /// Content as stored (with our Received header).
+    pub body: Arc<[u8]>,
+}
+
+/// Durable changes to the spool; each is queued to the group-commit writer.
+pub trait SpoolPort: Send + Sync + 'static {
+    /// The recipient is done (delivered, bounced, expired): forget it.
+    fn remove(&self, key: MessageKey);
+    /// The recipient was deferred: record its attempts and next due time.
+    fn reschedule(&self, key: MessageKey, attempts: u32, due_ms: u64);
+    /// Read sender and body. Blocking; call it off actor threads.
+    fn load(&self, key: &MessageKey) -> Result<LoadedMessage, String>;
+}
+
+/// Where log records go.
+pub trait EventSink: Send + Sync + 'static {
+    /// File one record.
+    fn write(&self, record: LogRecord);
+}
+
+/// One host to try, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHost {
+    /// Host name (or the literal address) as published.
+    pub name: String,
+    /// Its addresses.
+    pub addrs: Vec<IpAddr>,
+    /// Port, when a route fixes it (otherwise the shaping `smtp_port`).
+    pub port: Option<u16>,
+}
+
+/// Where mail for a domain goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The site: the sorted MX host set (MX rollup), a route's target, or an address literal.
+    pub site: Arc<str>,
+    /// Hosts in the order to try them (preference, then random among equals).
+    pub hosts: Arc<[MxHost]>,
+    /// When to look again.
+    pub expires: Instant,
+}
+
+/// Why a domain has no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// Will not change by retrying (NXDOMAIN, null MX): bounce with this reply.
+    Permanent(Reply),
+    /// May work later (SERVFAIL, timeout): defer with this reply.
+    Transient(Reply),
+}
+
+/// MX resolution with caching.
+pub trait MxResolver: Send + Sync + 'static {
+    /// The route for `domain` (lower case; `[1.2.3.4]` for address literals).
+    fn resolve(&self, domain: Arc<str>) -> BoxFuture<'static, Result<Route, RouteError>>;
+}
+
+/// STARTTLS policy (`enable_tls` in shaping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Try TLS when offered; on failure go on in plain text.
+    Opportunistic,
+    /// As Opportunistic, without certificate checks.
+    OpportunisticInsecure,
+    /// TLS or no delivery (transient failure).
+    Required,
+    /// As Required, without certificate checks.
+    RequiredInsecure,
+    /// Never STARTTLS.
+    Disabled,
+}
+
+/// Per-connection timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Banner, EHLO and the envelope commands.
+    pub command: Duration,
+    /// Sending the content.
+    pub data: Duration,
+    /// Waiting for the reply to the final dot.
+    pub data_dot: Duration,
+    /// An idle connection is closed after this.
+    pub idle: Duration,
+}
+
+/// An egress source: the local address and name a connection uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressSource {
+    /// Name used in pools, shaping, logs and metrics.
+    pub name: Arc<str>,
+    /// Address to bind, or `None` for the system's choice.
+    pub address: Option<IpAddr>,
+    /// EHLO name.
+    pub ehlo: String,
+}
+
+/// What a connection is asked to reach.
+#[derive(Debug, Clone)]
+pub struct ConnectTarget {
+    /// From where.
+    pub source: Arc<EgressSource>,
+    /// Where to, in order.
+    pub hosts: Arc<[MxHost]>,
+    /// Port unless a host fixes its own.
+    pub port: u16,
+    /// STARTTLS policy.
+    pub tls: TlsMode,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// A failed connection: the reply to log for the message that waited on it.
+#[derive(Debug, Clone)]
+pub struct ConnectFailure {
+    /// Synthetic (or a remote banner/EHLO refusal) reply.
+    pub reply: Reply,
+    /// The last peer tried, if any.
+    pub peer: Option<Peer>,
+}
+
+/// An open SMTP session to one peer.
+pub trait SmtpSession: Send {
+    /// Who we are talking to.
+    fn peer(&self) -> &Peer;
+    /// Send one message to one recipient; the reply that decides its fate. After a transport
+    /// error the reply is synthetic and [`SmtpSession::usable`] turns false.
+    fn send<'a>(
+        &'a mut self,
+        sender: &'a str,
+        recipient: &'a str,
+        body: Arc<[u8]>,
+    ) -> BoxFuture<'a, Reply>;
+    /// Whether another message may be sent on this session.
+    fn usable(&self) -> bool;
+    /// QUIT and close.
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// Opens SMTP sessions.
+pub trait SmtpConnector: Send + Sync + 'static {
+    /// Connect, read the banner, EHLO, and STARTTLS as the policy says.
+    fn connect(
+        &self,
+        target: ConnectTarget,
+    ) -> BoxFuture<'static, Result<Box<dyn SmtpSession>, ConnectFailure>>;
+}
+
+/// The ports bundled, as every actor receives them.
+#[derive(Clone)]
+pub struct Ports {
+    /// Spool.
+    pub spool: Arc<dyn SpoolPort>,
+    /// Event log.
+    pub events: Arc<dyn EventSink>,
+    /// DNS.
+    pub resolver: Arc<dyn MxResolver>,
+    /// Outbound SMTP.
+    pub connector: Arc<dyn SmtpConnector>,
+}

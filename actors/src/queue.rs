@@ -1,0 +1,459 @@
+//! QueueActor: the scheduled queue of one `campaign:tenant@domain`.
+//!
+//! It owns the retry schedule of its messages. When a message is due, it resolves the
+//! domain's route (site and MX hosts), picks an egress source from the tenant's pool by
+//! weight, and offers the message to that (source, site)'s ReadyQueueActor. A ready queue
+//! that is full takes only part of an offer; the rest stays here and is offered again
+//! shortly. Each outcome comes back here and is settled: delivered and bounced messages leave
+//! the spool, deferred ones get their next due time (exponential backoff with jitter), and
+//! one whose next retry would pass `max_age` expires. Every settlement writes one log record.
+//!
+//! An empty queue with nothing in flight tells its CampaignActor it is idle; the campaign
+//! reaps it when no new mail is on its way, so millions of combinations cost nothing while
+//! empty.
+
+use crate::campaign::{CampaignActor, QueueIdle};
+use crate::engine::Shared;
+use crate::message::{
+    message_id_hex, now_ms, MessageKey, Peer, QueueIdentity, QueuedMessage, Reply,
+};
+use crate::pool::{Pool, PoolCursor};
+use crate::ports::{EgressSource, Route, RouteError};
+use crate::ready_queue::{Offer, ReadyItem};
+use crate::record::LogRecord;
+use actix::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most messages moved to ready queues in one turn before yielding to other work.
+const PUMP_BATCH: usize = 512;
+/// How long a message refused by a full ready queue waits before it is offered again.
+const READY_FULL_RETRY: Duration = Duration::from_millis(200);
+
+/// The scheduled queue of one tenant × campaign × domain.
+pub struct QueueActor {
+    id: Arc<QueueIdentity>,
+    name: String,
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+    cursor: PoolCursor,
+    parent: Addr<CampaignActor>,
+    scheduled: BTreeMap<(u64, MessageKey), QueuedMessage>,
+    in_flight: HashMap<MessageKey, QueuedMessage>,
+    route: Option<Route>,
+    resolving: bool,
+    wake: Option<(u64, SpawnHandle)>,
+    batches_received: u64,
+    idle_since: Option<Instant>,
+    idle_reported: bool,
+}
+
+impl QueueActor {
+    /// A new, empty scheduled queue.
+    pub fn new(
+        id: Arc<QueueIdentity>,
+        shared: Arc<Shared>,
+        pool: Arc<Pool>,
+        parent: Addr<CampaignActor>,
+    ) -> Self {
+        QueueActor {
+            name: id.name(),
+            id,
+            shared,
+            pool,
+            cursor: PoolCursor::default(),
+            parent,
+            scheduled: BTreeMap::new(),
+            in_flight: HashMap::new(),
+            route: None,
+            resolving: false,
+            wake: None,
+            batches_received: 0,
+            idle_since: Some(Instant::now()),
+            idle_reported: false,
+        }
+    }
+
+    fn gauge_labels(&self) -> Vec<(&'static str, String)> {
+        let mut l = vec![("tenant", self.id.tenant.to_string())];
+        if self.shared.settings.campaign_labels {
+            l.push((
+                "campaign",
+                self.id.campaign.as_deref().unwrap_or("").to_string(),
+            ));
+        }
+        l.push(("domain", self.id.domain.to_string()));
+        l
+    }
+
+    fn publish(&mut self) {
+        let queued = self.scheduled.len() + self.in_flight.len();
+        metrics::gauge!("switchyard_scheduled_messages", &self.gauge_labels()).set(queued as f64);
+        if queued == 0 {
+            if self.idle_since.is_none() {
+                self.idle_since = Some(Instant::now());
+            }
+        } else {
+            self.idle_since = None;
+            self.idle_reported = false;
+        }
+    }
+
+    fn schedule(&mut self, m: QueuedMessage) {
+        self.scheduled.insert((m.due_ms, m.key), m);
+    }
+
+    /// Arrange a pump at `due_ms` unless one is already set for then or earlier.
+    fn wake_at(&mut self, due_ms: u64, ctx: &mut Context<Self>) {
+        if let Some((at, handle)) = self.wake {
+            if at <= due_ms {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let delay = Duration::from_millis(due_ms.saturating_sub(now_ms()));
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.wake = None;
+            act.pump(ctx);
+        });
+        self.wake = Some((due_ms, handle));
+    }
+
+    /// Move due messages towards their ready queues.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let now = now_ms();
+        let Some(&(first_due, _)) = self.scheduled.keys().next() else {
+            self.publish();
+            return;
+        };
+        if first_due > now {
+            self.wake_at(first_due, ctx);
+            self.publish();
+            return;
+        }
+        let route = match &self.route {
+            Some(r) if r.expires > Instant::now() => r.clone(),
+            _ => return self.resolve(ctx),
+        };
+        let mut by_source: HashMap<Arc<str>, (Arc<EgressSource>, Vec<QueuedMessage>)> =
+            HashMap::new();
+        for _ in 0..PUMP_BATCH {
+            let Some(entry) = self.scheduled.first_entry() else {
+                break;
+            };
+            if entry.key().0 > now {
+                break;
+            }
+            let m = entry.remove();
+            match self.cursor.pick(&self.pool, |_| true) {
+                Some(source) => by_source
+                    .entry(source.name.clone())
+                    .or_insert_with(|| (source.clone(), Vec::new()))
+                    .1
+                    .push(m),
+                None => {
+                    // An empty pool cannot happen with a validated config; wait rather than spin.
+                    let mut m = m;
+                    m.due_ms = now + 1000;
+                    self.schedule(m);
+                }
+            }
+        }
+        for (_, (source, messages)) in by_source {
+            self.offer(source, &route, messages, ctx);
+        }
+        match self.scheduled.keys().next() {
+            Some(&(due, _)) if due <= now => ctx.notify(Pump),
+            Some(&(due, _)) => self.wake_at(due, ctx),
+            None => {}
+        }
+        self.publish();
+    }
+
+    fn offer(
+        &mut self,
+        source: Arc<EgressSource>,
+        route: &Route,
+        messages: Vec<QueuedMessage>,
+        ctx: &mut Context<Self>,
+    ) {
+        let ready = self.shared.ready_queue(&source, route, &self.id.domain);
+        let me = ctx.address().recipient();
+        let keys: Vec<MessageKey> = messages.iter().map(|m| m.key).collect();
+        let items = messages
+            .iter()
+            .map(|m| ReadyItem {
+                message: m.clone(),
+                queue: self.id.clone(),
+                outcome_to: me.clone(),
+            })
+            .collect();
+        for m in messages {
+            self.in_flight.insert(m.key, m);
+        }
+        let offer = Offer {
+            items,
+            hosts: route.hosts.clone(),
+        };
+        ctx.spawn(
+            ready
+                .send(offer)
+                .into_actor(self)
+                .map(move |taken, act, ctx| {
+                    let taken = taken.unwrap_or(0);
+                    if taken < keys.len() {
+                        let retry_at = now_ms() + READY_FULL_RETRY.as_millis() as u64;
+                        for key in &keys[taken..] {
+                            if let Some(mut m) = act.in_flight.remove(key) {
+                                m.due_ms = retry_at;
+                                act.schedule(m);
+                            }
+                        }
+                        act.wake_at(retry_at, ctx);
+                    }
+                    act.publish();
+                }),
+        );
+    }
+
+    fn resolve(&mut self, ctx: &mut Context<Self>) {
+        if self.resolving {
+            return;
+        }
+        self.resolving = true;
+        let lookup = self.shared.ports.resolver.resolve(self.id.domain.clone());
+        ctx.spawn(lookup.into_actor(self).map(|result, act, ctx| {
+            act.resolving = false;
+            match result {
+                Ok(route) => {
+                    act.route = Some(route);
+                    act.pump(ctx);
+                }
+                Err(RouteError::Permanent(reply)) | Err(RouteError::Transient(reply)) => {
+                    // Every due message shares the domain's fate; each counts an attempt.
+                    let now = now_ms();
+                    let mut due = Vec::new();
+                    while let Some(entry) = act.scheduled.first_entry() {
+                        if entry.key().0 > now {
+                            break;
+                        }
+                        due.push(entry.remove());
+                    }
+                    let class = act.shared.bounces.classify(&reply.match_text()).to_string();
+                    for m in due {
+                        act.settle(
+                            m,
+                            &reply,
+                            Settlement {
+                                bounce_class: Some(class.clone()),
+                                ..Default::default()
+                            },
+                        );
+                    }
+                    act.pump(ctx);
+                }
+            }
+        }));
+    }
+
+    /// Decide a message's fate from `reply`, log it, and tell the spool.
+    fn settle(&mut self, mut m: QueuedMessage, reply: &Reply, s: Settlement) {
+        m.attempts += 1;
+        let now = now_ms();
+        let jitter = rand::random::<f64>() * 2.0 - 1.0;
+        let policy = &self.shared.settings.retry;
+        let (kind, outcome, next_due) = if reply.is_success() {
+            ("Delivery", "delivered", None)
+        } else if reply.is_permanent() {
+            ("Bounce", "bounced", None)
+        } else {
+            match policy.next_due(m.attempts, now, m.created_ms, 0, jitter) {
+                Some(due) => ("TransientFailure", "transient", Some(due)),
+                None => ("Expiration", "expired", None),
+            }
+        };
+        let record = LogRecord {
+            id: Some(message_id_hex(&m.key)),
+            tenant: Some(self.id.tenant.to_string()),
+            campaign: self.id.campaign.as_deref().map(str::to_string),
+            sender: s.sender,
+            recipient: Some(m.recipient.to_string()),
+            domain: Some(self.id.domain.to_string()),
+            queue: Some(self.name.clone()),
+            source: s.source.as_deref().map(str::to_string),
+            site: s.site.as_deref().map(str::to_string),
+            peer: s.peer,
+            response: Some(reply.into()),
+            attempts: Some(m.attempts),
+            bounce_class: if reply.is_success() {
+                None
+            } else {
+                s.bounce_class.clone()
+            },
+            size: s.size,
+            ..LogRecord::new(kind)
+        };
+        self.shared.ports.events.write(record);
+        let mut labels = vec![("tenant", self.id.tenant.to_string())];
+        if self.shared.settings.campaign_labels {
+            labels.push((
+                "campaign",
+                self.id.campaign.as_deref().unwrap_or("").to_string(),
+            ));
+        }
+        labels.push(("outcome", outcome.to_string()));
+        metrics::counter!("switchyard_delivery_total", &labels).increment(1);
+        if let (Some(source), Some(site)) = (&s.source, &s.site) {
+            metrics::counter!("switchyard_ready_delivery_total", "source" => source.to_string(), "site" => site.to_string(), "outcome" => outcome)
+                .increment(1);
+        }
+        if kind == "Bounce" {
+            let class = s
+                .bounce_class
+                .unwrap_or_else(|| crate::bounce::UNCATEGORIZED.to_string());
+            metrics::counter!("switchyard_bounce_class_total", "tenant" => self.id.tenant.to_string(), "class" => class).increment(1);
+        }
+        if kind == "Delivery" {
+            metrics::histogram!("switchyard_delivery_seconds")
+                .record(now.saturating_sub(m.created_ms) as f64 / 1000.0);
+        }
+        match next_due {
+            Some(due) => {
+                m.due_ms = due;
+                self.shared.ports.spool.reschedule(m.key, m.attempts, due);
+                self.schedule(m);
+            }
+            None => self.shared.ports.spool.remove(m.key),
+        }
+    }
+}
+
+/// What is known about an attempt besides its reply.
+#[derive(Default)]
+struct Settlement {
+    source: Option<Arc<str>>,
+    site: Option<Arc<str>>,
+    peer: Option<Peer>,
+    sender: Option<String>,
+    size: Option<u64>,
+    bounce_class: Option<String>,
+}
+
+impl Actor for QueueActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let reap_after = self.shared.settings.reap_after;
+        ctx.run_interval(
+            (reap_after / 4).max(Duration::from_millis(250)),
+            move |act, _| {
+                if !act.idle_reported && act.idle_since.is_some_and(|t| t.elapsed() >= reap_after) {
+                    act.idle_reported = true;
+                    act.parent.do_send(QueueIdle {
+                        domain: act.id.domain.clone(),
+                        batches_received: act.batches_received,
+                    });
+                }
+            },
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        metrics::gauge!("switchyard_scheduled_messages", &self.gauge_labels()).set(0.0);
+    }
+}
+
+/// New messages for this queue (from its CampaignActor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Enqueue {
+    /// The messages.
+    pub messages: Vec<QueuedMessage>,
+}
+
+impl Handler<Enqueue> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
+        self.batches_received += 1;
+        for m in msg.messages {
+            self.schedule(m);
+        }
+        self.pump(ctx);
+    }
+}
+
+/// The outcome of one delivery attempt (from a ConnectionActor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliveryOutcome {
+    /// Which message.
+    pub key: MessageKey,
+    /// The reply that decides it.
+    pub reply: Reply,
+    /// Who answered.
+    pub peer: Option<Peer>,
+    /// From which source.
+    pub source: Arc<str>,
+    /// To which site.
+    pub site: Arc<str>,
+    /// Envelope sender, when the message was read.
+    pub sender: Option<String>,
+    /// Size sent.
+    pub size: Option<u64>,
+    /// Bounce class of a failure.
+    pub bounce_class: Option<String>,
+}
+
+impl Handler<DeliveryOutcome> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, o: DeliveryOutcome, ctx: &mut Context<Self>) {
+        let Some(m) = self.in_flight.remove(&o.key) else {
+            tracing::warn!(queue = %self.name, "outcome for a message not in flight");
+            return;
+        };
+        let s = Settlement {
+            source: Some(o.source),
+            site: Some(o.site),
+            peer: o.peer,
+            sender: o.sender,
+            size: o.size,
+            bounce_class: o.bounce_class,
+        };
+        self.settle(m, &o.reply, s);
+        if let Some(&(due, _)) = self.scheduled.keys().next() {
+            self.wake_at(due, ctx);
+        }
+        self.publish();
+    }
+}
+
+/// Move due messages on (sent to self to yield between batches).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Pump;
+
+impl Handler<Pump> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Pump, ctx: &mut Context<Self>) {
+        self.pump(ctx);
+    }
+}
+
+/// The campaign confirms the queue is idle with nothing on its way: stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reap;
+
+impl Handler<Reap> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Reap, ctx: &mut Context<Self>) {
+        if self.scheduled.is_empty() && self.in_flight.is_empty() {
+            ctx.stop();
+        }
+    }
+}

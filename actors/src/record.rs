@@ -1,0 +1,113 @@
+//! Event-log records: one JSON line per decision that changes a message's fate.
+//!
+//! The actors fill them in; the daemon's log writer (`src/logs.rs`) serializes and files them.
+
+use crate::message::Peer;
+use serde::Serialize;
+use std::time::SystemTime;
+
+/// An SMTP reply as logged.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Response {
+    /// Reply code.
+    pub code: u16,
+    /// Enhanced status code, e.g. "5.7.26".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enhanced: Option<String>,
+    /// Reply text.
+    pub text: String,
+}
+
+impl From<&crate::message::Reply> for Response {
+    fn from(r: &crate::message::Reply) -> Self {
+        Response {
+            code: r.code,
+            enhanced: r.enhanced.clone(),
+            text: r.text.clone(),
+        }
+    }
+}
+
+/// One event. Fields that do not apply stay `None` and are left out of the line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LogRecord {
+    /// Reception, Delivery, TransientFailure, Bounce, Expiration, AdminBounce, Rejection,
+    /// Suspension, Resume or AutomationFired.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// RFC 3339 time of the event.
+    pub timestamp: String,
+    /// Message id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Campaign.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    /// Envelope sender.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// The recipient this record is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// All recipients of an accepted message (Reception).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<Vec<String>>,
+    /// Destination domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Scheduled queue name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Egress source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Destination site (MX rollup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Remote peer of a delivery attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Peer>,
+    /// Injecting client's address (Reception, Rejection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The SMTP reply this record is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<Response>,
+    /// Delivery attempts so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Bounce classification.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounce_class: Option<String>,
+    /// Automation rule name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Automation action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// When a suspension or override ends (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// Message size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+impl LogRecord {
+    /// A record of `kind` stamped now.
+    pub fn new(kind: &'static str) -> Self {
+        LogRecord {
+            kind,
+            timestamp: rfc3339(SystemTime::now()),
+            ..Default::default()
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-28T10:15:00.000Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
