@@ -4,12 +4,17 @@
 //! This crate is the daemon's edges — CLI plumbing, config, SMTP ingress, spool, logs,
 //! metrics export, HTTP. The actors that route and shape mail live in `switchyard-actors`.
 //! A message's path: [`ingress`] (SMTP session) → [`spool`] (fsync, then `250`) → the
-//! tenant's actors → out.
+//! tenant's actors ([`delivery`] wires them) → [`dns`] for the route → [`outbound`] SMTP to
+//! the remote MTA; every outcome lands in [`logs`].
 
 pub mod config;
+pub mod delivery;
+pub mod dns;
 pub mod http;
 pub mod ingress;
 pub mod logs;
+pub mod outbound;
 pub mod server;
+pub mod shaping;
 pub mod spool;
 pub mod telemetry;

@@ -1,124 +1,32 @@
-//! Event logs: one JSON line per event in `data_dir/logs/`, one file per UTC hour.
+//! Event logs: one JSON line per event in `data_dir/logs/`.
 //!
-//! Callers hand a [`LogRecord`] to [`EventLog::write`], which only queues it; a dedicated
-//! thread serializes and appends. The queue is bounded: when the disk is slower than the
-//! mail, writers wait a moment rather than the logger dropping records or growing without
-//! limit. The thread flushes whenever its queue runs dry, so a record is on disk (in the page
-//! cache) within milliseconds of the event.
+//! Segments are named `YYYYMMDD-HH-NNN.jsonl` (UTC hour, then a sequence number): a new one
+//! starts every hour and whenever the current one reaches `[logs] max_segment_size`. A closed
+//! segment is compressed to `.jsonl.zst` on a helper thread, so compression never holds up
+//! the writer.
+//!
+//! Callers hand a [`LogRecord`] to [`EventLog::write`], which only queues it; the log thread
+//! serializes and appends. The queue is bounded: when the disk is slower than the mail,
+//! writers wait a moment rather than the logger dropping records or growing without limit.
+//! The thread flushes whenever its queue runs dry, so a record reaches the file within
+//! milliseconds of the event.
 
-use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::time::SystemTime;
+pub use switchyard_actors::record::{rfc3339, LogRecord, Response};
 
 /// Records that may wait for the log thread.
 const LOG_QUEUE_DEPTH: usize = 65_536;
 
-/// The remote side of a delivery attempt.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Peer {
-    /// MX host name.
-    pub host: String,
-    /// Address connected to.
-    pub addr: String,
-}
-
-/// An SMTP reply as logged.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Response {
-    /// Reply code.
-    pub code: u16,
-    /// Enhanced status code, e.g. "5.7.26".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub enhanced: Option<String>,
-    /// Reply text.
-    pub text: String,
-}
-
-/// One event. Fields that do not apply stay `None` and are left out of the line.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct LogRecord {
-    /// Reception, Delivery, TransientFailure, Bounce, Expiration, AdminBounce, Rejection,
-    /// Suspension, Resume or AutomationFired.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// RFC 3339 time of the event.
-    pub timestamp: String,
-    /// Message id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Tenant.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    /// Campaign.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub campaign: Option<String>,
-    /// Envelope sender.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sender: Option<String>,
-    /// The recipient this record is about.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recipient: Option<String>,
-    /// All recipients of an accepted message (Reception).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recipients: Option<Vec<String>>,
-    /// Destination domain.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-    /// Scheduled queue name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue: Option<String>,
-    /// Egress source.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Destination site (MX rollup).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub site: Option<String>,
-    /// Remote peer of a delivery attempt.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer: Option<Peer>,
-    /// Injecting client's address (Reception, Rejection).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
-    /// The SMTP reply this record is about.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub response: Option<Response>,
-    /// Delivery attempts so far.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempts: Option<u32>,
-    /// Bounce classification.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bounce_class: Option<String>,
-    /// Automation rule name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    /// Automation action.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
-    /// When a suspension or override ends (RFC 3339).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires: Option<String>,
-    /// Message size in bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-}
-
-impl LogRecord {
-    /// A record of `kind` stamped now.
-    pub fn new(kind: &'static str) -> Self {
-        LogRecord {
-            kind,
-            timestamp: rfc3339(SystemTime::now()),
-            ..Default::default()
-        }
-    }
-}
-
-/// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+/// How segments are cut and kept.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSettings {
+    /// Start a new segment past this many bytes.
+    pub max_segment_size: u64,
+    /// zstd-compress closed segments.
+    pub compress: bool,
 }
 
 /// The sending side of the event log; cheap to clone.
@@ -128,14 +36,24 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    /// Start the log thread writing under `dir`.
-    pub fn start(dir: &Path) -> std::io::Result<EventLog> {
+    /// Start the log thread writing under `dir`; closed segments left by an earlier run are
+    /// compressed first.
+    pub fn start(dir: &Path, settings: LogSettings) -> std::io::Result<EventLog> {
         std::fs::create_dir_all(dir)?;
         let (tx, rx) = sync_channel(LOG_QUEUE_DEPTH);
-        let dir = dir.to_path_buf();
+        let writer = SegmentWriter {
+            dir: dir.to_path_buf(),
+            settings,
+            current: None,
+        };
+        if settings.compress {
+            for path in uncompressed_segments(dir)? {
+                compress_later(path);
+            }
+        }
         std::thread::Builder::new()
             .name("event-log".into())
-            .spawn(move || write_loop(dir, rx))?;
+            .spawn(move || writer.run(rx))?;
         Ok(EventLog { tx })
     }
 
@@ -147,63 +65,201 @@ impl EventLog {
     }
 }
 
+impl switchyard_actors::ports::EventSink for EventLog {
+    fn write(&self, record: LogRecord) {
+        EventLog::write(self, record);
+    }
+}
+
 struct Segment {
     hour: String,
+    path: PathBuf,
+    written: u64,
     out: BufWriter<File>,
 }
 
-fn write_loop(dir: PathBuf, rx: Receiver<LogRecord>) {
-    let mut segment: Option<Segment> = None;
-    let mut line = Vec::with_capacity(1024);
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(record) = next {
-            // "2026-11-28T10:15:00.000Z" → segment "20261128-10".
-            let ts = record.timestamp.as_bytes();
-            let hour: String = ts
-                .get(..13)
-                .map(|h| {
-                    h.iter()
-                        .filter(|b| b.is_ascii_digit())
-                        .map(|&b| b as char)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let hour = format!(
-                "{}-{}",
-                hour.get(..8).unwrap_or(""),
-                hour.get(8..).unwrap_or("")
-            );
-            if segment.as_ref().map(|s| s.hour != hour).unwrap_or(true) {
-                if let Some(mut s) = segment.take() {
-                    let _ = s.out.flush();
+struct SegmentWriter {
+    dir: PathBuf,
+    settings: LogSettings,
+    current: Option<Segment>,
+}
+
+/// "2026-11-28T10:15:00.000Z" → "20261128-10".
+fn hour_of(timestamp: &str) -> String {
+    let digits: String = timestamp
+        .chars()
+        .take(13)
+        .filter(char::is_ascii_digit)
+        .collect();
+    format!(
+        "{}-{}",
+        digits.get(..8).unwrap_or("19700101"),
+        digits.get(8..).unwrap_or("00")
+    )
+}
+
+fn uncompressed_segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Compress `path` to `path.zst` and remove it, on a helper thread.
+fn compress_later(path: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("log-compress".into())
+        .spawn(move || {
+            let target = PathBuf::from(format!("{}.zst", path.display()));
+            let result = (|| -> std::io::Result<()> {
+                let mut input = File::open(&path)?;
+                let output = File::create(&target)?;
+                let mut encoder = zstd::stream::Encoder::new(output, 3)?;
+                std::io::copy(&mut input, &mut encoder)?;
+                encoder.finish()?.sync_all()?;
+                std::fs::remove_file(&path)
+            })();
+            if let Err(e) = result {
+                tracing::error!("cannot compress log segment {}: {e}", path.display());
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start log compression: {e}");
+    }
+}
+
+impl SegmentWriter {
+    fn run(mut self, rx: Receiver<LogRecord>) {
+        let mut line = Vec::with_capacity(1024);
+        while let Ok(first) = rx.recv() {
+            let mut next = Some(first);
+            while let Some(record) = next {
+                line.clear();
+                if serde_json::to_writer(&mut line, &record).is_ok() {
+                    line.push(b'\n');
+                    self.append(&hour_of(&record.timestamp), &line);
                 }
-                let path = dir.join(format!("{hour}.jsonl"));
-                match OpenOptions::new().create(true).append(true).open(&path) {
-                    Ok(f) => {
-                        segment = Some(Segment {
-                            hour,
-                            out: BufWriter::new(f),
-                        })
-                    }
-                    Err(e) => tracing::error!("cannot open log segment {}: {e}", path.display()),
+                next = rx.try_recv().ok();
+            }
+            if let Some(s) = self.current.as_mut() {
+                if let Err(e) = s.out.flush() {
+                    tracing::error!("cannot flush event log {}: {e}", s.path.display());
                 }
             }
-            line.clear();
-            if serde_json::to_writer(&mut line, &record).is_ok() {
-                line.push(b'\n');
-                if let Some(s) = segment.as_mut() {
-                    if let Err(e) = s.out.write_all(&line) {
-                        tracing::error!("cannot write event log: {e}");
-                    }
-                }
-            }
-            next = rx.try_recv().ok();
         }
-        if let Some(s) = segment.as_mut() {
+        self.close();
+    }
+
+    fn append(&mut self, hour: &str, line: &[u8]) {
+        let rotate = match &self.current {
+            None => true,
+            Some(s) => {
+                s.hour != hour || s.written + line.len() as u64 > self.settings.max_segment_size
+            }
+        };
+        if rotate {
+            self.close();
+            self.current = self.open(hour);
+        }
+        if let Some(s) = self.current.as_mut() {
+            match s.out.write_all(line) {
+                Ok(()) => s.written += line.len() as u64,
+                Err(e) => tracing::error!("cannot write event log {}: {e}", s.path.display()),
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(mut s) = self.current.take() {
             if let Err(e) = s.out.flush() {
-                tracing::error!("cannot flush event log: {e}");
+                tracing::error!("cannot flush event log {}: {e}", s.path.display());
+            }
+            drop(s.out);
+            if self.settings.compress {
+                compress_later(s.path);
             }
         }
+    }
+
+    /// The next segment for `hour`: the first sequence number not yet used this hour.
+    fn open(&self, hour: &str) -> Option<Segment> {
+        let used = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(hour))
+                    .count()
+            })
+            .unwrap_or(0);
+        let path = (used..used + 1000)
+            .map(|n| self.dir.join(format!("{hour}-{n:03}.jsonl")))
+            .find(|p| !p.exists() && !PathBuf::from(format!("{}.zst", p.display())).exists())?;
+        match OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(f) => Some(Segment {
+                hour: hour.to_string(),
+                path,
+                written: 0,
+                out: BufWriter::new(f),
+            }),
+            Err(e) => {
+                tracing::error!("cannot open log segment {}: {e}", path.display());
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn hours() {
+        assert_eq!(hour_of("2026-11-28T10:15:00.000Z"), "20261128-10");
+    }
+
+    #[test]
+    fn segments_rotate_by_size_and_closed_ones_are_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::start(
+            dir.path(),
+            LogSettings {
+                max_segment_size: 2000,
+                compress: true,
+            },
+        )
+        .unwrap();
+        for i in 0..100 {
+            log.write(LogRecord {
+                recipient: Some(format!("r{i}@example.org")),
+                ..LogRecord::new("Delivery")
+            });
+        }
+        drop(log);
+        let mut lines = 0;
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(50));
+            let names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect();
+            if names.iter().all(|n| n.ends_with(".jsonl.zst")) && names.len() > 2 {
+                lines = names
+                    .iter()
+                    .map(|n| {
+                        let data =
+                            zstd::decode_all(File::open(dir.path().join(n)).unwrap()).unwrap();
+                        String::from_utf8(data).unwrap().lines().count()
+                    })
+                    .sum();
+                break;
+            }
+        }
+        assert_eq!(
+            lines, 100,
+            "every record, in compressed segments of at most 2000 bytes"
+        );
     }
 }

@@ -2,9 +2,10 @@
 //! until SIGTERM/SIGINT.
 
 use crate::config::LoadedConfig;
+use crate::delivery;
 use crate::http::{self, HttpState};
 use crate::ingress::Ingress;
-use crate::logs::EventLog;
+use crate::logs::{EventLog, LogSettings};
 use crate::spool::Spool;
 use crate::telemetry::Telemetry;
 use anyhow::Context;
@@ -31,8 +32,23 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         "spool open at {}",
         data_dir.join("spool").display()
     );
-    let log = EventLog::start(&data_dir.join("logs")).context("cannot start the event log")?;
-    let ingress = Ingress::new(&loaded, spool.clone(), log)?;
+    let log_settings = LogSettings {
+        max_segment_size: c.logs.max_segment_size.0,
+        compress: c.logs.compress,
+    };
+    let log = EventLog::start(&data_dir.join("logs"), log_settings)
+        .context("cannot start the event log")?;
+    let engine = delivery::start_engine(&loaded, &spool, &log)
+        .context("cannot start the delivery engine")?;
+    let recovering = tokio::spawn(delivery::recover(spool.clone(), engine.clone()));
+    tokio::spawn(async move {
+        match recovering.await {
+            Ok(Ok(n)) => tracing::info!(recipients = n, "spool recovered"),
+            Ok(Err(e)) => tracing::error!("spool recovery failed: {e}"),
+            Err(e) => tracing::error!("spool recovery task failed: {e}"),
+        }
+    });
+    let ingress = Ingress::new(&loaded, spool.clone(), log, engine)?;
     let listeners = ingress.bind().await?;
     let http_listener = tokio::net::TcpListener::bind(c.http.listen)
         .await

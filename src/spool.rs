@@ -12,8 +12,9 @@
 //! recipient entry goes.
 //!
 //! Durability: all writes go through one writer thread that does *group commit*: it takes
-//! every write request waiting in its channel, puts them into one fjall batch and commits it
-//! with `PersistMode::SyncAll`, then answers each request. Many concurrent SMTP sessions thus
+//! every write waiting in its channel — new messages from ingress, and removals and
+//! reschedulings from the scheduled queues — puts them into one fjall batch and commits it
+//! with `PersistMode::SyncAll`, then answers each new-message request. Many concurrent SMTP sessions thus
 //! cost one fsync per batch, not one per message, and no caller hears "stored" before the
 //! fsync returned. Before a batch the writer checks the filesystem's free space against
 //! `[spool] min_free_space`, so a nearly full disk refuses mail cleanly (`452 4.3.1`)
@@ -31,7 +32,9 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH_REQUESTS: usize = 4096;
 /// Bytes a batch may hold before it is committed.
 const MAX_BATCH_BYTES: usize = 64 << 20;
-/// Write requests that may wait for the writer; senders beyond that wait (back-pressure).
+/// New messages that may wait for the writer; injectors beyond that wait (back-pressure).
+/// Removals and reschedulings are not limited here: there is exactly one per message in
+/// flight, so their number is bounded by the ready queues' capacity.
 const WRITE_QUEUE_DEPTH: usize = 8192;
 
 /// Why the spool could not take a write.
@@ -149,8 +152,11 @@ pub struct NewMessage {
     pub entries: Vec<QueueEntry>,
 }
 
+/// Key of a recipient's queue entry (see [`entry_key`]).
+pub type MessageKey = [u8; 20];
+
 /// Key of a recipient's queue entry: message id then recipient index, so entries sort by time.
-pub fn entry_key(id: MessageId, index: u32) -> [u8; 20] {
+pub fn entry_key(id: MessageId, index: u32) -> MessageKey {
     let mut k = [0u8; 20];
     k[..16].copy_from_slice(&id.key());
     k[16..].copy_from_slice(&index.to_be_bytes());
@@ -192,9 +198,18 @@ fn decode_message(v: &[u8]) -> Result<(Envelope, Vec<u8>), SpoolError> {
     Ok((envelope, v[4 + len..].to_vec()))
 }
 
-struct WriteRequest {
-    message: NewMessage,
-    done: oneshot::Sender<Result<(), SpoolError>>,
+enum WriteOp {
+    Store {
+        message: NewMessage,
+        done: oneshot::Sender<Result<(), SpoolError>>,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    Remove(MessageKey),
+    Reschedule {
+        key: MessageKey,
+        attempts: u32,
+        due_ms: u64,
+    },
 }
 
 /// The spool handle; cheap to clone.
@@ -208,7 +223,8 @@ struct Inner {
     queue: Keyspace,
     state: Keyspace,
     /// `None` only while dropping, so the writer sees its channel close.
-    writer: Option<mpsc::Sender<WriteRequest>>,
+    writer: Option<mpsc::UnboundedSender<WriteOp>>,
+    store_permits: Arc<tokio::sync::Semaphore>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     counters: Arc<Counters>,
 }
@@ -272,7 +288,7 @@ impl Spool {
             bytes: AtomicU64::new(bytes),
         });
         counters.publish();
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE_DEPTH);
+        let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
             db,
             messages: messages.clone(),
@@ -291,6 +307,7 @@ impl Spool {
                 queue,
                 state,
                 writer: Some(tx),
+                store_permits: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_DEPTH)),
                 writer_thread: Some(writer_thread),
                 counters,
             }),
@@ -300,12 +317,66 @@ impl Spool {
     /// Store a message durably; returns once it is fsynced (or failed).
     pub async fn store(&self, message: NewMessage) -> Result<(), SpoolError> {
         let (done, wait) = oneshot::channel();
-        let writer = self.inner.writer.as_ref().ok_or(SpoolError::Closed)?;
-        writer
-            .send(WriteRequest { message, done })
+        let permit = self
+            .inner
+            .store_permits
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| SpoolError::Closed)?;
+        let writer = self.inner.writer.as_ref().ok_or(SpoolError::Closed)?;
+        writer
+            .send(WriteOp::Store {
+                message,
+                done,
+                _permit: permit,
+            })
+            .map_err(|_| SpoolError::Closed)?;
         wait.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    fn send_op(&self, op: WriteOp) {
+        match self.inner.writer.as_ref() {
+            Some(w) if w.send(op).is_ok() => {}
+            _ => tracing::error!("spool writer has stopped; a settlement was not recorded"),
+        }
+    }
+
+    /// A recipient is done: remove its entry (and the message with its last entry).
+    pub fn remove(&self, key: MessageKey) {
+        self.send_op(WriteOp::Remove(key));
+    }
+
+    /// A recipient was deferred: record its attempts and next due time.
+    pub fn reschedule(&self, key: MessageKey, attempts: u32, due_ms: u64) {
+        self.send_op(WriteOp::Reschedule {
+            key,
+            attempts,
+            due_ms,
+        });
+    }
+
+    /// Remove messages that no recipient entry refers to any more (left by a crash between a
+    /// last removal and the message's own removal). Returns how many went.
+    pub fn remove_orphans(&self) -> Result<usize, SpoolError> {
+        let mut orphans = Vec::new();
+        for item in self.inner.messages.iter() {
+            let k = item.key()?;
+            if self.inner.queue.prefix(&k).next().is_none() {
+                orphans.push(k);
+            }
+        }
+        for k in &orphans {
+            let size = self.inner.messages.size_of(k)?.unwrap_or(0);
+            self.inner.messages.remove(k.clone())?;
+            self.inner.counters.messages.fetch_sub(1, Ordering::Relaxed);
+            self.inner
+                .counters
+                .bytes
+                .fetch_sub(u64::from(size), Ordering::Relaxed);
+        }
+        self.inner.counters.publish();
+        Ok(orphans.len())
     }
 
     /// Messages in the spool.
@@ -323,6 +394,17 @@ impl Spool {
         match self.inner.messages.get(id.key())? {
             Some(v) => decode_message(&v).map(Some),
             None => Ok(None),
+        }
+    }
+
+    /// Sender and body of the message a recipient entry belongs to.
+    pub fn load(&self, key: &MessageKey) -> Result<(String, Vec<u8>), SpoolError> {
+        let id = MessageId(uuid::Uuid::from_bytes(
+            key[..16].try_into().unwrap_or_default(),
+        ));
+        match self.read_message(id)? {
+            Some((envelope, body)) => Ok((envelope.sender, body)),
+            None => Err(SpoolError::Corrupt(format!("message {id} is missing"))),
         }
     }
 
@@ -347,67 +429,133 @@ impl Spool {
 }
 
 impl Writer {
-    fn run(self, mut rx: mpsc::Receiver<WriteRequest>) {
-        let mut batch_reqs: Vec<WriteRequest> = Vec::new();
+    fn run(self, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
+        let mut ops: Vec<WriteOp> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
-            batch_reqs.push(first);
-            let mut bytes = batch_reqs[0].message.body.len();
-            while batch_reqs.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
+            ops.push(first);
+            let mut bytes = 0usize;
+            while ops.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(r) => {
-                        bytes += r.message.body.len();
-                        batch_reqs.push(r);
+                    Ok(op) => {
+                        if let WriteOp::Store { message, .. } = &op {
+                            bytes += message.body.len();
+                        }
+                        ops.push(op);
                     }
                     Err(_) => break,
                 }
             }
-            let result = self.commit(&batch_reqs, bytes as u64);
-            for req in batch_reqs.drain(..) {
-                let answer = match &result {
-                    Ok(()) => Ok(()),
-                    Err(SpoolError::DiskFull {
-                        available,
-                        required,
-                    }) => Err(SpoolError::DiskFull {
-                        available: *available,
-                        required: *required,
-                    }),
-                    Err(e) => Err(SpoolError::Storage(e.to_string())),
-                };
-                let _ = req.done.send(answer);
+            if let WriteOp::Store { message, .. } = &ops[0] {
+                bytes += message.body.len();
+            }
+            let result = self.commit(&ops, bytes as u64);
+            if let Err(e) = &result {
+                tracing::error!("spool batch of {} writes failed: {e}", ops.len());
+            }
+            for op in ops.drain(..) {
+                if let WriteOp::Store { done, .. } = op {
+                    let answer = match &result {
+                        Ok(()) => Ok(()),
+                        Err(SpoolError::DiskFull {
+                            available,
+                            required,
+                        }) => Err(SpoolError::DiskFull {
+                            available: *available,
+                            required: *required,
+                        }),
+                        Err(e) => Err(SpoolError::Storage(e.to_string())),
+                    };
+                    let _ = done.send(answer);
+                }
             }
         }
     }
 
-    fn commit(&self, reqs: &[WriteRequest], bytes: u64) -> Result<(), SpoolError> {
-        let required = bytes.saturating_mul(2).saturating_add(self.min_free_space);
-        if let Some(available) = available_space(&self.path) {
-            if available < required {
-                return Err(SpoolError::DiskFull {
-                    available,
-                    required,
-                });
+    fn commit(&self, ops: &[WriteOp], bytes: u64) -> Result<(), SpoolError> {
+        if bytes > 0 {
+            let required = bytes.saturating_mul(2).saturating_add(self.min_free_space);
+            if let Some(available) = available_space(&self.path) {
+                if available < required {
+                    // Refuse new mail, but still settle what was delivered: removals free space.
+                    let settles: Vec<&WriteOp> = ops
+                        .iter()
+                        .filter(|o| !matches!(o, WriteOp::Store { .. }))
+                        .collect();
+                    if !settles.is_empty() {
+                        self.commit_ops(settles.into_iter())?;
+                    }
+                    return Err(SpoolError::DiskFull {
+                        available,
+                        required,
+                    });
+                }
             }
         }
+        self.commit_ops(ops.iter())
+    }
+
+    fn commit_ops<'a>(&self, ops: impl Iterator<Item = &'a WriteOp>) -> Result<(), SpoolError> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
-        let mut added_bytes = 0u64;
-        for r in reqs {
-            let m = &r.message;
-            let record = encode_message(&m.envelope, &m.body);
-            added_bytes += record.len() as u64;
-            batch.insert(&self.messages, m.id.key(), record);
-            for (i, e) in m.entries.iter().enumerate() {
-                let v = serde_json::to_vec(e).map_err(|e| SpoolError::Storage(e.to_string()))?;
-                batch.insert(&self.queue, entry_key(m.id, i as u32), v);
+        let (mut added, mut added_bytes) = (0u64, 0u64);
+        let mut removed_ids = Vec::new();
+        for op in ops {
+            match op {
+                WriteOp::Store { message: m, .. } => {
+                    let record = encode_message(&m.envelope, &m.body);
+                    added += 1;
+                    added_bytes += record.len() as u64;
+                    batch.insert(&self.messages, m.id.key(), record);
+                    for (i, e) in m.entries.iter().enumerate() {
+                        let v = serde_json::to_vec(e)
+                            .map_err(|e| SpoolError::Storage(e.to_string()))?;
+                        batch.insert(&self.queue, entry_key(m.id, i as u32), v);
+                    }
+                }
+                WriteOp::Remove(key) => {
+                    batch.remove(&self.queue, *key);
+                    removed_ids.push(<[u8; 16]>::try_from(&key[..16]).unwrap_or_default());
+                }
+                WriteOp::Reschedule {
+                    key,
+                    attempts,
+                    due_ms,
+                } => {
+                    // Rewrites of an entry still in this batch are rare (a retry is minutes
+                    // away); read the stored one.
+                    if let Some(v) = self.queue.get(key)? {
+                        if let Ok(mut e) = serde_json::from_slice::<QueueEntry>(&v) {
+                            e.attempts = *attempts;
+                            e.due_ms = *due_ms;
+                            let v = serde_json::to_vec(&e)
+                                .map_err(|e| SpoolError::Storage(e.to_string()))?;
+                            batch.insert(&self.queue, *key, v);
+                        }
+                    }
+                }
             }
         }
         batch.commit()?;
-        self.counters
-            .messages
-            .fetch_add(reqs.len() as u64, Ordering::Relaxed);
+        self.counters.messages.fetch_add(added, Ordering::Relaxed);
         self.counters
             .bytes
             .fetch_add(added_bytes, Ordering::Relaxed);
+        // A message goes once its last recipient entry has gone. Not fsynced on its own: a
+        // message left without entries by a crash is removed at the next start.
+        removed_ids.sort_unstable();
+        removed_ids.dedup();
+        let mut cleanup = self.db.batch();
+        for id in removed_ids {
+            if self.queue.prefix(id).next().is_none() {
+                if let Some(size) = self.messages.size_of(id)? {
+                    cleanup.remove(&self.messages, id);
+                    self.counters.messages.fetch_sub(1, Ordering::Relaxed);
+                    self.counters
+                        .bytes
+                        .fetch_sub(u64::from(size), Ordering::Relaxed);
+                }
+            }
+        }
+        cleanup.commit()?;
         self.counters.publish();
         Ok(())
     }
@@ -421,6 +569,24 @@ fn available_space(path: &Path) -> Option<u64> {
     // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+impl switchyard_actors::ports::SpoolPort for Spool {
+    fn remove(&self, key: MessageKey) {
+        Spool::remove(self, key);
+    }
+
+    fn reschedule(&self, key: MessageKey, attempts: u32, due_ms: u64) {
+        Spool::reschedule(self, key, attempts, due_ms);
+    }
+
+    fn load(&self, key: &MessageKey) -> Result<switchyard_actors::ports::LoadedMessage, String> {
+        let (sender, body) = Spool::load(self, key).map_err(|e| e.to_string())?;
+        Ok(switchyard_actors::ports::LoadedMessage {
+            sender,
+            body: body.into(),
+        })
+    }
 }
 
 #[cfg(test)]

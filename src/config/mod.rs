@@ -119,6 +119,12 @@ pub struct Config {
     /// Metric label options.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Event log segments.
+    #[serde(default)]
+    pub logs: LogsConfig,
+    /// Bounce classification rule files.
+    #[serde(default)]
+    pub bounce_classifier: BounceClassifierConfig,
     /// Shaping files.
     #[serde(default)]
     pub shaping: ShapingConfig,
@@ -234,6 +240,8 @@ pub struct QueueConfig {
     pub max_retry_interval: HumanDuration,
     /// Age at which a message expires.
     pub max_age: HumanDuration,
+    /// An empty scheduled or ready queue is reaped after this long.
+    pub reap_after: HumanDuration,
 }
 
 impl Default for QueueConfig {
@@ -243,6 +251,7 @@ impl Default for QueueConfig {
             retry_interval: HumanDuration(Duration::from_secs(20 * 60)),
             max_retry_interval: HumanDuration(Duration::from_secs(4 * 3600)),
             max_age: HumanDuration(Duration::from_secs(3 * 86_400)),
+            reap_after: HumanDuration(Duration::from_secs(300)),
         }
     }
 }
@@ -337,6 +346,33 @@ impl Default for MetricsConfig {
             campaign_labels: true,
         }
     }
+}
+
+/// `[logs]`: event log segments.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// A segment is closed past this size (and at every UTC hour).
+    pub max_segment_size: ByteSize,
+    /// zstd-compress closed segments.
+    pub compress: bool,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            max_segment_size: ByteSize(256 << 20),
+            compress: true,
+        }
+    }
+}
+
+/// `[bounce_classifier]`: KumoMTA-format rule files, highest priority first.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BounceClassifierConfig {
+    /// Rule files relative to the config file; empty = the rules shipped with switchyard.
+    pub files: Vec<Spanned<String>>,
 }
 
 /// `[shaping]`.
@@ -506,6 +542,14 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
             }
         }
     }
+    if let Some(first) = c.pool.first() {
+        if !pools.contains("default") {
+            err(
+                first.name.span(),
+                "pools are configured but none is named \"default\"; tenants without a pool use pool \"default\"".into(),
+            );
+        }
+    }
     for (name, t) in &c.tenant {
         if let Some(pool) = &t.pool {
             let implicit_default = c.pool.is_empty() && pool.get_ref() == "default";
@@ -599,6 +643,24 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
                     text: &text,
                 };
                 if let Err(e) = shaping.parse::<toml::Table>() {
+                    shaping_errors.push(e);
+                }
+            }
+        }
+    }
+    for f in &c.bounce_classifier.files {
+        let path = loaded.resolve(Path::new(f.get_ref()));
+        match std::fs::read_to_string(&path) {
+            Err(e) => err(
+                f.span(),
+                format!("cannot read bounce rules {}: {e}", path.display()),
+            ),
+            Ok(text) => {
+                let name = path.display().to_string();
+                if let Err(e) = crate::shaping::bounce_rules(&SourceText {
+                    name: &name,
+                    text: &text,
+                }) {
                     shaping_errors.push(e);
                 }
             }

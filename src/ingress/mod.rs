@@ -44,12 +44,19 @@ pub struct Ingress {
     pub spool: Spool,
     /// Event log.
     pub log: EventLog,
+    /// Where spooled mail goes next.
+    pub engine: Arc<switchyard_actors::engine::Engine>,
     sessions: Arc<Semaphore>,
 }
 
 impl Ingress {
     /// Build the ingress from the config.
-    pub fn new(loaded: &LoadedConfig, spool: Spool, log: EventLog) -> anyhow::Result<Arc<Ingress>> {
+    pub fn new(
+        loaded: &LoadedConfig,
+        spool: Spool,
+        log: EventLog,
+        engine: Arc<switchyard_actors::engine::Engine>,
+    ) -> anyhow::Result<Arc<Ingress>> {
         let c = &loaded.config;
         let tls = match (&c.smtp.tls_certificate, &c.smtp.tls_private_key) {
             (Some(cert), Some(key)) => Some(tls_acceptor(
@@ -66,6 +73,7 @@ impl Ingress {
             users: auth::Users::new(&c.smtp.user),
             spool,
             log,
+            engine,
             sessions: Arc::new(Semaphore::new(c.smtp.max_connections)),
         }))
     }

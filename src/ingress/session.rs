@@ -582,7 +582,7 @@ impl Session {
         let mut message = self.received_header(&id, &helo, now);
         message.extend_from_slice(&body);
         drop(body);
-        let entries = tx
+        let entries: Vec<QueueEntry> = tx
             .recipients
             .iter()
             .map(|(rcpt, domain)| QueueEntry {
@@ -618,6 +618,7 @@ impl Session {
             ..LogRecord::new("Reception")
         };
         let tenant = envelope.tenant.clone();
+        let submissions = submissions(id, &entries);
         let stored = self
             .ctx
             .spool
@@ -630,6 +631,7 @@ impl Session {
             .await;
         match stored {
             Ok(()) => {
+                self.ctx.engine.submit(submissions).await;
                 metrics::counter!("switchyard_received_total", "tenant" => tenant).increment(1);
                 metrics::histogram!("switchyard_injection_seconds")
                     .record(data_started.elapsed().as_secs_f64());
@@ -685,6 +687,31 @@ impl Session {
             ..LogRecord::new("Rejection")
         });
     }
+}
+
+/// The spooled recipients as the delivery engine takes them.
+fn submissions(
+    id: MessageId,
+    entries: &[QueueEntry],
+) -> Vec<switchyard_actors::engine::Submission> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| switchyard_actors::engine::Submission {
+            queue: switchyard_actors::message::QueueIdentity {
+                tenant: e.tenant.as_str().into(),
+                campaign: e.campaign.as_deref().map(Into::into),
+                domain: e.domain.as_str().into(),
+            },
+            message: switchyard_actors::message::QueuedMessage {
+                key: crate::spool::entry_key(id, i as u32),
+                recipient: e.recipient.as_str().into(),
+                attempts: e.attempts,
+                due_ms: e.due_ms,
+                created_ms: e.created_ms,
+            },
+        })
+        .collect()
 }
 
 /// Stands in for an address literal while smtp-proto parses the command.

@@ -46,8 +46,15 @@ impl Daemon {
         } else {
             format!("[smtp]\nlisten = [\"{smtp}\"]\n\n{extra}")
         };
+        // Never the system resolver: a test's DNS is dnsmasq on loopback, or nothing (port 9
+        // refuses at once, so lookups fail fast and mail stays queued).
+        let dns = if extra.contains("[dns]") {
+            ""
+        } else {
+            "[dns]\nnameservers = [\"127.0.0.1:9\"]\n"
+        };
         let text = format!(
-            "hostname = \"mta.test\"\ndata_dir = \"{}\"\n\n[http]\nlisten = \"{http}\"\n\n{smtp_section}\n",
+            "hostname = \"mta.test\"\ndata_dir = \"{}\"\n\n[http]\nlisten = \"{http}\"\n\n{dns}\n{smtp_section}\n",
             dir.path().join("data").display()
         );
         std::fs::write(&config, text).unwrap();
@@ -137,9 +144,16 @@ impl Daemon {
             .unwrap_or_default();
         files.sort();
         for f in files {
-            for line in std::fs::read_to_string(f).unwrap().lines() {
-                out.push(serde_json::from_str(line).unwrap());
-            }
+            let text = if f.extension().is_some_and(|x| x == "zst") {
+                String::from_utf8(zstd::decode_all(std::fs::File::open(&f).unwrap()).unwrap())
+                    .unwrap()
+            } else {
+                std::fs::read_to_string(&f).unwrap()
+            };
+            out.extend(
+                text.lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+            );
         }
         out
     }

@@ -1,0 +1,180 @@
+//! Wiring the delivery engine: settings from the config, the ports over spool, log, DNS and
+//! outbound SMTP, and spool recovery at start.
+
+use crate::config::LoadedConfig;
+use crate::dns::Dns;
+use crate::logs::EventLog;
+use crate::outbound::Connector;
+use crate::spool::{parse_entry_key, Spool, SpoolError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use switchyard_actors::engine::{Engine, EngineSettings, Submission};
+use switchyard_actors::message::{QueueIdentity, QueuedMessage};
+use switchyard_actors::pool::Pool;
+use switchyard_actors::ports::{EgressSource, Ports};
+use switchyard_actors::schedule::RetryPolicy;
+
+/// Messages handed to the engine per batch during recovery.
+const RECOVERY_BATCH: usize = 10_000;
+
+/// Pools of the config; with none configured, pool "default" holds one source on the
+/// system's default route, named "default", saying EHLO with `hostname`.
+pub fn pools(loaded: &LoadedConfig) -> HashMap<String, Arc<Pool>> {
+    let c = &loaded.config;
+    let sources: HashMap<&str, Arc<EgressSource>> = c
+        .source
+        .iter()
+        .map(|s| {
+            let name = s.name.get_ref().as_str();
+            let source = EgressSource {
+                name: name.into(),
+                address: Some(s.address),
+                ehlo: s.ehlo.clone().unwrap_or_else(|| c.hostname.clone()),
+            };
+            (name, Arc::new(source))
+        })
+        .collect();
+    let mut pools: HashMap<String, Arc<Pool>> = c
+        .pool
+        .iter()
+        .map(|p| {
+            let members = p
+                .sources
+                .iter()
+                .filter_map(|m| {
+                    sources
+                        .get(m.source.get_ref().as_str())
+                        .map(|s| (s.clone(), m.weight))
+                })
+                .collect();
+            let name = p.name.get_ref().clone();
+            (
+                name.clone(),
+                Arc::new(Pool {
+                    name: name.into(),
+                    members,
+                }),
+            )
+        })
+        .collect();
+    if pools.is_empty() {
+        let source = Arc::new(EgressSource {
+            name: "default".into(),
+            address: None,
+            ehlo: c.hostname.clone(),
+        });
+        pools.insert(
+            "default".into(),
+            Arc::new(Pool {
+                name: "default".into(),
+                members: vec![(source, 1)],
+            }),
+        );
+    }
+    pools
+}
+
+/// Engine settings from the config (shaping files already validated by the loader).
+pub fn engine_settings(loaded: &LoadedConfig) -> anyhow::Result<EngineSettings> {
+    let c = &loaded.config;
+    let shaping = crate::shaping::load(loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(EngineSettings {
+        retry: RetryPolicy {
+            retry_interval: c.queue.retry_interval.0,
+            max_retry_interval: c.queue.max_retry_interval.0,
+            max_age: c.queue.max_age.0,
+        },
+        pools: pools(loaded),
+        tenant_pools: c
+            .tenant
+            .iter()
+            .filter_map(|(t, cfg)| cfg.pool.as_ref().map(|p| (t.clone(), p.get_ref().clone())))
+            .collect(),
+        shaping: Arc::new(shaping),
+        reap_after: c.queue.reap_after.0,
+        campaign_labels: c.metrics.campaign_labels,
+        arbiters: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+    })
+}
+
+/// Start the engine over the spool and log. Must run on the daemon's tokio runtime.
+pub fn start_engine(
+    loaded: &LoadedConfig,
+    spool: &Spool,
+    log: &EventLog,
+) -> anyhow::Result<Arc<Engine>> {
+    let c = &loaded.config;
+    let routes = c
+        .routes
+        .iter()
+        .filter_map(|(d, t)| {
+            crate::config::split_host_port(t.get_ref()).map(|hp| (d.to_ascii_lowercase(), hp))
+        })
+        .collect();
+    let ports = Ports {
+        spool: Arc::new(spool.clone()),
+        events: Arc::new(log.clone()),
+        resolver: Arc::new(Dns::new(&c.dns.nameservers.values, routes)?),
+        connector: Arc::new(Connector::new()?),
+    };
+    let bounces = crate::shaping::bounce_classifier(loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Arc::new(Engine::start(
+        engine_settings(loaded)?,
+        ports,
+        bounces,
+    )?))
+}
+
+/// Hand every spooled recipient back to its scheduled queue, attempts and due time intact.
+/// Returns how many were recovered.
+pub async fn recover(spool: Spool, engine: Arc<Engine>) -> Result<usize, SpoolError> {
+    let orphans = spool.remove_orphans()?;
+    if orphans > 0 {
+        tracing::info!(
+            orphans,
+            "removed messages left without recipients by a crash"
+        );
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Submission>>(4);
+    let reader = tokio::task::spawn_blocking(move || -> Result<usize, SpoolError> {
+        let mut batch = Vec::with_capacity(RECOVERY_BATCH);
+        let mut total = 0;
+        for entry in spool.queue_entries() {
+            let (id, index, e) = entry?;
+            let key = crate::spool::entry_key(id, index);
+            debug_assert_eq!(parse_entry_key(&key), Some((id, index)));
+            batch.push(Submission {
+                queue: QueueIdentity {
+                    tenant: e.tenant.into(),
+                    campaign: e.campaign.map(Into::into),
+                    domain: e.domain.into(),
+                },
+                message: QueuedMessage {
+                    key,
+                    recipient: e.recipient.into(),
+                    attempts: e.attempts,
+                    due_ms: e.due_ms,
+                    created_ms: e.created_ms,
+                },
+            });
+            total += 1;
+            if batch.len() == RECOVERY_BATCH
+                && tx.blocking_send(std::mem::take(&mut batch)).is_err()
+            {
+                return Ok(total);
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.blocking_send(batch);
+        }
+        Ok(total)
+    });
+    while let Some(batch) = rx.recv().await {
+        engine.submit(batch).await;
+    }
+    reader
+        .await
+        .map_err(|e| SpoolError::Storage(e.to_string()))?
+}

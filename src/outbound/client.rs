@@ -1,0 +1,311 @@
+//! One outbound SMTP session: banner, EHLO (HELO fallback), STARTTLS, and messages.
+//!
+//! Replies are parsed by smtp-proto. With PIPELINING the envelope (MAIL, RCPT, DATA) goes in
+//! one write; RSET separates messages on a reused session; the peer's SIZE is respected
+//! before anything is sent. Every wait has its timeout, and any transport error turns into a
+//! synthetic `451 4.4.2` reply (a transient failure) and makes the session unusable.
+
+use super::stream::Stream;
+use futures::future::BoxFuture;
+use smtp_proto::response::parser::ResponseReceiver;
+use smtp_proto::{EhloResponse, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS};
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_actors::message::{Peer, Reply};
+use switchyard_actors::ports::{SmtpSession, Timeouts};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// Longest reply we read (RFC 5321 allows 512 octets a line; providers write more).
+const MAX_REPLY: usize = 16 * 1024;
+
+/// A transport-level problem, turned into a reply by the caller.
+#[derive(Debug)]
+pub struct TransportError(pub String);
+
+impl TransportError {
+    /// The synthetic reply for a message caught by this error.
+    pub fn reply(&self) -> Reply {
+        Reply::internal(451, "4.4.2", format!("connection lost: {}", self.0))
+    }
+}
+
+/// An SMTP client connection, before or after EHLO.
+pub struct Client {
+    io: BufReader<Stream>,
+    pub(crate) peer: Peer,
+    timeouts: Timeouts,
+    pub(crate) extensions: u32,
+    pub(crate) size_limit: usize,
+    need_rset: bool,
+    usable: bool,
+}
+
+fn parse_reply(raw: &[u8]) -> Reply {
+    match ResponseReceiver::default().parse(&mut raw.iter()) {
+        Ok(r) => {
+            let enhanced =
+                (r.esc[0] != 0).then(|| format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2]));
+            let text = r
+                .message
+                .split(['\r', '\n'])
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            Reply {
+                code: r.code,
+                enhanced,
+                text,
+                internal: false,
+            }
+        }
+        Err(e) => Reply::internal(451, "4.5.0", format!("unparsable reply from peer: {e:?}")),
+    }
+}
+
+impl Client {
+    /// Wrap a connected stream.
+    pub fn new(stream: Stream, peer: Peer, timeouts: Timeouts) -> Client {
+        Client {
+            io: BufReader::new(stream),
+            peer,
+            timeouts,
+            extensions: 0,
+            size_limit: 0,
+            need_rset: false,
+            usable: true,
+        }
+    }
+
+    /// Give back the stream (for STARTTLS); anything buffered is dropped, as RFC 3207 wants.
+    pub fn into_stream(self) -> Stream {
+        self.io.into_inner()
+    }
+
+    /// Read one whole reply (all its lines) within `timeout`.
+    async fn read_raw(&mut self, timeout: Duration) -> Result<Vec<u8>, TransportError> {
+        let read = async {
+            let mut raw = Vec::new();
+            loop {
+                let start = raw.len();
+                let n = (&mut self.io)
+                    .take((MAX_REPLY - raw.len().min(MAX_REPLY)) as u64 + 1)
+                    .read_until(b'\n', &mut raw)
+                    .await;
+                match n {
+                    Ok(0) => return Err(TransportError("peer closed the connection".into())),
+                    Ok(_) => {}
+                    Err(e) => return Err(TransportError(e.to_string())),
+                }
+                if raw.len() > MAX_REPLY {
+                    return Err(TransportError("reply too long".into()));
+                }
+                let line = &raw[start..];
+                // "250-more" continues, "250 last" (or a bare "250") ends the reply.
+                if line.len() < 4 || line[3] != b'-' {
+                    return Ok(raw);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or_else(|_| Err(TransportError("timed out waiting for the peer".into())))
+    }
+
+    /// Read one reply.
+    pub async fn reply(&mut self, timeout: Duration) -> Result<Reply, TransportError> {
+        Ok(parse_reply(&self.read_raw(timeout).await?))
+    }
+
+    /// Write bytes within `timeout`.
+    pub async fn write(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), TransportError> {
+        let w = async {
+            let s = self.io.get_mut();
+            s.write_all(bytes).await?;
+            s.flush().await
+        };
+        match tokio::time::timeout(timeout, w).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(TransportError(e.to_string())),
+            Err(_) => Err(TransportError("timed out writing to the peer".into())),
+        }
+    }
+
+    /// Send a command and read its reply.
+    pub async fn command(&mut self, line: &str) -> Result<Reply, TransportError> {
+        let t = self.timeouts.command;
+        self.write(format!("{line}\r\n").as_bytes(), t).await?;
+        self.reply(t).await
+    }
+
+    /// EHLO, falling back to HELO when the peer refuses EHLO. Returns the final reply.
+    pub async fn hello(&mut self, name: &str) -> Result<Reply, TransportError> {
+        let t = self.timeouts.command;
+        self.write(format!("EHLO {name}\r\n").as_bytes(), t).await?;
+        let raw = self.read_raw(t).await?;
+        let reply = parse_reply(&raw);
+        if reply.is_success() {
+            if let Ok(ehlo) = EhloResponse::parse(&mut raw.iter()) {
+                self.extensions = ehlo.capabilities;
+                self.size_limit = if ehlo.capabilities & EXT_SIZE != 0 {
+                    ehlo.size
+                } else {
+                    0
+                };
+            }
+            return Ok(reply);
+        }
+        self.extensions = 0;
+        self.command(&format!("HELO {name}")).await
+    }
+
+    /// Whether the peer offered STARTTLS.
+    pub fn offers_starttls(&self) -> bool {
+        self.extensions & EXT_START_TLS != 0
+    }
+
+    async fn transaction(
+        &mut self,
+        sender: &str,
+        recipient: &str,
+        body: &[u8],
+    ) -> Result<Reply, TransportError> {
+        let t = self.timeouts.command;
+        if self.need_rset {
+            let r = self.command("RSET").await?;
+            if !r.is_success() {
+                self.usable = false;
+                return Ok(r);
+            }
+        }
+        self.need_rset = true;
+        if self.size_limit > 0 && body.len() > self.size_limit {
+            return Ok(Reply::internal(
+                552,
+                "5.3.4",
+                format!(
+                    "message of {} bytes exceeds the peer's SIZE limit of {}",
+                    body.len(),
+                    self.size_limit
+                ),
+            ));
+        }
+        let mail = format!("MAIL FROM:<{sender}>\r\n");
+        let rcpt = format!("RCPT TO:<{recipient}>\r\n");
+        let (mail_reply, rcpt_reply, data_reply) = if self.extensions & EXT_PIPELINING != 0 {
+            self.write(format!("{mail}{rcpt}DATA\r\n").as_bytes(), t)
+                .await?;
+            (
+                self.reply(t).await?,
+                self.reply(t).await?,
+                self.reply(t).await?,
+            )
+        } else {
+            self.write(mail.as_bytes(), t).await?;
+            let m = self.reply(t).await?;
+            if !m.is_success() {
+                return Ok(m);
+            }
+            self.write(rcpt.as_bytes(), t).await?;
+            let r = self.reply(t).await?;
+            if !r.is_success() {
+                return Ok(r);
+            }
+            (m, r, self.command("DATA").await?)
+        };
+        if !mail_reply.is_success() {
+            return Ok(mail_reply);
+        }
+        if !rcpt_reply.is_success() {
+            return Ok(rcpt_reply);
+        }
+        if data_reply.code != 354 {
+            return Ok(data_reply);
+        }
+        let payload = dot_stuff(body);
+        self.write(&payload, self.timeouts.data).await?;
+        self.reply(self.timeouts.data_dot).await
+    }
+}
+
+/// The message as it goes on the wire after DATA: lines starting with "." get another one,
+/// a final CRLF if missing, then the end mark.
+pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
+    let mut line_start = true;
+    for &b in body {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+impl SmtpSession for Client {
+    fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    fn send<'a>(
+        &'a mut self,
+        sender: &'a str,
+        recipient: &'a str,
+        body: Arc<[u8]>,
+    ) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            match self.transaction(sender, recipient, &body).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.usable = false;
+                    e.reply()
+                }
+            }
+        })
+    }
+
+    fn usable(&self) -> bool {
+        self.usable
+    }
+
+    fn close(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if self.usable {
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.command("QUIT")).await;
+            }
+            let _ = self.io.get_mut().shutdown().await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stuffs_dots_and_terminates() {
+        assert_eq!(dot_stuff(b".a\r\nb\r\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n");
+        assert_eq!(dot_stuff(b"no newline"), b"no newline\r\n.\r\n");
+    }
+
+    #[test]
+    fn parses_multiline_replies_with_enhanced_codes() {
+        let r = parse_reply(b"550-5.7.26 This message does not have authentication\r\n550 5.7.26 information. Learn more\r\n");
+        assert_eq!(r.code, 550);
+        assert_eq!(r.enhanced.as_deref(), Some("5.7.26"));
+        assert_eq!(
+            r.text,
+            "This message does not have authentication information. Learn more"
+        );
+        let plain = parse_reply(b"250 ok\r\n");
+        assert_eq!(
+            (plain.code, plain.enhanced, plain.text.as_str()),
+            (250, None, "ok")
+        );
+    }
+}
