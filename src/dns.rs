@@ -30,6 +30,9 @@ use switchyard_actors::ports::{MxHost, MxResolver, Route, RouteError};
 
 /// Routes for fixed targets and address literals never expire; look again now and then anyway.
 const FIXED_ROUTE_TTL: Duration = Duration::from_secs(3600);
+/// Shortest time a route is kept, whatever the TTL: a zero TTL must not turn every due
+/// message into a DNS query.
+const MIN_ROUTE_TTL: Duration = Duration::from_secs(5);
 
 /// The resolver with its cache.
 #[derive(Clone)]
@@ -92,7 +95,10 @@ impl MxResolver for Dns {
         }
         // Lookups run on the daemon's runtime, whichever thread the asking actor is on.
         let task = inner.runtime.clone().spawn(async move {
-            let result = inner.lookup(&domain).await;
+            let result = inner.lookup(&domain).await.map(|mut r| {
+                r.expires = r.expires.max(Instant::now() + MIN_ROUTE_TTL);
+                r
+            });
             if let Ok(route) = &result {
                 inner
                     .cache

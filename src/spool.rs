@@ -200,7 +200,7 @@ fn decode_message(v: &[u8]) -> Result<(Envelope, Vec<u8>), SpoolError> {
 
 enum WriteOp {
     Store {
-        message: NewMessage,
+        message: Box<NewMessage>,
         done: oneshot::Sender<Result<(), SpoolError>>,
         _permit: tokio::sync::OwnedSemaphorePermit,
     },
@@ -327,7 +327,7 @@ impl Spool {
         let writer = self.inner.writer.as_ref().ok_or(SpoolError::Closed)?;
         writer
             .send(WriteOp::Store {
-                message,
+                message: Box::new(message),
                 done,
                 _permit: permit,
             })

@@ -7,7 +7,7 @@
 //! (issue 4) live here.
 
 use crate::engine::Shared;
-use crate::message::{QueueIdentity, QueuedMessage};
+use crate::message::{ForCampaign, QueueIdentity, QueuedMessage};
 use crate::pool::Pool;
 use crate::queue::{Enqueue, QueueActor, Reap};
 use actix::prelude::*;
@@ -50,7 +50,7 @@ impl Actor for CampaignActor {
 #[rtype(result = "()")]
 pub struct EnqueueCampaign {
     /// The messages with their destination domains.
-    pub messages: Vec<(Arc<str>, QueuedMessage)>,
+    pub messages: Vec<ForCampaign>,
 }
 
 impl Handler<EnqueueCampaign> for CampaignActor {

@@ -8,7 +8,7 @@
 
 use crate::bounce::BounceClassifier;
 use crate::classifier::ClassifierActor;
-use crate::message::{QueueIdentity, QueuedMessage};
+use crate::message::{ForTenant, QueueIdentity, QueuedMessage};
 use crate::pool::Pool;
 use crate::ports::{EgressSource, Ports, Route};
 use crate::ready_queue::ReadyQueueActor;
@@ -40,6 +40,9 @@ pub struct EngineSettings {
     pub arbiters: usize,
 }
 
+/// (source name, site) of a ready queue.
+type ReadyKey = (Arc<str>, Arc<str>);
+
 /// State every actor shares.
 pub struct Shared {
     /// Settings.
@@ -52,7 +55,7 @@ pub struct Shared {
     pub bounces: Arc<BounceClassifier>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
-    ready_queues: Mutex<HashMap<(Arc<str>, Arc<str>), Addr<ReadyQueueActor>>>,
+    ready_queues: Mutex<HashMap<ReadyKey, Addr<ReadyQueueActor>>>,
 }
 
 impl Shared {
@@ -193,8 +196,7 @@ impl Engine {
 
     /// Hand spooled messages to their tenants. Waits while a tenant's mailbox is full.
     pub async fn submit(&self, batch: Vec<Submission>) {
-        let mut by_tenant: HashMap<Arc<str>, Vec<(Option<Arc<str>>, Arc<str>, QueuedMessage)>> =
-            HashMap::new();
+        let mut by_tenant: HashMap<Arc<str>, Vec<ForTenant>> = HashMap::new();
         for s in batch {
             by_tenant.entry(s.queue.tenant.clone()).or_default().push((
                 s.queue.campaign,

@@ -20,6 +20,12 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A message on its way to a campaign: (destination domain, message).
+pub type ForCampaign = (Arc<str>, QueuedMessage);
+
+/// A message on its way to a tenant: (campaign, destination domain, message).
+pub type ForTenant = (Option<Arc<str>>, Arc<str>, QueuedMessage);
+
 /// One recipient waiting in a scheduled queue. Only metadata: the body stays in the spool
 /// until a connection sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -42,6 +42,8 @@ pub struct QueueActor {
     scheduled: BTreeMap<(u64, MessageKey), QueuedMessage>,
     in_flight: HashMap<MessageKey, QueuedMessage>,
     route: Option<Route>,
+    /// The route was just looked up: use it for this pump even if its TTL has run out.
+    fresh_route: bool,
     resolving: bool,
     wake: Option<(u64, SpawnHandle)>,
     batches_received: u64,
@@ -67,6 +69,7 @@ impl QueueActor {
             scheduled: BTreeMap::new(),
             in_flight: HashMap::new(),
             route: None,
+            fresh_route: false,
             resolving: false,
             wake: None,
             batches_received: 0,
@@ -133,9 +136,10 @@ impl QueueActor {
             return;
         }
         let route = match &self.route {
-            Some(r) if r.expires > Instant::now() => r.clone(),
+            Some(r) if self.fresh_route || r.expires > Instant::now() => r.clone(),
             _ => return self.resolve(ctx),
         };
+        self.fresh_route = false;
         let mut by_source: HashMap<Arc<str>, (Arc<EgressSource>, Vec<QueuedMessage>)> =
             HashMap::new();
         for _ in 0..PUMP_BATCH {
@@ -228,6 +232,7 @@ impl QueueActor {
             match result {
                 Ok(route) => {
                     act.route = Some(route);
+                    act.fresh_route = true;
                     act.pump(ctx);
                 }
                 Err(RouteError::Permanent(reply)) | Err(RouteError::Transient(reply)) => {

@@ -6,7 +6,7 @@
 
 use crate::campaign::{CampaignActor, EnqueueCampaign};
 use crate::engine::Shared;
-use crate::message::QueuedMessage;
+use crate::message::{ForCampaign, ForTenant};
 use crate::pool::Pool;
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -41,15 +41,14 @@ impl Actor for TenantActor {
 #[rtype(result = "()")]
 pub struct EnqueueTenant {
     /// The messages.
-    pub messages: Vec<(Option<Arc<str>>, Arc<str>, QueuedMessage)>,
+    pub messages: Vec<ForTenant>,
 }
 
 impl Handler<EnqueueTenant> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, msg: EnqueueTenant, _: &mut Context<Self>) {
-        let mut by_campaign: HashMap<Option<Arc<str>>, Vec<(Arc<str>, QueuedMessage)>> =
-            HashMap::new();
+        let mut by_campaign: HashMap<Option<Arc<str>>, Vec<ForCampaign>> = HashMap::new();
         for (campaign, domain, m) in msg.messages {
             by_campaign.entry(campaign).or_default().push((domain, m));
         }

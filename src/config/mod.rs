@@ -729,11 +729,11 @@ mod tests {
     #[test]
     fn missing_references_are_all_reported() {
         let e = errs(
-            "[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.1\"\n\n[[pool]]\nname = \"p\"\nsources = [{ source = \"ip-2\" }]\n\n[tenant.acme]\npool = \"nope\"\n",
+            "[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.1\"\n\n[[pool]]\nname = \"default\"\nsources = [{ source = \"ip-2\" }]\n\n[tenant.acme]\npool = \"nope\"\n",
         );
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(
-            e[0].starts_with("t.toml:7:23: pool \"p\" names source \"ip-2\""),
+            e[0].starts_with("t.toml:7:23: pool \"default\" names source \"ip-2\""),
             "{e:?}"
         );
         assert!(

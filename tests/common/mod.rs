@@ -326,3 +326,150 @@ impl Raw {
         self.reply()
     }
 }
+
+/// A real receiving SMTP server (aiosmtpd, tests/py/sink.py) that records what it got.
+pub struct Sink {
+    pub port: u16,
+    pub record: PathBuf,
+    child: Child,
+}
+
+impl Sink {
+    /// Start a sink on 127.0.0.1:`port` answering per `mode` (see sink.py); `tls` = (cert, key).
+    pub fn start(port: u16, dir: &Path, mode: &str, tls: Option<(&Path, &Path)>) -> Sink {
+        let record = dir.join(format!("sink-{port}.jsonl"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/sink.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .args(["--port", &port.to_string(), "--mode", mode, "--record"])
+            .arg(&record)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((cert, key)) = tls {
+            cmd.arg("--tls").arg(cert).arg(key);
+        }
+        let child = cmd.spawn().unwrap();
+        wait_for_port(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_secs(20),
+        );
+        Sink {
+            port,
+            record,
+            child,
+        }
+    }
+
+    /// Every DATA the sink has seen.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Wait until `n` messages were accepted (code 250).
+    pub fn wait_accepted(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got: Vec<_> = self
+                .received()
+                .into_iter()
+                .filter(|r| r["code"] == 250)
+                .collect();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sink accepted {} of {n} messages",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// dnsmasq on a loopback port, authoritative for `.test`: names it is not told about get
+/// NXDOMAIN; nothing is forwarded anywhere.
+pub struct Dnsmasq {
+    pub port: u16,
+    child: Child,
+}
+
+impl Dnsmasq {
+    /// Start with extra options such as `--mx-host=a.test,mx.a.test,10` and
+    /// `--host-record=mx.a.test,127.0.0.1`.
+    pub fn start(options: &[String]) -> Dnsmasq {
+        let port = free_port();
+        let bin = ["/usr/sbin/dnsmasq", "dnsmasq"]
+            .into_iter()
+            .find(|b| Path::new(b).exists())
+            .unwrap_or("dnsmasq");
+        let child = Command::new(bin)
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-daemon",
+            ])
+            .args([
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--local=/test/",
+                "--pid-file=",
+                "--user=root",
+            ])
+            .arg(format!("--port={port}"))
+            .args(options)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start dnsmasq: {e}"));
+        // dnsmasq answers TCP too: wait for it.
+        wait_for_port(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_secs(10),
+        );
+        Dnsmasq { port, child }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Send `n` messages with swaks-like content over one smtplib session per call, through the
+/// Python client (each gets its own Message-ID); returns the client's JSON lines.
+pub fn send_many(d: &Daemon, n: usize, rcpt: &str, tenant: &str) -> Vec<serde_json::Value> {
+    let (ok, out, err) = python(
+        "smtp_client.py",
+        &[
+            "send".into(),
+            "127.0.0.1".into(),
+            d.smtp.port().to_string(),
+            "--count".into(),
+            n.to_string(),
+            "--rcpt".into(),
+            rcpt.into(),
+            "--tenant".into(),
+            tenant.into(),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
