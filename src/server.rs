@@ -49,6 +49,14 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         }
     });
     let ingress = Ingress::new(&loaded, spool.clone(), log, engine)?;
+    let quiet_spool = spool.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            quiet_spool.publish_gauges();
+        }
+    });
     let listeners = ingress.bind().await?;
     let http_listener = tokio::net::TcpListener::bind(c.http.listen)
         .await

@@ -379,6 +379,11 @@ impl Spool {
         Ok(orphans.len())
     }
 
+    /// Set the spool gauges again (they must not go idle while the spool is quiet).
+    pub fn publish_gauges(&self) {
+        self.inner.counters.publish();
+    }
+
     /// Messages in the spool.
     pub fn message_count(&self) -> u64 {
         self.inner.counters.messages.load(Ordering::Relaxed)

@@ -13,6 +13,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     60.0,
 ];
 
+/// A gauge nobody has set for this long disappears from `/metrics`. Every gauge owner
+/// republishes at least every minute while it lives, so only the gauges of reaped actors
+/// (already set to 0 when they stopped) go: no stale series, no memory kept per dead queue.
+const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
 /// Handle on the installed recorder.
 #[derive(Clone)]
 pub struct Telemetry {
@@ -28,6 +33,10 @@ impl Telemetry {
             return Ok(t.clone());
         }
         let handle = PrometheusBuilder::new()
+            .idle_timeout(
+                metrics_util::MetricKindMask::GAUGE,
+                Some(GAUGE_IDLE_TIMEOUT),
+            )
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
             .install_recorder()?;
         let t = Telemetry { handle };

@@ -55,6 +55,10 @@ pub struct Shared {
     pub bounces: Arc<BounceClassifier>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
+    /// Live QueueActors.
+    pub scheduled_queues: AtomicUsize,
+    /// Live ReadyQueueActors.
+    pub live_ready_queues: AtomicUsize,
     ready_queues: Mutex<HashMap<ReadyKey, Addr<ReadyQueueActor>>>,
 }
 
@@ -129,10 +133,32 @@ impl Shared {
         }
     }
 
-    /// Live ready queues.
-    pub fn ready_queue_count(&self) -> usize {
-        self.ready_queues.lock().map(|m| m.len()).unwrap_or(0)
+    /// Count a QueueActor starting (+1) or stopping (-1) in `switchyard_scheduled_queues`.
+    pub fn count_scheduled_queue(&self, delta: isize) {
+        let n = add(&self.scheduled_queues, delta);
+        metrics::gauge!("switchyard_scheduled_queues").set(n as f64);
     }
+
+    /// Count a ReadyQueueActor starting (+1) or stopping (-1) in `switchyard_ready_queues`.
+    pub fn count_ready_queue(&self, delta: isize) {
+        let n = add(&self.live_ready_queues, delta);
+        metrics::gauge!("switchyard_ready_queues").set(n as f64);
+    }
+}
+
+fn add(counter: &AtomicUsize, delta: isize) -> usize {
+    if delta >= 0 {
+        counter.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
+    } else {
+        counter
+            .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed)
+            .saturating_sub(delta.unsigned_abs())
+    }
+}
+
+/// How often a live actor republishes its gauges (they vanish after ten idle minutes).
+pub fn gauge_refresh(reap_after: Duration) -> Duration {
+    (reap_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(60))
 }
 
 /// One message for [`Engine::submit`].
@@ -188,6 +214,8 @@ impl Engine {
                 bounces,
                 arbiters,
                 next_arbiter: AtomicUsize::new(0),
+                scheduled_queues: AtomicUsize::new(0),
+                live_ready_queues: AtomicUsize::new(0),
                 ready_queues: Mutex::new(HashMap::new()),
             }),
             tenants: Mutex::new(HashMap::new()),

@@ -365,6 +365,7 @@ impl Actor for QueueActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.shared.count_scheduled_queue(-1);
         metrics::gauge!("switchyard_scheduled_messages", &self.gauge_labels()).set(0.0);
     }
 }

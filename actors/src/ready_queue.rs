@@ -18,7 +18,7 @@ use crate::shaping::PathSettings;
 use actix::prelude::*;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// A message handed to a ready queue, with where its outcome goes.
@@ -130,21 +130,26 @@ impl Actor for ReadyQueueActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let every = (self.shared.settings.reap_after / 4).max(Duration::from_millis(250));
-        ctx.run_interval(every, |act, ctx| {
-            let idle_long = act
-                .idle_since
-                .is_some_and(|t| t.elapsed() >= act.shared.settings.reap_after);
-            if idle_long && !act.reaped {
-                act.reaped = true;
-                act.shared
-                    .forget_ready_queue(&act.source.name, &act.site, &ctx.address());
-                ctx.stop();
-            }
-        });
+        self.shared.count_ready_queue(1);
+        ctx.run_interval(
+            crate::engine::gauge_refresh(self.shared.settings.reap_after),
+            |act, ctx| {
+                act.publish();
+                let idle_long = act
+                    .idle_since
+                    .is_some_and(|t| t.elapsed() >= act.shared.settings.reap_after);
+                if idle_long && !act.reaped {
+                    act.reaped = true;
+                    act.shared
+                        .forget_ready_queue(&act.source.name, &act.site, &ctx.address());
+                    ctx.stop();
+                }
+            },
+        );
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.shared.count_ready_queue(-1);
         metrics::gauge!("switchyard_ready_messages", &self.labels()).set(0.0);
         metrics::gauge!("switchyard_connections", &self.labels()).set(0.0);
     }

@@ -121,7 +121,7 @@ impl Ingress {
                 .await;
             return;
         };
-        let _gauge = SessionGauge::open();
+        let _gauge = SessionGauge::open(self.clone());
         let mut session = Session::new(self.clone(), peer);
         session.banner();
         let ended = session.run(BufReader::new(stream)).await;
@@ -142,19 +142,22 @@ impl Ingress {
     }
 }
 
-/// Counts open sessions in `switchyard_smtp_sessions` for as long as it lives.
-struct SessionGauge;
+/// Keeps `switchyard_smtp_sessions` right while a session lives. The gauge is always set
+/// to the absolute count, so it survives being dropped from the registry while idle.
+struct SessionGauge(Arc<Ingress>);
 
 impl SessionGauge {
-    fn open() -> Self {
-        metrics::gauge!("switchyard_smtp_sessions").increment(1.0);
-        SessionGauge
+    fn open(ingress: Arc<Ingress>) -> Self {
+        metrics::gauge!("switchyard_smtp_sessions").set(ingress.open_sessions() as f64);
+        SessionGauge(ingress)
     }
 }
 
 impl Drop for SessionGauge {
     fn drop(&mut self) {
-        metrics::gauge!("switchyard_smtp_sessions").decrement(1.0);
+        // The permit is released after this guard: count this session as gone already.
+        let open = self.0.open_sessions().saturating_sub(1);
+        metrics::gauge!("switchyard_smtp_sessions").set(open as f64);
     }
 }
 

@@ -130,6 +130,22 @@ impl Daemon {
         metric_value(&body, name, labels)
     }
 
+    /// Wait until a metric reaches `value` (settlements reach the spool asynchronously).
+    pub fn wait_metric(&self, name: &str, labels: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metric(name, labels);
+            if v == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{{{labels}}} is {v:?}, expected {value}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The daemon's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
