@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 
 /// Most messages moved to ready queues in one turn before yielding to other work.
 const PUMP_BATCH: usize = 512;
-/// How long a message refused by a full ready queue waits before it is offered again.
-const READY_FULL_RETRY: Duration = Duration::from_millis(200);
+/// A queue refused by a full ready queue waits for that queue's `ReadyRoom` call; if none
+/// comes (the ready queue went away), it offers again after this long anyway.
+const READY_FULL_FALLBACK: Duration = Duration::from_secs(30);
 
 /// The scheduled queue of one tenant × campaign × domain.
 pub struct QueueActor {
@@ -49,6 +50,9 @@ pub struct QueueActor {
     batches_received: u64,
     idle_since: Option<Instant>,
     idle_reported: bool,
+    /// A ready queue refused messages: wait for room before offering again.
+    blocked_until: Option<Instant>,
+    queued_gauge: metrics::Gauge,
 }
 
 impl QueueActor {
@@ -59,6 +63,8 @@ impl QueueActor {
         pool: Arc<Pool>,
         parent: Addr<CampaignActor>,
     ) -> Self {
+        let queued_gauge =
+            metrics::gauge!("switchyard_scheduled_messages", &gauge_labels(&id, &shared));
         QueueActor {
             name: id.name(),
             id,
@@ -75,24 +81,14 @@ impl QueueActor {
             batches_received: 0,
             idle_since: Some(Instant::now()),
             idle_reported: false,
+            blocked_until: None,
+            queued_gauge,
         }
-    }
-
-    fn gauge_labels(&self) -> Vec<(&'static str, String)> {
-        let mut l = vec![("tenant", self.id.tenant.to_string())];
-        if self.shared.settings.campaign_labels {
-            l.push((
-                "campaign",
-                self.id.campaign.as_deref().unwrap_or("").to_string(),
-            ));
-        }
-        l.push(("domain", self.id.domain.to_string()));
-        l
     }
 
     fn publish(&mut self) {
         let queued = self.scheduled.len() + self.in_flight.len();
-        metrics::gauge!("switchyard_scheduled_messages", &self.gauge_labels()).set(queued as f64);
+        self.queued_gauge.set(queued as f64);
         if queued == 0 {
             if self.idle_since.is_none() {
                 self.idle_since = Some(Instant::now());
@@ -134,6 +130,12 @@ impl QueueActor {
             self.wake_at(first_due, ctx);
             self.publish();
             return;
+        }
+        if let Some(until) = self.blocked_until {
+            if until > Instant::now() {
+                return self.publish();
+            }
+            self.blocked_until = None;
         }
         let route = match &self.route {
             Some(r) if self.fresh_route || r.expires > Instant::now() => r.clone(),
@@ -199,6 +201,8 @@ impl QueueActor {
         let offer = Offer {
             items,
             hosts: route.hosts.clone(),
+            queue: self.name.as_str().into(),
+            room_to: ctx.address().recipient(),
         };
         ctx.spawn(
             ready
@@ -207,14 +211,15 @@ impl QueueActor {
                 .map(move |taken, act, ctx| {
                     let taken = taken.unwrap_or(0);
                     if taken < keys.len() {
-                        let retry_at = now_ms() + READY_FULL_RETRY.as_millis() as u64;
+                        // Back to the schedule, due now; offered again when the ready queue
+                        // says it has room (or after the fallback), not polled.
                         for key in &keys[taken..] {
-                            if let Some(mut m) = act.in_flight.remove(key) {
-                                m.due_ms = retry_at;
+                            if let Some(m) = act.in_flight.remove(key) {
                                 act.schedule(m);
                             }
                         }
-                        act.wake_at(retry_at, ctx);
+                        act.blocked_until = Some(Instant::now() + READY_FULL_FALLBACK);
+                        act.wake_at(now_ms() + READY_FULL_FALLBACK.as_millis() as u64, ctx);
                     }
                     act.publish();
                 }),
@@ -334,6 +339,15 @@ impl QueueActor {
     }
 }
 
+fn gauge_labels(id: &QueueIdentity, shared: &Shared) -> Vec<(&'static str, String)> {
+    let mut l = vec![("tenant", id.tenant.to_string())];
+    if shared.settings.campaign_labels {
+        l.push(("campaign", id.campaign.as_deref().unwrap_or("").to_string()));
+    }
+    l.push(("domain", id.domain.to_string()));
+    l
+}
+
 /// What is known about an attempt besides its reply.
 #[derive(Default)]
 struct Settlement {
@@ -366,7 +380,7 @@ impl Actor for QueueActor {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.shared.count_scheduled_queue(-1);
-        metrics::gauge!("switchyard_scheduled_messages", &self.gauge_labels()).set(0.0);
+        self.queued_gauge.set(0.0);
     }
 }
 
@@ -433,6 +447,20 @@ impl Handler<DeliveryOutcome> for QueueActor {
             self.wake_at(due, ctx);
         }
         self.publish();
+    }
+}
+
+/// A ready queue that refused this queue's messages has room again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReadyRoom;
+
+impl Handler<ReadyRoom> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ReadyRoom, ctx: &mut Context<Self>) {
+        self.blocked_until = None;
+        self.pump(ctx);
     }
 }
 

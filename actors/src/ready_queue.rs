@@ -13,10 +13,10 @@ use crate::connection::ConnectionActor;
 use crate::engine::Shared;
 use crate::message::{QueueIdentity, QueuedMessage};
 use crate::ports::{ConnectTarget, EgressSource, MxHost};
-use crate::queue::DeliveryOutcome;
+use crate::queue::{DeliveryOutcome, ReadyRoom};
 use crate::shaping::PathSettings;
 use actix::prelude::*;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -45,6 +45,11 @@ pub struct ReadyQueueActor {
     starting: usize,
     idle_since: Option<Instant>,
     reaped: bool,
+    /// Scheduled queues refused for lack of room, to be called back in order.
+    blocked: VecDeque<(Arc<str>, Recipient<ReadyRoom>)>,
+    blocked_names: HashSet<Arc<str>>,
+    ready_gauge: metrics::Gauge,
+    connections_gauge: metrics::Gauge,
 }
 
 impl ReadyQueueActor {
@@ -56,6 +61,12 @@ impl ReadyQueueActor {
         settings: PathSettings,
         shared: Arc<Shared>,
     ) -> Self {
+        let labels = [
+            ("source", source.name.to_string()),
+            ("site", site.to_string()),
+        ];
+        let ready_gauge = metrics::gauge!("switchyard_ready_messages", &labels);
+        let connections_gauge = metrics::gauge!("switchyard_connections", &labels);
         ReadyQueueActor {
             source,
             site,
@@ -68,19 +79,29 @@ impl ReadyQueueActor {
             starting: 0,
             idle_since: Some(Instant::now()),
             reaped: false,
+            blocked: VecDeque::new(),
+            blocked_names: HashSet::new(),
+            ready_gauge,
+            connections_gauge,
         }
     }
 
-    fn labels(&self) -> [(&'static str, String); 2] {
-        [
-            ("source", self.source.name.to_string()),
-            ("site", self.site.to_string()),
-        ]
+    fn publish(&self) {
+        self.ready_gauge.set(self.ready.len() as f64);
+        self.connections_gauge.set(self.connections as f64);
     }
 
-    fn publish(&self) {
-        metrics::gauge!("switchyard_ready_messages", &self.labels()).set(self.ready.len() as f64);
-        metrics::gauge!("switchyard_connections", &self.labels()).set(self.connections as f64);
+    /// Call back as many refused scheduled queues as there are free places (each brings at
+    /// least one message), oldest refusal first.
+    fn wake_blocked(&mut self) {
+        let free = self.settings.max_ready.saturating_sub(self.ready.len());
+        for _ in 0..free {
+            let Some((name, room)) = self.blocked.pop_front() else {
+                break;
+            };
+            self.blocked_names.remove(&name);
+            room.do_send(ReadyRoom);
+        }
     }
 
     /// Hand waiting connections their next message, then open connections while there is
@@ -150,8 +171,11 @@ impl Actor for ReadyQueueActor {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.shared.count_ready_queue(-1);
-        metrics::gauge!("switchyard_ready_messages", &self.labels()).set(0.0);
-        metrics::gauge!("switchyard_connections", &self.labels()).set(0.0);
+        self.ready_gauge.set(0.0);
+        self.connections_gauge.set(0.0);
+        for (_, room) in self.blocked.drain(..) {
+            room.do_send(ReadyRoom);
+        }
     }
 }
 
@@ -163,6 +187,10 @@ pub struct Offer {
     pub items: Vec<ReadyItem>,
     /// The site's current hosts.
     pub hosts: Arc<[MxHost]>,
+    /// The offering scheduled queue's name.
+    pub queue: Arc<str>,
+    /// Where to say there is room again after refusing part of the offer.
+    pub room_to: Recipient<ReadyRoom>,
 }
 
 impl Handler<Offer> for ReadyQueueActor {
@@ -175,6 +203,9 @@ impl Handler<Offer> for ReadyQueueActor {
         self.hosts = offer.hosts;
         let room = self.settings.max_ready.saturating_sub(self.ready.len());
         let taken = offer.items.len().min(room);
+        if taken < offer.items.len() && self.blocked_names.insert(offer.queue.clone()) {
+            self.blocked.push_back((offer.queue, offer.room_to));
+        }
         self.ready.extend(offer.items.into_iter().take(taken));
         self.dispatch(ctx);
         taken
@@ -197,6 +228,7 @@ impl Handler<NextMessage> for ReadyQueueActor {
             self.starting = self.starting.saturating_sub(1);
         }
         if let Some(item) = self.ready.pop_front() {
+            self.wake_blocked();
             self.publish();
             return Box::pin(async move { Some(item) });
         }

@@ -4,7 +4,8 @@
 //! order (each of their addresses), reads the banner, says EHLO with the source's name and
 //! applies the STARTTLS policy:
 //! - Opportunistic(Insecure): STARTTLS when offered; if the handshake fails, connect again
-//!   in plain text (a broken TLS stack at the receiver must not stop the mail);
+//!   in plain text (a broken TLS stack at the receiver must not stop the mail), and remember
+//!   the host's broken TLS for an hour so the next sessions do not fail the same way first;
 //! - Required(Insecure): no TLS, no delivery — a transient failure, logged;
 //! - the Insecure variants skip certificate checks, the others verify against webpki roots.
 
@@ -16,8 +17,10 @@ use futures::future::BoxFuture;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use stream::Stream;
 use switchyard_actors::message::{Peer, Reply};
 use switchyard_actors::ports::{
@@ -26,11 +29,15 @@ use switchyard_actors::ports::{
 use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
 
+/// How long a host whose STARTTLS failed is sent to in plain text without trying again.
+const REMEMBER_BROKEN_TLS: Duration = Duration::from_secs(3600);
+
 /// Opens outbound sessions.
 #[derive(Clone)]
 pub struct Connector {
     verified: TlsConnector,
     insecure: TlsConnector,
+    broken_tls: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Connector {
@@ -51,7 +58,25 @@ impl Connector {
         Ok(Connector {
             verified: TlsConnector::from(Arc::new(verified)),
             insecure: TlsConnector::from(Arc::new(insecure)),
+            broken_tls: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    fn tls_known_broken(&self, host: &str) -> bool {
+        let mut map = self.broken_tls.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(host) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                map.remove(host);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_broken_tls(&self, host: &str) {
+        let mut map = self.broken_tls.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(host.to_string(), Instant::now() + REMEMBER_BROKEN_TLS);
     }
 }
 
@@ -134,6 +159,10 @@ impl Connector {
         if !hello.is_success() {
             return Err(fail(hello));
         }
+        let opportunistic = matches!(tls, TlsMode::Opportunistic | TlsMode::OpportunisticInsecure);
+        if opportunistic && self.tls_known_broken(&peer.host) {
+            return Ok(client);
+        }
         let (wants, verify) = match tls {
             TlsMode::Disabled => return Ok(client),
             TlsMode::Opportunistic => (false, true),
@@ -179,6 +208,7 @@ impl Connector {
             ))),
             Err(why) => {
                 tracing::info!(host = %peer.host, "STARTTLS failed ({why}); delivering in plain text");
+                self.remember_broken_tls(&peer.host);
                 Box::pin(self.session(target, addr, peer.clone(), TlsMode::Disabled)).await
             }
         }
