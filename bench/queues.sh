@@ -48,7 +48,7 @@ start() {
   for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$sy_http) 2>/dev/null && return; sleep 0.05; done
 }
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$sy_pid/status"; }
-metric() { curl -s "127.0.0.1:$sy_http/metrics" | awk -v m="$1" '$1 ~ m {s+=$2} END{print s+0}'; }
+metric() { curl -s "127.0.0.1:$sy_http/metrics" | awk -v m="$1" '$1 ~ m {s+=$2} END{printf "%d\n", s}'; }
 now() { date +%s.%N; }
 recovered_after() {  # seconds from $1 until the log says the spool is recovered
   until grep -q "spool recovered" "$work/switchyard.log"; do sleep 0.05; done

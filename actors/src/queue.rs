@@ -52,6 +52,8 @@ pub struct QueueActor {
     idle_reported: bool,
     /// A ready queue refused messages: wait for room before offering again.
     blocked_until: Option<Instant>,
+    /// ReadyRoom calls received; an offer refused after a call it crossed is not blocked.
+    room_calls: u64,
     queued_gauge: metrics::Gauge,
 }
 
@@ -82,6 +84,7 @@ impl QueueActor {
             idle_since: Some(Instant::now()),
             idle_reported: false,
             blocked_until: None,
+            room_calls: 0,
             queued_gauge,
         }
     }
@@ -132,7 +135,10 @@ impl QueueActor {
             return;
         }
         if let Some(until) = self.blocked_until {
-            if until > Instant::now() {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                // Whatever woke us, the fallback must stay armed.
+                self.wake_at(now + left.as_millis() as u64 + 1, ctx);
                 return self.publish();
             }
             self.blocked_until = None;
@@ -204,6 +210,7 @@ impl QueueActor {
             queue: self.name.as_str().into(),
             room_to: ctx.address().recipient(),
         };
+        let calls_before = self.room_calls;
         ctx.spawn(
             ready
                 .send(offer)
@@ -218,8 +225,12 @@ impl QueueActor {
                                 act.schedule(m);
                             }
                         }
-                        act.blocked_until = Some(Instant::now() + READY_FULL_FALLBACK);
-                        act.wake_at(now_ms() + READY_FULL_FALLBACK.as_millis() as u64, ctx);
+                        if act.room_calls == calls_before {
+                            act.blocked_until = Some(Instant::now() + READY_FULL_FALLBACK);
+                            act.wake_at(now_ms() + READY_FULL_FALLBACK.as_millis() as u64, ctx);
+                        } else {
+                            ctx.notify(Pump);
+                        }
                     }
                     act.publish();
                 }),
@@ -363,19 +374,18 @@ impl Actor for QueueActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.shared.count_scheduled_queue(1);
         let reap_after = self.shared.settings.reap_after;
-        ctx.run_interval(
-            (reap_after / 4).max(Duration::from_millis(250)),
-            move |act, _| {
-                if !act.idle_reported && act.idle_since.is_some_and(|t| t.elapsed() >= reap_after) {
-                    act.idle_reported = true;
-                    act.parent.do_send(QueueIdle {
-                        domain: act.id.domain.clone(),
-                        batches_received: act.batches_received,
-                    });
-                }
-            },
-        );
+        ctx.run_interval(crate::engine::gauge_refresh(reap_after), move |act, _| {
+            act.publish();
+            if !act.idle_reported && act.idle_since.is_some_and(|t| t.elapsed() >= reap_after) {
+                act.idle_reported = true;
+                act.parent.do_send(QueueIdle {
+                    domain: act.id.domain.clone(),
+                    batches_received: act.batches_received,
+                });
+            }
+        });
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -459,6 +469,7 @@ impl Handler<ReadyRoom> for QueueActor {
     type Result = ();
 
     fn handle(&mut self, _: ReadyRoom, ctx: &mut Context<Self>) {
+        self.room_calls += 1;
         self.blocked_until = None;
         self.pump(ctx);
     }
