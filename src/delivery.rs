@@ -5,11 +5,10 @@ use crate::config::LoadedConfig;
 use crate::dns::Dns;
 use crate::logs::EventLog;
 use crate::outbound::Connector;
-use crate::spool::{parse_entry_key, Spool, SpoolError};
+use crate::spool::{Spool, SpoolError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use switchyard_actors::engine::{Engine, EngineSettings, Submission};
-use switchyard_actors::message::{QueueIdentity, QueuedMessage};
 use switchyard_actors::pool::Pool;
 use switchyard_actors::ports::{EgressSource, Ports};
 use switchyard_actors::schedule::RetryPolicy;
@@ -143,22 +142,7 @@ pub async fn recover(spool: Spool, engine: Arc<Engine>) -> Result<usize, SpoolEr
         let mut total = 0;
         for entry in spool.queue_entries() {
             let (id, index, e) = entry?;
-            let key = crate::spool::entry_key(id, index);
-            debug_assert_eq!(parse_entry_key(&key), Some((id, index)));
-            batch.push(Submission {
-                queue: QueueIdentity {
-                    tenant: e.tenant.into(),
-                    campaign: e.campaign.map(Into::into),
-                    domain: e.domain.into(),
-                },
-                message: QueuedMessage {
-                    key,
-                    recipient: e.recipient.into(),
-                    attempts: e.attempts,
-                    due_ms: e.due_ms,
-                    created_ms: e.created_ms,
-                },
-            });
+            batch.push(e.submission(crate::spool::entry_key(id, index)));
             total += 1;
             if batch.len() == RECOVERY_BATCH
                 && tx.blocking_send(std::mem::take(&mut batch)).is_err()

@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-pub use switchyard_actors::record::{rfc3339, LogRecord, Response};
+pub use switchyard_actors::record::{LogRecord, Response};
 
 /// Records that may wait for the log thread.
 const LOG_QUEUE_DEPTH: usize = 65_536;

@@ -131,6 +131,26 @@ pub struct QueueEntry {
     pub created_ms: u64,
 }
 
+impl QueueEntry {
+    /// This recipient as the delivery engine takes it, under spool key `key`.
+    pub fn submission(&self, key: MessageKey) -> switchyard_actors::engine::Submission {
+        switchyard_actors::engine::Submission {
+            queue: switchyard_actors::message::QueueIdentity {
+                tenant: self.tenant.as_str().into(),
+                campaign: self.campaign.as_deref().map(Into::into),
+                domain: self.domain.as_str().into(),
+            },
+            message: switchyard_actors::message::QueuedMessage {
+                key,
+                recipient: self.recipient.as_str().into(),
+                attempts: self.attempts,
+                due_ms: self.due_ms,
+                created_ms: self.created_ms,
+            },
+        }
+    }
+}
+
 /// The name of the scheduled queue for (tenant, campaign, domain).
 pub fn queue_name(tenant: &str, campaign: Option<&str>, domain: &str) -> String {
     match campaign {
@@ -221,7 +241,6 @@ pub struct Spool {
 struct Inner {
     messages: Keyspace,
     queue: Keyspace,
-    state: Keyspace,
     /// `None` only while dropping, so the writer sees its channel close.
     writer: Option<mpsc::UnboundedSender<WriteOp>>,
     store_permits: Arc<tokio::sync::Semaphore>,
@@ -276,7 +295,8 @@ impl Spool {
                 .with_kv_separation(Some(KvSeparationOptions::default()))
         })?;
         let queue = db.keyspace("queue", KeyspaceCreateOptions::default)?;
-        let state = db.keyspace("state", KeyspaceCreateOptions::default)?;
+        // Created now so the layout is complete; suspensions move in with issue 4.
+        db.keyspace("state", KeyspaceCreateOptions::default)?;
         let (mut count, mut bytes) = (0u64, 0u64);
         // Sizes only: with key-value separation the bodies are not read.
         for item in messages.iter() {
@@ -305,7 +325,6 @@ impl Spool {
             inner: Arc::new(Inner {
                 messages,
                 queue,
-                state,
                 writer: Some(tx),
                 store_permits: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_DEPTH)),
                 writer_thread: Some(writer_thread),
@@ -425,11 +444,6 @@ impl Spool {
                 serde_json::from_slice(&v).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
             Ok((id, idx, entry))
         })
-    }
-
-    /// The `state` keyspace, for suspensions and overrides.
-    pub fn state(&self) -> &Keyspace {
-        &self.inner.state
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{free_port, python, send_many, swaks, Daemon, Dnsmasq, Sink};
+use common::{free_port, inject, send_many, swaks, Daemon, Dnsmasq, Sink};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
@@ -215,18 +215,7 @@ fn restart_mid_queue_delivers_every_message_exactly_once() {
         ),
     );
     let acks = d.dir.path().join("acks.txt");
-    let (ok, out, err) = python(
-        "smtp_client.py",
-        &[
-            "inject".into(),
-            "127.0.0.1".into(),
-            d.smtp.port().to_string(),
-            "--count".into(),
-            "500".into(),
-            "--out".into(),
-            acks.display().to_string(),
-        ],
-    );
+    let (ok, out, err) = inject(&d, 500, &acks, &[]);
     assert!(ok, "{out}{err}");
     // The client sends to rcpt@example.net, routed to a sink that is not there yet.
     d.wait_events("first attempts", count("TransientFailure", 1));

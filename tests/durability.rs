@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{python, Daemon};
+use common::{inject, Daemon};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,7 @@ fn spooled(d: &Daemon) -> HashMap<String, (String, Option<String>)> {
     out
 }
 
-fn inject(d: &Daemon, count: usize, out: &std::path::Path) -> std::process::Child {
+fn inject_in_background(d: &Daemon, count: usize, out: &std::path::Path) -> std::process::Child {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/smtp_client.py");
     std::process::Command::new("python3")
         .arg(script)
@@ -73,22 +73,7 @@ fn every_acknowledged_message_survives_sigkill() {
     let mut d = Daemon::start("");
     let acks = d.dir.path().join("acks.txt");
     let n = 300;
-    let (ok, out, err) = python(
-        "smtp_client.py",
-        &[
-            "inject".into(),
-            "127.0.0.1".into(),
-            d.smtp.port().to_string(),
-            "--count".into(),
-            n.to_string(),
-            "--out".into(),
-            acks.display().to_string(),
-            "--campaign".into(),
-            "autumn".into(),
-            "--size".into(),
-            "5000".into(),
-        ],
-    );
+    let (ok, out, err) = inject(&d, n, &acks, &["--campaign", "autumn", "--size", "5000"]);
     assert!(ok, "{out}{err}");
     let sent = acknowledged(&acks);
     assert_eq!(sent.len(), n);
@@ -118,7 +103,7 @@ fn every_acknowledged_message_survives_sigkill() {
 fn sigkill_in_the_middle_of_injection_loses_nothing_acknowledged() {
     let mut d = Daemon::start("");
     let acks = d.dir.path().join("acks.txt");
-    let mut client = inject(&d, 5000, &acks);
+    let mut client = inject_in_background(&d, 5000, &acks);
     let deadline = Instant::now() + Duration::from_secs(60);
     while acknowledged(&acks).len() < 200 {
         assert!(Instant::now() < deadline, "injection too slow");

@@ -618,7 +618,11 @@ impl Session {
             ..LogRecord::new("Reception")
         };
         let tenant = envelope.tenant.clone();
-        let submissions = submissions(id, &entries);
+        let submissions: Vec<_> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| e.submission(crate::spool::entry_key(id, i as u32)))
+            .collect();
         let stored = self
             .ctx
             .spool
@@ -687,31 +691,6 @@ impl Session {
             ..LogRecord::new("Rejection")
         });
     }
-}
-
-/// The spooled recipients as the delivery engine takes them.
-fn submissions(
-    id: MessageId,
-    entries: &[QueueEntry],
-) -> Vec<switchyard_actors::engine::Submission> {
-    entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| switchyard_actors::engine::Submission {
-            queue: switchyard_actors::message::QueueIdentity {
-                tenant: e.tenant.as_str().into(),
-                campaign: e.campaign.as_deref().map(Into::into),
-                domain: e.domain.as_str().into(),
-            },
-            message: switchyard_actors::message::QueuedMessage {
-                key: crate::spool::entry_key(id, i as u32),
-                recipient: e.recipient.as_str().into(),
-                attempts: e.attempts,
-                due_ms: e.due_ms,
-                created_ms: e.created_ms,
-            },
-        })
-        .collect()
 }
 
 /// Stands in for an address literal while smtp-proto parses the command.

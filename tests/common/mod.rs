@@ -467,6 +467,24 @@ impl Drop for Dnsmasq {
     }
 }
 
+/// Inject `n` messages through smtp_client.py (4 sessions), recording each acknowledged
+/// Message-ID in `acks`; returns (exit ok, stdout, stderr).
+pub fn inject(d: &Daemon, n: usize, acks: &Path, extra: &[&str]) -> (bool, String, String) {
+    let mut args: Vec<String> = vec![
+        "inject".into(),
+        "127.0.0.1".into(),
+        d.smtp.port().to_string(),
+    ];
+    args.extend([
+        "--count".into(),
+        n.to_string(),
+        "--out".into(),
+        acks.display().to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    python("smtp_client.py", &args)
+}
+
 /// Send `n` messages with swaks-like content over one smtplib session per call, through the
 /// Python client (each gets its own Message-ID); returns the client's JSON lines.
 pub fn send_many(d: &Daemon, n: usize, rcpt: &str, tenant: &str) -> Vec<serde_json::Value> {
