@@ -1,5 +1,6 @@
 //! Wiring the delivery engine: settings from the config, the ports over spool, log, DNS and
-//! outbound SMTP, and spool recovery at start.
+//! outbound SMTP, shaping with its MX-rollup sites, suspensions restored from the spool,
+//! and spool recovery at start.
 
 use crate::config::LoadedConfig;
 use crate::dns::Dns;
@@ -8,10 +9,16 @@ use crate::outbound::Connector;
 use crate::spool::{Spool, SpoolError};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use switchyard_actors::engine::{Engine, EngineSettings, Submission};
 use switchyard_actors::pool::Pool;
 use switchyard_actors::ports::{EgressSource, Ports};
 use switchyard_actors::schedule::RetryPolicy;
+use switchyard_actors::suspensions::{Override, Restore, Suspension};
+
+/// How often the MX-rollup sites of the shaping blocks are looked up again (answers come
+/// from the DNS cache until their TTL runs out, so this follows the TTLs).
+const SITE_REFRESH: Duration = Duration::from_secs(60);
 
 /// Messages handed to the engine per batch during recovery.
 const RECOVERY_BATCH: usize = 10_000;
@@ -76,7 +83,16 @@ pub fn pools(loaded: &LoadedConfig) -> HashMap<String, Arc<Pool>> {
 /// Engine settings from the config (shaping files already validated by the loader).
 pub fn engine_settings(loaded: &LoadedConfig) -> anyhow::Result<EngineSettings> {
     let c = &loaded.config;
-    let shaping = crate::shaping::load(loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shaping = crate::shaping::load(loaded).map_err(|e| {
+        anyhow::anyhow!(e
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"))
+    })?;
+    for w in &shaping.warnings {
+        tracing::warn!("{w}");
+    }
     Ok(EngineSettings {
         retry: RetryPolicy {
             retry_interval: c.queue.retry_interval.0,
@@ -89,7 +105,13 @@ pub fn engine_settings(loaded: &LoadedConfig) -> anyhow::Result<EngineSettings> 
             .iter()
             .filter_map(|(t, cfg)| cfg.pool.as_ref().map(|p| (t.clone(), p.get_ref().clone())))
             .collect(),
-        shaping: Arc::new(shaping),
+        shaping: Arc::new(shaping.shaping),
+        rules: Arc::new(shaping.rules),
+        tenant_rates: c
+            .tenant
+            .iter()
+            .filter_map(|(t, cfg)| cfg.max_message_rate.map(|r| (t.clone(), r)))
+            .collect(),
         reap_after: c.queue.reap_after.0,
         campaign_labels: c.metrics.campaign_labels,
         arbiters: std::thread::available_parallelism()
@@ -112,18 +134,61 @@ pub fn start_engine(
             crate::config::split_host_port(t.get_ref()).map(|hp| (d.to_ascii_lowercase(), hp))
         })
         .collect();
+    let dns = Dns::new(&c.dns.nameservers.values, routes)?;
     let ports = Ports {
         spool: Arc::new(spool.clone()),
         events: Arc::new(log.clone()),
-        resolver: Arc::new(Dns::new(&c.dns.nameservers.values, routes)?),
+        resolver: Arc::new(dns.clone()),
         connector: Arc::new(Connector::new()?),
     };
     let bounces = crate::shaping::bounce_classifier(loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Arc::new(Engine::start(
-        engine_settings(loaded)?,
-        ports,
-        bounces,
-    )?))
+    let engine = Arc::new(Engine::start(engine_settings(loaded)?, ports, bounces)?);
+    let shaping = engine.shared().settings.shaping.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            for w in crate::shaping::resolve_sites(&shaping, &dns).await {
+                if first {
+                    tracing::warn!("{w}");
+                }
+            }
+            first = false;
+            tokio::time::sleep(SITE_REFRESH).await;
+        }
+    });
+    restore_suspensions(spool, &engine)?;
+    Ok(engine)
+}
+
+/// Put the suspensions and overrides stored in the spool back into effect.
+fn restore_suspensions(spool: &Spool, engine: &Engine) -> anyhow::Result<()> {
+    let read = |prefix: &str| -> anyhow::Result<Vec<Vec<u8>>> {
+        Ok(spool
+            .state_entries(prefix)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    };
+    let suspensions: Vec<Suspension> = read("suspension/")?
+        .iter()
+        .filter_map(|v| serde_json::from_slice(v).ok())
+        .collect();
+    let overrides: Vec<Override> = read("override/")?
+        .iter()
+        .filter_map(|v| serde_json::from_slice(v).ok())
+        .collect();
+    if !suspensions.is_empty() || !overrides.is_empty() {
+        tracing::info!(
+            suspensions = suspensions.len(),
+            overrides = overrides.len(),
+            "restored from the spool"
+        );
+    }
+    engine.shared().suspensions.do_send(Restore {
+        suspensions,
+        overrides,
+    });
+    Ok(())
 }
 
 /// Hand every spooled recipient back to its scheduled queue, attempts and due time intact.

@@ -1,20 +1,40 @@
-//! The admin HTTP server: health, `/metrics`, and (later) the `/api/v1` routes of CONTRACT.md.
+//! The admin HTTP server: health, `/metrics` and the `/api/v1` routes of CONTRACT.md.
 //!
-//! Every error is a JSON `{"error": "..."}` with a 4xx status, never a panic.
+//! Handlers talk to the actors by message (the SuspensionsActor for suspensions). Every
+//! error is a JSON `{"error": "..."}` with a 4xx status, never a panic; bodies are read as
+//! bytes and parsed here so a malformed one gets a clear message. With `[http] token` set,
+//! every `/api/v1` route but health needs `Authorization: Bearer TOKEN`.
 
 use crate::telemetry::Telemetry;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
+use switchyard_actors::engine::Engine;
+use switchyard_actors::message::now_ms;
+use switchyard_actors::suspensions::{
+    rfc3339_ms, ListSuspensions, Resume, Suspend, Suspension, SuspensionKind,
+};
 use tokio::net::TcpListener;
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct HttpState {
     /// Metrics renderer.
     pub telemetry: Telemetry,
+    /// The delivery engine.
+    pub engine: Arc<Engine>,
+    /// Bearer token for the API, when set.
+    pub token: Option<Arc<str>>,
 }
 
 /// The router with every route.
@@ -22,8 +42,187 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/suspensions",
+            get(list_suspensions).post(create_suspension),
+        )
+        .route("/api/v1/suspensions/{id}", delete(resume_suspension))
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
+}
+
+/// An API error: a 4xx (or 5xx) with `{"error": message}`.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorize(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let open = path == "/api/v1/health" || !path.starts_with("/api/v1/");
+    if let (Some(token), false) = (&state.token, open) {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_secret(given.as_bytes(), token.as_bytes()) {
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Parse a JSON body into `T`, with the reason when it does not fit.
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("bad request body: {e}")))
+}
+
+fn suspension_json(s: &Suspension) -> serde_json::Value {
+    json!({
+        "id": s.id,
+        "kind": s.kind,
+        "tenant": s.tenant,
+        "campaign": s.campaign,
+        "domain": s.domain,
+        "site": s.site,
+        "source": s.source,
+        "reason": s.reason,
+        "rule": s.rule,
+        "created": rfc3339_ms(s.created_ms),
+        "expires": rfc3339_ms(s.expires_ms),
+    })
+}
+
+async fn list_suspensions(State(state): State<HttpState>) -> Result<Response, ApiError> {
+    let all = state
+        .engine
+        .shared()
+        .suspensions
+        .send(ListSuspensions)
+        .await
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into()))?;
+    let list: Vec<serde_json::Value> = all.iter().map(suspension_json).collect();
+    Ok(Json(list).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSuspension {
+    tenant: Option<String>,
+    campaign: Option<String>,
+    domain: Option<String>,
+    source: Option<String>,
+    site: Option<String>,
+    duration: String,
+    reason: Option<String>,
+}
+
+async fn create_suspension(
+    State(state): State<HttpState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: NewSuspension = parse_body(&body)?;
+    let duration = humantime::parse_duration(req.duration.trim())
+        .map_err(|e| bad_request(format!("bad duration {:?}: {e}", req.duration)))?;
+    if duration.is_zero() {
+        return Err(bad_request("duration must be more than 0"));
+    }
+    let kind = match (&req.tenant, &req.campaign, &req.source) {
+        (Some(_), _, Some(_)) => {
+            return Err(bad_request(
+                "suspend either a tenant (or campaign) or a source, not both",
+            ))
+        }
+        (None, Some(_), _) => return Err(bad_request("a campaign needs its tenant")),
+        (Some(_), Some(_), None) => SuspensionKind::Campaign,
+        (Some(_), None, None) => SuspensionKind::Tenant,
+        (None, None, Some(_)) => {
+            if req.site.is_none() {
+                return Err(bad_request("a source suspension needs the site"));
+            }
+            SuspensionKind::Source
+        }
+        (None, None, None) => return Err(bad_request("say which tenant, campaign or source")),
+    };
+    let shared = state.engine.shared();
+    if let Some(source) = &req.source {
+        let known = shared
+            .settings
+            .pools
+            .values()
+            .any(|p| p.members.iter().any(|(s, _)| &*s.name == source));
+        if !known {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no source named {source:?}"),
+            ));
+        }
+    }
+    let now = now_ms();
+    let s = Suspension {
+        id: String::new(),
+        kind,
+        tenant: req.tenant,
+        campaign: req.campaign,
+        domain: req.domain.map(|d| d.to_ascii_lowercase()),
+        site: req.site,
+        source: req.source,
+        reason: req.reason.unwrap_or_else(|| "suspended by an operator".into()),
+        rule: None,
+        created_ms: now,
+        expires_ms: now + duration.as_millis() as u64,
+    };
+    let stored = shared
+        .suspensions
+        .send(Suspend(s))
+        .await
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": stored.id, "expires": rfc3339_ms(stored.expires_ms)})),
+    )
+        .into_response())
+}
+
+async fn resume_suspension(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let found = state
+        .engine
+        .shared()
+        .suspensions
+        .send(Resume { id: id.clone() })
+        .await
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into()))?;
+    if found {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no suspension {id:?}"),
+        ))
+    }
 }
 
 /// Serve the router on `listener` until the process ends.
@@ -39,9 +238,7 @@ async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-async fn metrics(
-    axum::extract::State(state): axum::extract::State<HttpState>,
-) -> impl IntoResponse {
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

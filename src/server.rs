@@ -48,7 +48,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
             Err(e) => tracing::error!("spool recovery task failed: {e}"),
         }
     });
-    let ingress = Ingress::new(&loaded, spool.clone(), log, engine)?;
+    let ingress = Ingress::new(&loaded, spool.clone(), log, engine.clone())?;
     let quiet_spool = spool.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -65,7 +65,11 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     for l in listeners {
         tasks.push(tokio::spawn(ingress.clone().serve(l)));
     }
-    let http_state = HttpState { telemetry };
+    let http_state = HttpState {
+        telemetry,
+        engine,
+        token: c.http.token.as_deref().map(Into::into),
+    };
     tokio::spawn(async move {
         if let Err(e) = http::serve(http_listener, http_state).await {
             tracing::error!("HTTP server stopped: {e}");

@@ -129,6 +129,13 @@ pub struct QueueEntry {
     pub due_ms: u64,
     /// When the message was received, ms since the epoch.
     pub created_ms: u64,
+    /// Time spent held by suspensions, ms; not counted towards `max_age`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl QueueEntry {
@@ -146,6 +153,7 @@ impl QueueEntry {
                 attempts: self.attempts,
                 due_ms: self.due_ms,
                 created_ms: self.created_ms,
+                held_ms: self.held_ms,
             },
         }
     }
@@ -229,7 +237,13 @@ enum WriteOp {
         key: MessageKey,
         attempts: u32,
         due_ms: u64,
+        held_ms: u64,
     },
+    PutState {
+        key: String,
+        value: Vec<u8>,
+    },
+    DeleteState(String),
 }
 
 /// The spool handle; cheap to clone.
@@ -241,6 +255,7 @@ pub struct Spool {
 struct Inner {
     messages: Keyspace,
     queue: Keyspace,
+    state: Keyspace,
     /// `None` only while dropping, so the writer sees its channel close.
     writer: Option<mpsc::UnboundedSender<WriteOp>>,
     store_permits: Arc<tokio::sync::Semaphore>,
@@ -278,6 +293,7 @@ struct Writer {
     db: Database,
     messages: Keyspace,
     queue: Keyspace,
+    state: Keyspace,
     counters: Arc<Counters>,
     path: PathBuf,
     min_free_space: u64,
@@ -295,8 +311,8 @@ impl Spool {
                 .with_kv_separation(Some(KvSeparationOptions::default()))
         })?;
         let queue = db.keyspace("queue", KeyspaceCreateOptions::default)?;
-        // Created now so the layout is complete; suspensions move in with issue 4.
-        db.keyspace("state", KeyspaceCreateOptions::default)?;
+        // Suspensions and shaping overrides, keyed "suspension/ID", "override/ID".
+        let state = db.keyspace("state", KeyspaceCreateOptions::default)?;
         let (mut count, mut bytes) = (0u64, 0u64);
         // Sizes only: with key-value separation the bodies are not read.
         for item in messages.iter() {
@@ -313,6 +329,7 @@ impl Spool {
             db,
             messages: messages.clone(),
             queue: queue.clone(),
+            state: state.clone(),
             counters: counters.clone(),
             path: dir.to_path_buf(),
             min_free_space,
@@ -325,6 +342,7 @@ impl Spool {
             inner: Arc::new(Inner {
                 messages,
                 queue,
+                state,
                 writer: Some(tx),
                 store_permits: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_DEPTH)),
                 writer_thread: Some(writer_thread),
@@ -367,12 +385,23 @@ impl Spool {
     }
 
     /// A recipient was deferred: record its attempts and next due time.
-    pub fn reschedule(&self, key: MessageKey, attempts: u32, due_ms: u64) {
+    pub fn reschedule(&self, key: MessageKey, attempts: u32, due_ms: u64, held_ms: u64) {
         self.send_op(WriteOp::Reschedule {
             key,
             attempts,
             due_ms,
+            held_ms,
         });
+    }
+
+    /// Every state entry whose key starts with `prefix`.
+    pub fn state_entries(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
+        let mut out = Vec::new();
+        for item in self.inner.state.prefix(prefix.as_bytes()) {
+            let (k, v) = item.into_inner()?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     /// Remove messages that no recipient entry refers to any more (left by a crash between a
@@ -538,6 +567,7 @@ impl Writer {
                     key,
                     attempts,
                     due_ms,
+                    held_ms,
                 } => {
                     // Rewrites of an entry still in this batch are rare (a retry is minutes
                     // away); read the stored one.
@@ -545,12 +575,17 @@ impl Writer {
                         if let Ok(mut e) = serde_json::from_slice::<QueueEntry>(&v) {
                             e.attempts = *attempts;
                             e.due_ms = *due_ms;
+                            e.held_ms = *held_ms;
                             let v = serde_json::to_vec(&e)
                                 .map_err(|e| SpoolError::Storage(e.to_string()))?;
                             batch.insert(&self.queue, *key, v);
                         }
                     }
                 }
+                WriteOp::PutState { key, value } => {
+                    batch.insert(&self.state, key.as_bytes(), value.as_slice())
+                }
+                WriteOp::DeleteState(key) => batch.remove(&self.state, key.as_bytes()),
             }
         }
         batch.commit()?;
@@ -595,8 +630,16 @@ impl switchyard_actors::ports::SpoolPort for Spool {
         Spool::remove(self, key);
     }
 
-    fn reschedule(&self, key: MessageKey, attempts: u32, due_ms: u64) {
-        Spool::reschedule(self, key, attempts, due_ms);
+    fn reschedule(&self, key: MessageKey, attempts: u32, due_ms: u64, held_ms: u64) {
+        Spool::reschedule(self, key, attempts, due_ms, held_ms);
+    }
+
+    fn put_state(&self, key: String, value: Vec<u8>) {
+        self.send_op(WriteOp::PutState { key, value });
+    }
+
+    fn delete_state(&self, key: String) {
+        self.send_op(WriteOp::DeleteState(key));
     }
 
     fn load(&self, key: &MessageKey) -> Result<switchyard_actors::ports::LoadedMessage, String> {
@@ -637,6 +680,7 @@ mod tests {
                     attempts: 0,
                     due_ms: 1,
                     created_ms: 1,
+                    held_ms: 0,
                 })
                 .collect(),
         }

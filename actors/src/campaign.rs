@@ -3,13 +3,16 @@
 //!
 //! It creates QueueActors on demand, spread over the arbiters, and reaps them: a queue that
 //! reports itself idle is stopped only if every batch sent to it has arrived (the counts
-//! match), so no message can be sent to a queue that is going away. Campaign suspensions
-//! (issue 4) live here.
+//! match), so no message can be sent to a queue that is going away. The suspensions that
+//! concern the campaign (the tenant's and its own) are kept here and passed to every queue,
+//! including queues created while they last.
 
 use crate::engine::Shared;
 use crate::message::{ForCampaign, QueueIdentity, QueuedMessage};
 use crate::pool::Pool;
 use crate::queue::{Enqueue, QueueActor, Reap};
+use crate::suspensions::Suspension;
+use crate::tenant::{AdminBounce, Hold, Release};
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ pub struct CampaignActor {
     shared: Arc<Shared>,
     pool: Arc<Pool>,
     queues: HashMap<Arc<str>, (Addr<QueueActor>, u64)>,
+    holds: Vec<Arc<Suspension>>,
 }
 
 impl CampaignActor {
@@ -30,6 +34,7 @@ impl CampaignActor {
         campaign: Option<Arc<str>>,
         shared: Arc<Shared>,
         pool: Arc<Pool>,
+        holds: Vec<Arc<Suspension>>,
     ) -> Self {
         CampaignActor {
             tenant,
@@ -37,6 +42,7 @@ impl CampaignActor {
             shared,
             pool,
             queues: HashMap::new(),
+            holds,
         }
     }
 }
@@ -68,10 +74,14 @@ impl Handler<EnqueueCampaign> for CampaignActor {
                     campaign: self.campaign.clone(),
                     domain: domain.clone(),
                 });
-                let (shared, pool, parent) =
-                    (self.shared.clone(), self.pool.clone(), ctx.address());
+                let (shared, pool, parent, holds) = (
+                    self.shared.clone(),
+                    self.pool.clone(),
+                    ctx.address(),
+                    self.holds.clone(),
+                );
                 let addr = QueueActor::start_in_arbiter(&self.shared.arbiter(), move |_| {
-                    QueueActor::new(id, shared, pool, parent)
+                    QueueActor::new(id, shared, pool, parent, holds)
                 });
                 (addr, 0)
             });
@@ -104,5 +114,48 @@ impl Handler<QueueIdle> for CampaignActor {
                 addr.do_send(Reap);
             }
         }
+    }
+}
+
+impl Handler<Hold> for CampaignActor {
+    type Result = ();
+
+    fn handle(&mut self, hold: Hold, _: &mut Context<Self>) {
+        self.holds.retain(|s| s.id != hold.0.id);
+        self.holds.push(hold.0.clone());
+        for (addr, _) in self.queues.values() {
+            addr.do_send(hold.clone());
+        }
+    }
+}
+
+impl Handler<Release> for CampaignActor {
+    type Result = ();
+
+    fn handle(&mut self, release: Release, _: &mut Context<Self>) {
+        self.holds.retain(|s| s.id != release.id);
+        for (addr, _) in self.queues.values() {
+            addr.do_send(release.clone());
+        }
+    }
+}
+
+impl Handler<AdminBounce> for CampaignActor {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, msg: AdminBounce, _: &mut Context<Self>) -> Self::Result {
+        let sends: Vec<_> = self
+            .queues
+            .iter()
+            .filter(|(d, _)| msg.domain.as_deref().is_none_or(|want| want == &***d))
+            .map(|(_, (addr, _))| addr.send(msg.clone()))
+            .collect();
+        Box::pin(async move {
+            futures::future::join_all(sends)
+                .await
+                .into_iter()
+                .map(|r| r.unwrap_or(0))
+                .sum()
+        })
     }
 }

@@ -10,7 +10,9 @@ use crate::classifier::{ClassifierActor, ClassifyReply};
 use crate::message::{Peer, Reply};
 use crate::ports::{ConnectTarget, Ports};
 use crate::queue::DeliveryOutcome;
-use crate::ready_queue::{ConnectionClosed, NextMessage, ReadyItem, ReadyQueueActor};
+use crate::ready_queue::{
+    ConnectResult, ConnectionClosed, NextMessage, ReadyItem, ReadyQueueActor,
+};
 use actix::prelude::*;
 use std::sync::Arc;
 
@@ -67,8 +69,12 @@ async fn deliver_loop(
     };
     let source = target.source.name.clone();
     let mut session = match ports.connector.connect(target).await {
-        Ok(s) => s,
+        Ok(s) => {
+            ready.do_send(ConnectResult(None));
+            s
+        }
         Err(failure) => {
+            ready.do_send(ConnectResult(Some(failure.reply.clone())));
             report(
                 &classifier,
                 &source,

@@ -1,24 +1,28 @@
 //! The engine: starts the actor system and is the door into it.
 //!
-//! actix runs on its own thread (the classifier lives there) plus one arbiter per core for
+//! actix runs on its own thread (the classifier and the suspension register live there)
+//! plus one arbiter per core for
 //! tenants, campaigns, scheduled queues, ready queues and connections, handed out round
 //! robin. [`Engine::submit`] is how spooled mail (fresh from ingress or recovered at start)
 //! enters: it waits on the tenant actor's bounded mailbox, so a flood of injection slows
 //! down at the door instead of piling up inside.
 
+use crate::automation::RuleBook;
 use crate::bounce::BounceClassifier;
 use crate::classifier::ClassifierActor;
-use crate::message::{ForTenant, QueueIdentity, QueuedMessage};
+use crate::message::{now_ms, ForTenant, QueueIdentity, QueuedMessage};
 use crate::pool::Pool;
 use crate::ports::{EgressSource, Ports, Route};
-use crate::ready_queue::ReadyQueueActor;
+use crate::ready_queue::{ReadyQueueActor, Reshape, SourceSuspension};
 use crate::schedule::RetryPolicy;
-use crate::shaping::Shaping;
+use crate::shaping::{Rate, Shaping, ShapingOptions};
+use crate::suspensions::{Attach, Override, SuspensionsActor};
 use crate::tenant::{EnqueueTenant, TenantActor};
 use actix::prelude::*;
+use governor::DefaultDirectRateLimiter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Everything the engine is configured with.
@@ -32,6 +36,10 @@ pub struct EngineSettings {
     pub tenant_pools: HashMap<String, String>,
     /// Traffic shaping.
     pub shaping: Arc<Shaping>,
+    /// Automation rules of the shaping files.
+    pub rules: Arc<RuleBook>,
+    /// Tenant QoS: `[tenant."x"] max_message_rate`.
+    pub tenant_rates: HashMap<String, Rate>,
     /// An idle queue is reaped after this.
     pub reap_after: Duration,
     /// Keep the campaign label on per-campaign series.
@@ -43,6 +51,17 @@ pub struct EngineSettings {
 /// (source name, site) of a ready queue.
 type ReadyKey = (Arc<str>, Arc<str>);
 
+/// Limits a provider's sites share, per egress source (`provider_connection_limit`,
+/// `provider_max_message_rate`).
+pub struct ProviderGate {
+    /// Connections open now across the provider's sites.
+    pub connections: AtomicUsize,
+    /// Most connections at once.
+    pub connection_limit: Option<usize>,
+    /// Messages across the provider's sites.
+    pub messages: Option<DefaultDirectRateLimiter>,
+}
+
 /// State every actor shares.
 pub struct Shared {
     /// Settings.
@@ -51,6 +70,8 @@ pub struct Shared {
     pub ports: Ports,
     /// Where replies go.
     pub classifier: Addr<ClassifierActor>,
+    /// The register of suspensions and overrides.
+    pub suspensions: Addr<SuspensionsActor>,
     /// Bounce rules, for failures found without a connection (DNS).
     pub bounces: Arc<BounceClassifier>,
     arbiters: Vec<ArbiterHandle>,
@@ -60,6 +81,13 @@ pub struct Shared {
     /// Live ReadyQueueActors.
     pub live_ready_queues: AtomicUsize,
     ready_queues: Mutex<HashMap<ReadyKey, Addr<ReadyQueueActor>>>,
+    tenants: Mutex<HashMap<Arc<str>, Addr<TenantActor>>>,
+    /// Suspended (source, site) → until (ms since the epoch).
+    source_suspensions: RwLock<HashMap<ReadyKey, u64>>,
+    /// Active shaping overrides.
+    overrides: RwLock<Vec<Override>>,
+    provider_gates: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<ProviderGate>>>,
+    tenant_limiters: HashMap<String, Arc<DefaultDirectRateLimiter>>,
 }
 
 impl Shared {
@@ -111,9 +139,9 @@ impl Shared {
             route.hosts.clone(),
             self.clone(),
         );
-        let settings = self.settings.shaping.settings_for(domain);
+        let path = self.settings.shaping.path(domain, &site, &source.name);
         let addr = ReadyQueueActor::start_in_arbiter(&self.arbiter(), move |_| {
-            ReadyQueueActor::new(source, site, hosts, settings, shared)
+            ReadyQueueActor::new(source, site, hosts, path, shared)
         });
         map.insert(key, addr.clone());
         addr
@@ -131,6 +159,116 @@ impl Shared {
         if map.get(&key) == Some(addr) {
             map.remove(&key);
         }
+    }
+
+    /// The running ready queue of (source, site), if there is one.
+    pub fn existing_ready_queue(&self, source: &str, site: &str) -> Option<Addr<ReadyQueueActor>> {
+        let map = self.ready_queues.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(Arc::from(source), Arc::from(site)))
+            .filter(|a| a.connected())
+            .cloned()
+    }
+
+    /// The tenant's actor, created on demand.
+    pub fn tenant(self: &Arc<Self>, tenant: &str) -> Addr<TenantActor> {
+        let mut map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(addr) = map.get(tenant) {
+            return addr.clone();
+        }
+        let t: Arc<str> = tenant.into();
+        let (name, shared) = (t.clone(), self.clone());
+        let pool = self.pool_for(tenant);
+        let addr = TenantActor::start_in_arbiter(&self.arbiter(), move |_| {
+            TenantActor::new(name, shared, pool)
+        });
+        map.insert(t, addr.clone());
+        addr
+    }
+
+    /// Names of the tenants with an actor.
+    pub fn tenant_names(&self) -> Vec<Arc<str>> {
+        let map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        map.keys().cloned().collect()
+    }
+
+    /// Suspend `source` towards `site` until `until` (ms since the epoch), or lift it
+    /// (`None`), and tell its ready queue.
+    pub fn suspend_source(&self, source: &str, site: &str, until: Option<u64>) {
+        let key: ReadyKey = (source.into(), site.into());
+        {
+            let mut map = self
+                .source_suspensions
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            match until {
+                Some(t) => map.insert(key, t),
+                None => map.remove(&key),
+            };
+        }
+        if let Some(ready) = self.existing_ready_queue(source, site) {
+            ready.do_send(SourceSuspension {
+                suspended: until.is_some(),
+            });
+        }
+    }
+
+    /// Until when `source` is suspended towards `site` (ms since the epoch), if it is.
+    pub fn source_suspended(&self, source: &str, site: &str) -> Option<u64> {
+        let map = self
+            .source_suspensions
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if map.is_empty() {
+            return None;
+        }
+        map.get(&(Arc::from(source), Arc::from(site)))
+            .copied()
+            .filter(|&t| t > now_ms())
+    }
+
+    /// Replace the active overrides, and have the ready queues of `site` reshape.
+    pub fn set_overrides(&self, all: Vec<Override>, site: &str) {
+        *self.overrides.write().unwrap_or_else(|e| e.into_inner()) = all;
+        let map = self.ready_queues.lock().unwrap_or_else(|e| e.into_inner());
+        for ((_, s), addr) in map.iter() {
+            if &**s == site {
+                addr.do_send(Reshape);
+            }
+        }
+    }
+
+    /// The overrides in force for the ready queue of (source, site), layered in order.
+    pub fn overrides_for(&self, source: &str, site: &str) -> ShapingOptions {
+        let all = self.overrides.read().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        let mut o = ShapingOptions::default();
+        for x in all.iter() {
+            if x.site == site && x.expires_ms > now && x.source.as_deref().is_none_or(|s| s == source) {
+                o = o.overlay(&x.options());
+            }
+        }
+        o
+    }
+
+    /// The shared limits of `provider` for `source`.
+    pub fn provider_gate(&self, provider: &crate::shaping::Provider, source: &str) -> Arc<ProviderGate> {
+        let mut map = self.provider_gates.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((provider.name.clone(), source.into()))
+            .or_insert_with(|| {
+                Arc::new(ProviderGate {
+                    connections: AtomicUsize::new(0),
+                    connection_limit: provider.connection_limit,
+                    messages: provider
+                        .max_message_rate
+                        .map(|r| DefaultDirectRateLimiter::direct(r.quota())),
+                })
+            })
+            .clone()
+    }
+
+    /// The tenant's QoS limiter, when it has `max_message_rate`.
+    pub fn tenant_limiter(&self, tenant: &str) -> Option<Arc<DefaultDirectRateLimiter>> {
+        self.tenant_limiters.get(tenant).cloned()
     }
 
     /// Count a QueueActor starting (+1) or stopping (-1) in `switchyard_scheduled_queues`.
@@ -173,7 +311,6 @@ pub struct Submission {
 /// Handle on the running actor system.
 pub struct Engine {
     shared: Arc<Shared>,
-    tenants: Mutex<HashMap<Arc<str>, Addr<TenantActor>>>,
 }
 
 impl Engine {
@@ -194,32 +331,46 @@ impl Engine {
                 let arbiters = system.block_on(async move {
                     let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
                     let classifier = ClassifierActor::new(for_classifier).start();
+                    let suspensions = SuspensionsActor::default().start();
                     let _ = tx.send((
                         arbiters.iter().map(Arbiter::handle).collect::<Vec<_>>(),
                         classifier,
+                        suspensions,
                     ));
                     arbiters
                 });
                 system.run().ok();
                 drop(arbiters);
             })?;
-        let (arbiters, classifier) = rx
+        let (arbiters, classifier, suspensions) = rx
             .recv()
             .map_err(|_| std::io::Error::other("the actor system did not start"))?;
-        Ok(Engine {
-            shared: Arc::new(Shared {
-                settings,
-                ports,
-                classifier,
-                bounces,
-                arbiters,
-                next_arbiter: AtomicUsize::new(0),
-                scheduled_queues: AtomicUsize::new(0),
-                live_ready_queues: AtomicUsize::new(0),
-                ready_queues: Mutex::new(HashMap::new()),
-            }),
+        let tenant_limiters = settings
+            .tenant_rates
+            .iter()
+            .map(|(t, r)| (t.clone(), Arc::new(DefaultDirectRateLimiter::direct(r.quota()))))
+            .collect();
+        let shared = Arc::new(Shared {
+            settings,
+            ports,
+            classifier: classifier.clone(),
+            suspensions: suspensions.clone(),
+            bounces,
+            arbiters,
+            next_arbiter: AtomicUsize::new(0),
+            scheduled_queues: AtomicUsize::new(0),
+            live_ready_queues: AtomicUsize::new(0),
+            ready_queues: Mutex::new(HashMap::new()),
             tenants: Mutex::new(HashMap::new()),
-        })
+            source_suspensions: RwLock::new(HashMap::new()),
+            overrides: RwLock::new(Vec::new()),
+            provider_gates: Mutex::new(HashMap::new()),
+            tenant_limiters,
+        });
+        // Mailboxes keep order: these arrive before anything else is sent to the two.
+        classifier.do_send(crate::classifier::Attach(shared.clone()));
+        suspensions.do_send(Attach(shared.clone()));
+        Ok(Engine { shared })
     }
 
     /// Hand spooled messages to their tenants. Waits while a tenant's mailbox is full.
@@ -233,24 +384,11 @@ impl Engine {
             ));
         }
         for (tenant, messages) in by_tenant {
-            let addr = self.tenant(&tenant);
+            let addr = self.shared.tenant(&tenant);
             if addr.send(EnqueueTenant { messages }).await.is_err() {
                 tracing::error!(%tenant, "tenant actor is gone; its messages wait in the spool for the next start");
             }
         }
-    }
-
-    fn tenant(&self, tenant: &Arc<str>) -> Addr<TenantActor> {
-        let mut map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(tenant.clone())
-            .or_insert_with(|| {
-                let (t, shared) = (tenant.clone(), self.shared.clone());
-                let pool = shared.pool_for(tenant);
-                TenantActor::start_in_arbiter(&self.shared.arbiter(), move |_| {
-                    TenantActor::new(t, shared, pool)
-                })
-            })
-            .clone()
     }
 
     /// Shared state (for status and tests).

@@ -10,12 +10,15 @@
 //! - [`ready_queue`] — ReadyQueueActor: per (egress source, site), shaping ([`shaping`]) and
 //!   connections;
 //! - [`connection`] — ConnectionActor: one SMTP session;
-//! - [`classifier`] — ClassifierActor: every reply, bounce classes ([`bounce`]) and,
-//!   with issue 4, automation.
+//! - [`classifier`] — ClassifierActor: every reply, bounce classes ([`bounce`]) and
+//!   automation rules ([`automation`]);
+//! - [`suspensions`] — SuspensionsActor: the register of suspensions and shaping
+//!   overrides, durable and self-expiring.
 //!
 //! The actors reach spool, log, DNS and network only through the traits of [`ports`], so
 //! they can be run and tested without sockets.
 
+pub mod automation;
 pub mod bounce;
 pub mod campaign;
 pub mod classifier;
@@ -29,4 +32,5 @@ pub mod ready_queue;
 pub mod record;
 pub mod schedule;
 pub mod shaping;
+pub mod suspensions;
 pub mod tenant;

@@ -40,6 +40,8 @@ pub struct QueuedMessage {
     pub due_ms: u64,
     /// When it was received (ms since epoch).
     pub created_ms: u64,
+    /// Time spent held by suspensions (ms); `max_age` does not count it.
+    pub held_ms: u64,
 }
 
 /// Which scheduled queue a message belongs to.

@@ -25,8 +25,13 @@ pub struct LoadedMessage {
 pub trait SpoolPort: Send + Sync + 'static {
     /// The recipient is done (delivered, bounced, expired): forget it.
     fn remove(&self, key: MessageKey);
-    /// The recipient was deferred: record its attempts and next due time.
-    fn reschedule(&self, key: MessageKey, attempts: u32, due_ms: u64);
+    /// The recipient was deferred (or released from a suspension): record its attempts,
+    /// next due time and the time it has spent held.
+    fn reschedule(&self, key: MessageKey, attempts: u32, due_ms: u64, held_ms: u64);
+    /// Store a suspension or override (`state` keyspace) durably.
+    fn put_state(&self, key: String, value: Vec<u8>);
+    /// Forget a state entry.
+    fn delete_state(&self, key: String);
     /// Read sender and body. Blocking; call it off actor threads.
     fn load(&self, key: &MessageKey) -> Result<LoadedMessage, String>;
 }
@@ -128,6 +133,9 @@ pub struct ConnectTarget {
     pub tls: TlsMode,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// How long a host whose STARTTLS failed is then sent to in plain text (Opportunistic
+    /// modes); `None` for the connector's default.
+    pub remember_broken_tls: Option<Duration>,
 }
 
 /// A failed connection: the reply to log for the message that waited on it.

@@ -8,6 +8,14 @@
 //! the spool, deferred ones get their next due time (exponential backoff with jitter), and
 //! one whose next retry would pass `max_age` expires. Every settlement writes one log record.
 //!
+//! Suspensions reach it from its CampaignActor ([`Hold`], [`Release`]). While one holds the
+//! queue (its tenant or campaign, its domain or the site its route goes to), nothing is
+//! offered, messages already handed to ready queues are pulled back, and attempts are not
+//! counted; the held time is added to each message's `held_ms`, which `max_age` does not
+//! count. On release every held message is due at once. A source suspended towards the
+//! site is skipped when picking a source; with none left, the queue waits. A tenant with a
+//! QoS rate paces how fast its queues release messages.
+//!
 //! An empty queue with nothing in flight tells its CampaignActor it is idle; the campaign
 //! reaps it when no new mail is on its way, so millions of combinations cost nothing while
 //! empty.
@@ -19,9 +27,13 @@ use crate::message::{
 };
 use crate::pool::{Pool, PoolCursor};
 use crate::ports::{EgressSource, Route, RouteError};
-use crate::ready_queue::{Offer, ReadyItem};
+use crate::ready_queue::{Offer, ReadyItem, ReadyQueueActor, Withdraw};
 use crate::record::LogRecord;
+use crate::suspensions::Suspension;
+use crate::tenant::{AdminBounce, Hold, Release};
 use actix::prelude::*;
+use governor::clock::Clock;
+use governor::DefaultDirectRateLimiter;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +43,8 @@ const PUMP_BATCH: usize = 512;
 /// A queue refused by a full ready queue waits for that queue's `ReadyRoom` call; if none
 /// comes (the ready queue went away), it offers again after this long anyway.
 const READY_FULL_FALLBACK: Duration = Duration::from_secs(30);
+/// With every source of the pool suspended towards the site, look again after at most this.
+const ALL_SOURCES_SUSPENDED_RECHECK: Duration = Duration::from_secs(5);
 
 /// The scheduled queue of one tenant × campaign × domain.
 pub struct QueueActor {
@@ -55,6 +69,14 @@ pub struct QueueActor {
     /// ReadyRoom calls received; an offer refused after a call it crossed is not blocked.
     room_calls: u64,
     queued_gauge: metrics::Gauge,
+    /// Suspensions concerning this queue's tenant or campaign.
+    holds: Vec<Arc<Suspension>>,
+    /// Since when (ms) a suspension holds the queue.
+    held_since: Option<u64>,
+    /// Ready queues this queue has handed messages to, by source.
+    offered_to: HashMap<Arc<str>, Addr<ReadyQueueActor>>,
+    /// The tenant's QoS rate, if it has one.
+    tenant_limiter: Option<Arc<DefaultDirectRateLimiter>>,
 }
 
 impl QueueActor {
@@ -64,9 +86,11 @@ impl QueueActor {
         shared: Arc<Shared>,
         pool: Arc<Pool>,
         parent: Addr<CampaignActor>,
+        holds: Vec<Arc<Suspension>>,
     ) -> Self {
         let queued_gauge =
             metrics::gauge!("switchyard_scheduled_messages", &gauge_labels(&id, &shared));
+        let tenant_limiter = shared.tenant_limiter(&id.tenant);
         QueueActor {
             name: id.name(),
             id,
@@ -86,7 +110,104 @@ impl QueueActor {
             blocked_until: None,
             room_calls: 0,
             queued_gauge,
+            holds,
+            held_since: None,
+            offered_to: HashMap::new(),
+            tenant_limiter,
         }
+    }
+
+    /// The suspension holding this queue when its route goes to `site`, if any.
+    fn hold_for(&self, site: &str) -> Option<&Arc<Suspension>> {
+        self.holds.iter().find(|s| {
+            s.holds(
+                &self.id.tenant,
+                self.id.campaign.as_deref(),
+                &self.id.domain,
+                site,
+            )
+        })
+    }
+
+    /// A suspension now holds the queue: stop, and pull back what ready queues still have.
+    fn enter_hold(&mut self, ctx: &mut Context<Self>) {
+        if self.held_since.is_some() {
+            return;
+        }
+        self.held_since = Some(now_ms());
+        if let Some((_, handle)) = self.wake.take() {
+            ctx.cancel_future(handle);
+        }
+        self.withdraw_all(None, ctx);
+    }
+
+    /// Ask every ready queue for this queue's messages back; they return to the schedule
+    /// (or are bounced, with `bounce` as the reason), attempts unchanged.
+    fn withdraw_all(&mut self, bounce: Option<String>, ctx: &mut Context<Self>) {
+        let readies: Vec<Addr<ReadyQueueActor>> = self.offered_to.drain().map(|(_, r)| r).collect();
+        for ready in readies {
+            let bounce = bounce.clone();
+            ctx.spawn(
+                ready
+                    .send(Withdraw {
+                        queue: self.id.clone(),
+                    })
+                    .into_actor(self)
+                    .map(move |keys, act, ctx| {
+                        act.take_back(keys.unwrap_or_default(), bounce.as_deref(), ctx)
+                    }),
+            );
+        }
+    }
+
+    /// Messages handed back by a ready queue: rescheduled due now, or bounced.
+    fn take_back(&mut self, keys: Vec<MessageKey>, bounce: Option<&str>, ctx: &mut Context<Self>) {
+        let now = now_ms();
+        for key in keys {
+            let Some(mut m) = self.in_flight.remove(&key) else {
+                continue;
+            };
+            match bounce {
+                Some(reason) => self.admin_bounce(m, reason),
+                None => {
+                    m.due_ms = m.due_ms.min(now);
+                    self.schedule(m);
+                }
+            }
+        }
+        self.pump(ctx);
+    }
+
+    /// The hold is gone: count the held time and make every held message due now.
+    fn leave_hold(&mut self, ctx: &mut Context<Self>) {
+        let Some(since) = self.held_since.take() else {
+            return;
+        };
+        let now = now_ms();
+        let held: Vec<QueuedMessage> = std::mem::take(&mut self.scheduled).into_values().collect();
+        for mut m in held {
+            m.held_ms += now.saturating_sub(since.max(m.created_ms));
+            m.due_ms = now;
+            self.shared
+                .ports
+                .spool
+                .reschedule(m.key, m.attempts, m.due_ms, m.held_ms);
+            self.schedule(m);
+        }
+        self.pump(ctx);
+    }
+
+    /// Bounce one message on an operator's or a rule's order.
+    fn admin_bounce(&mut self, m: QueuedMessage, reason: &str) {
+        let reply = Reply::internal(550, "5.0.0", format!("bounced by administrator: {reason}"));
+        self.settle(
+            m,
+            &reply,
+            Settlement {
+                admin: true,
+                ..Default::default()
+            },
+        );
     }
 
     fn publish(&mut self) {
@@ -148,8 +269,15 @@ impl QueueActor {
             _ => return self.resolve(ctx),
         };
         self.fresh_route = false;
+        if self.hold_for(&route.site).is_some() {
+            // Released by a Release message, not by a timer.
+            self.enter_hold(ctx);
+            return self.publish();
+        }
+        let shared = self.shared.clone();
         let mut by_source: HashMap<Arc<str>, (Arc<EgressSource>, Vec<QueuedMessage>)> =
             HashMap::new();
+        let mut wait: Option<Duration> = None;
         for _ in 0..PUMP_BATCH {
             let Some(entry) = self.scheduled.first_entry() else {
                 break;
@@ -157,28 +285,49 @@ impl QueueActor {
             if entry.key().0 > now {
                 break;
             }
-            let m = entry.remove();
-            match self.cursor.pick(&self.pool, |_| true) {
-                Some(source) => by_source
-                    .entry(source.name.clone())
-                    .or_insert_with(|| (source.clone(), Vec::new()))
-                    .1
-                    .push(m),
+            if let Some(limiter) = &self.tenant_limiter {
+                if let Err(not_until) = limiter.check() {
+                    let clock = governor::clock::DefaultClock::default();
+                    wait = Some(not_until.wait_time_from(clock.now()));
+                    break;
+                }
+            }
+            let picked = self
+                .cursor
+                .pick(&self.pool, |s| shared.source_suspended(&s.name, &route.site).is_none());
+            match picked {
+                Some(source) => {
+                    let m = entry.remove();
+                    by_source
+                        .entry(source.name.clone())
+                        .or_insert_with(|| (source.clone(), Vec::new()))
+                        .1
+                        .push(m)
+                }
                 None => {
-                    // An empty pool cannot happen with a validated config; wait rather than spin.
-                    let mut m = m;
-                    m.due_ms = now + 1000;
-                    self.schedule(m);
+                    // Every source is suspended towards this site (or the pool is empty):
+                    // wait for the first suspension to end.
+                    let until = self
+                        .pool
+                        .members
+                        .iter()
+                        .filter_map(|(s, _)| shared.source_suspended(&s.name, &route.site))
+                        .min()
+                        .map(|t| Duration::from_millis(t.saturating_sub(now) + 1))
+                        .unwrap_or(ALL_SOURCES_SUSPENDED_RECHECK);
+                    wait = Some(until.min(ALL_SOURCES_SUSPENDED_RECHECK));
+                    break;
                 }
             }
         }
         for (_, (source, messages)) in by_source {
             self.offer(source, &route, messages, ctx);
         }
-        match self.scheduled.keys().next() {
-            Some(&(due, _)) if due <= now => ctx.notify(Pump),
-            Some(&(due, _)) => self.wake_at(due, ctx),
-            None => {}
+        match (self.scheduled.keys().next(), wait) {
+            (Some(_), Some(wait)) => self.wake_at(now + wait.as_millis() as u64 + 1, ctx),
+            (Some(&(due, _)), None) if due <= now => ctx.notify(Pump),
+            (Some(&(due, _)), None) => self.wake_at(due, ctx),
+            (None, _) => {}
         }
         self.publish();
     }
@@ -191,6 +340,7 @@ impl QueueActor {
         ctx: &mut Context<Self>,
     ) {
         let ready = self.shared.ready_queue(&source, route, &self.id.domain);
+        self.offered_to.insert(source.name.clone(), ready.clone());
         let me = ctx.address().recipient();
         let keys: Vec<MessageKey> = messages.iter().map(|m| m.key).collect();
         let items = messages
@@ -199,6 +349,7 @@ impl QueueActor {
                 message: m.clone(),
                 queue: self.id.clone(),
                 outcome_to: me.clone(),
+                back_to: ctx.address().recipient(),
             })
             .collect();
         for m in messages {
@@ -211,6 +362,7 @@ impl QueueActor {
             room_to: ctx.address().recipient(),
         };
         let calls_before = self.room_calls;
+        let (source_name, site) = (source.name.clone(), route.site.clone());
         ctx.spawn(
             ready
                 .send(offer)
@@ -225,11 +377,14 @@ impl QueueActor {
                                 act.schedule(m);
                             }
                         }
-                        if act.room_calls == calls_before {
+                        let suspended = act.shared.source_suspended(&source_name, &site).is_some();
+                        if suspended || act.room_calls != calls_before {
+                            // Refused by a suspended source (pick another), or room was
+                            // made meanwhile: go again now.
+                            ctx.notify(Pump);
+                        } else {
                             act.blocked_until = Some(Instant::now() + READY_FULL_FALLBACK);
                             act.wake_at(now_ms() + READY_FULL_FALLBACK.as_millis() as u64, ctx);
-                        } else {
-                            ctx.notify(Pump);
                         }
                     }
                     act.publish();
@@ -280,16 +435,20 @@ impl QueueActor {
 
     /// Decide a message's fate from `reply`, log it, and tell the spool.
     fn settle(&mut self, mut m: QueuedMessage, reply: &Reply, s: Settlement) {
-        m.attempts += 1;
+        if !s.admin {
+            m.attempts += 1;
+        }
         let now = now_ms();
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let policy = &self.shared.settings.retry;
-        let (kind, outcome, next_due) = if reply.is_success() {
+        let (kind, outcome, next_due) = if s.admin {
+            ("AdminBounce", "admin_bounced", None)
+        } else if reply.is_success() {
             ("Delivery", "delivered", None)
         } else if reply.is_permanent() {
             ("Bounce", "bounced", None)
         } else {
-            match policy.next_due(m.attempts, now, m.created_ms, 0, jitter) {
+            match policy.next_due(m.attempts, now, m.created_ms, m.held_ms, jitter) {
                 Some(due) => ("TransientFailure", "transient", Some(due)),
                 None => ("Expiration", "expired", None),
             }
@@ -342,7 +501,10 @@ impl QueueActor {
         match next_due {
             Some(due) => {
                 m.due_ms = due;
-                self.shared.ports.spool.reschedule(m.key, m.attempts, due);
+                self.shared
+                    .ports
+                    .spool
+                    .reschedule(m.key, m.attempts, due, m.held_ms);
                 self.schedule(m);
             }
             None => self.shared.ports.spool.remove(m.key),
@@ -368,6 +530,8 @@ struct Settlement {
     sender: Option<String>,
     size: Option<u64>,
     bounce_class: Option<String>,
+    /// An administrative bounce (API or automation), not an attempt.
+    admin: bool,
 }
 
 impl Actor for QueueActor {
@@ -451,6 +615,7 @@ impl Handler<DeliveryOutcome> for QueueActor {
             sender: o.sender,
             size: o.size,
             bounce_class: o.bounce_class,
+            admin: false,
         };
         self.settle(m, &o.reply, s);
         if let Some(&(due, _)) = self.scheduled.keys().next() {
@@ -500,5 +665,75 @@ impl Handler<Reap> for QueueActor {
         if self.scheduled.is_empty() && self.in_flight.is_empty() {
             ctx.stop();
         }
+    }
+}
+
+impl Handler<Hold> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, hold: Hold, ctx: &mut Context<Self>) {
+        self.holds.retain(|s| s.id != hold.0.id);
+        self.holds.push(hold.0);
+        let site = self.route.as_ref().map(|r| r.site.clone());
+        if site.is_some_and(|site| self.hold_for(&site).is_some()) {
+            self.enter_hold(ctx);
+            self.publish();
+        }
+    }
+}
+
+impl Handler<Release> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, release: Release, ctx: &mut Context<Self>) {
+        self.holds.retain(|s| s.id != release.id);
+        let still_held = self
+            .route
+            .as_ref()
+            .is_some_and(|r| self.hold_for(&r.site).is_some());
+        if !still_held {
+            self.leave_hold(ctx);
+        }
+    }
+}
+
+/// Messages a ready queue hands back undelivered (its source was suspended, or a Bounce
+/// rule fired): rescheduled due now, attempts unchanged — or bounced.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BackToSchedule {
+    /// Which messages.
+    pub keys: Vec<MessageKey>,
+    /// Bounce them with this reason instead.
+    pub bounce: Option<String>,
+}
+
+impl Handler<BackToSchedule> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: BackToSchedule, ctx: &mut Context<Self>) {
+        self.take_back(msg.keys, msg.bounce.as_deref(), ctx);
+    }
+}
+
+impl Handler<AdminBounce> for QueueActor {
+    type Result = usize;
+
+    /// Bounce every queued message (if the site matches); messages in ready queues are
+    /// pulled back and bounced as they return. The count covers the scheduled ones.
+    fn handle(&mut self, msg: AdminBounce, ctx: &mut Context<Self>) -> usize {
+        if let Some(site) = &msg.site {
+            if self.route.as_ref().is_none_or(|r| &*r.site != site) {
+                return 0;
+            }
+        }
+        let all: Vec<QueuedMessage> = std::mem::take(&mut self.scheduled).into_values().collect();
+        let n = all.len();
+        for m in all {
+            self.admin_bounce(m, &msg.reason);
+        }
+        self.withdraw_all(Some(msg.reason), ctx);
+        self.publish();
+        n
     }
 }

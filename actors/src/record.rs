@@ -88,6 +88,9 @@ pub struct LogRecord {
     /// Automation action.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// Why a suspension began or ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// When a suspension or override ends (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,

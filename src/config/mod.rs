@@ -629,6 +629,7 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
         err(0..0, "[queue] retry_interval must be more than 0".into());
     }
     let mut shaping_errors = Vec::new();
+    let mut shaping_texts = Vec::new();
     for f in &c.shaping.files {
         let path = loaded.resolve(Path::new(f.get_ref()));
         match std::fs::read_to_string(&path) {
@@ -636,17 +637,11 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
                 f.span(),
                 format!("cannot read shaping file {}: {e}", path.display()),
             ),
-            Ok(text) => {
-                let name = path.display().to_string();
-                let shaping = SourceText {
-                    name: &name,
-                    text: &text,
-                };
-                if let Err(e) = shaping.parse::<toml::Table>() {
-                    shaping_errors.push(e);
-                }
-            }
+            Ok(text) => shaping_texts.push((path.display().to_string(), text)),
         }
+    }
+    if let Err(e) = crate::shaping::load_texts(&shaping_texts) {
+        shaping_errors.extend(e);
     }
     for f in &c.bounce_classifier.files {
         let path = loaded.resolve(Path::new(f.get_ref()));

@@ -71,54 +71,7 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// A rate: "N/unit" with unit s|sec|m|min|minute|h|hr|hour|d|day (plural accepted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    /// How many events...
-    pub count: u64,
-    /// ...per this period.
-    pub per: Duration,
-}
-
-impl Rate {
-    /// Events per second, for pacing.
-    pub fn per_second(&self) -> f64 {
-        self.count as f64 / self.per.as_secs_f64()
-    }
-}
-
-impl FromStr for Rate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("invalid rate {s:?}; expected \"N/unit\" with unit s, min, h or day, e.g. \"100/h\"")
-        };
-        let (num, unit) = s.trim().split_once('/').ok_or_else(bad)?;
-        let count: u64 = num.trim().parse().map_err(|_| bad())?;
-        let unit = unit.trim().to_ascii_lowercase();
-        let secs = match unit.trim_end_matches('s') {
-            "" | "sec" => 1,
-            "m" | "min" | "minute" => 60,
-            "h" | "hr" | "hour" => 3600,
-            "d" | "day" => 86_400,
-            _ => return Err(bad()),
-        };
-        if count == 0 {
-            return Err(format!("invalid rate {s:?}: the count must be at least 1"));
-        }
-        Ok(Rate {
-            count,
-            per: Duration::from_secs(secs),
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for Rate {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use switchyard_actors::shaping::Rate;
 
 /// An IP network in CIDR form; a bare address means just that host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

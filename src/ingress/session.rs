@@ -594,6 +594,7 @@ impl Session {
                 attempts: 0,
                 due_ms: now_ms,
                 created_ms: now_ms,
+                held_ms: 0,
             })
             .collect();
         let size = message.len() as u64;

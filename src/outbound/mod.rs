@@ -29,7 +29,8 @@ use switchyard_actors::ports::{
 use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
 
-/// How long a host whose STARTTLS failed is sent to in plain text without trying again.
+/// How long a host whose STARTTLS failed is sent to in plain text without trying again,
+/// when shaping's `remember_broken_tls` does not say.
 const REMEMBER_BROKEN_TLS: Duration = Duration::from_secs(3600);
 
 /// Opens outbound sessions.
@@ -74,9 +75,9 @@ impl Connector {
         }
     }
 
-    fn remember_broken_tls(&self, host: &str) {
+    fn remember_broken_tls(&self, host: &str, how_long: Duration) {
         let mut map = self.broken_tls.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(host.to_string(), Instant::now() + REMEMBER_BROKEN_TLS);
+        map.insert(host.to_string(), Instant::now() + how_long);
     }
 }
 
@@ -208,7 +209,8 @@ impl Connector {
             ))),
             Err(why) => {
                 tracing::info!(host = %peer.host, "STARTTLS failed ({why}); delivering in plain text");
-                self.remember_broken_tls(&peer.host);
+                let how_long = target.remember_broken_tls.unwrap_or(REMEMBER_BROKEN_TLS);
+                self.remember_broken_tls(&peer.host, how_long);
                 Box::pin(self.session(target, addr, peer.clone(), TlsMode::Disabled)).await
             }
         }
