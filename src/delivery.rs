@@ -156,12 +156,12 @@ pub fn start_engine(
             tokio::time::sleep(SITE_REFRESH).await;
         }
     });
-    restore_suspensions(spool, &engine)?;
     Ok(engine)
 }
 
-/// Put the suspensions and overrides stored in the spool back into effect.
-fn restore_suspensions(spool: &Spool, engine: &Engine) -> anyhow::Result<()> {
+/// Put the suspensions and overrides stored in the spool back into effect. Awaited before
+/// recovery, so held mail is held from its first moment back in a queue.
+pub async fn restore_suspensions(spool: &Spool, engine: &Engine) -> anyhow::Result<()> {
     let read = |prefix: &str| -> anyhow::Result<Vec<Vec<u8>>> {
         Ok(spool
             .state_entries(prefix)?
@@ -184,11 +184,15 @@ fn restore_suspensions(spool: &Spool, engine: &Engine) -> anyhow::Result<()> {
             "restored from the spool"
         );
     }
-    engine.shared().suspensions.do_send(Restore {
-        suspensions,
-        overrides,
-    });
-    Ok(())
+    engine
+        .shared()
+        .suspensions
+        .send(Restore {
+            suspensions,
+            overrides,
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the suspension register did not start"))
 }
 
 /// Hand every spooled recipient back to its scheduled queue, attempts and due time intact.

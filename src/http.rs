@@ -49,7 +49,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/suspensions/{id}", delete(resume_suspension))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .with_state(state)
 }
 
@@ -187,7 +190,9 @@ async fn create_suspension(
         domain: req.domain.map(|d| d.to_ascii_lowercase()),
         site: req.site,
         source: req.source,
-        reason: req.reason.unwrap_or_else(|| "suspended by an operator".into()),
+        reason: req
+            .reason
+            .unwrap_or_else(|| "suspended by an operator".into()),
         rule: None,
         created_ms: now,
         expires_ms: now + duration.as_millis() as u64,

@@ -16,5 +16,6 @@ pub mod logs;
 pub mod outbound;
 pub mod server;
 pub mod shaping;
+pub mod sink;
 pub mod spool;
 pub mod telemetry;

@@ -40,6 +40,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         .context("cannot start the event log")?;
     let engine = delivery::start_engine(&loaded, &spool, &log)
         .context("cannot start the delivery engine")?;
+    delivery::restore_suspensions(&spool, &engine).await?;
     let recovering = tokio::spawn(delivery::recover(spool.clone(), engine.clone()));
     tokio::spawn(async move {
         match recovering.await {

@@ -69,7 +69,9 @@ pub fn load_texts(files: &[(String, String)]) -> Result<LoadedShaping, Vec<Confi
         let src = SourceText { name, text };
         match DeTable::parse(text) {
             Ok(doc) => l.file(&src, doc.get_ref()),
-            Err(e) => l.errors.push(src.error(e.span(), e.message().trim().to_string())),
+            Err(e) => l
+                .errors
+                .push(src.error(e.span(), e.message().trim().to_string())),
         }
     }
     if !l.errors.is_empty() {
@@ -176,7 +178,11 @@ impl Loader {
         o
     }
 
-    fn sources(&mut self, src: &SourceText, v: &Spanned<DeValue>) -> HashMap<String, ShapingOptions> {
+    fn sources(
+        &mut self,
+        src: &SourceText,
+        v: &Spanned<DeValue>,
+    ) -> HashMap<String, ShapingOptions> {
         let mut out = HashMap::new();
         let DeValue::Table(t) = v.get_ref() else {
             self.errors
@@ -220,7 +226,11 @@ impl Loader {
         }
         if name == "default" {
             let s = &mut self.shaping;
-            s.default = if replace { options } else { s.default.overlay(&options) };
+            s.default = if replace {
+                options
+            } else {
+                s.default.overlay(&options)
+            };
             if replace {
                 s.default_sources.clear();
             }
@@ -256,18 +266,19 @@ impl Loader {
         let options = self.options(src, table, STRUCTURE);
         let replace = self.flag(src, table, "replace_base").unwrap_or(false);
         let matches = table.get("match").map(|m| self.matches(src, m));
-        let connection_limit = table.get("provider_connection_limit").and_then(|v| {
-            match option_value(v.get_ref()) {
-                OptionValue::Integer(n) if n > 0 => Some(n as usize),
-                _ => {
-                    self.errors.push(src.error(
-                        span_of(v),
-                        "provider_connection_limit must be a positive integer",
-                    ));
-                    None
-                }
-            }
-        });
+        let connection_limit =
+            table
+                .get("provider_connection_limit")
+                .and_then(|v| match option_value(v.get_ref()) {
+                    OptionValue::Integer(n) if n > 0 => Some(n as usize),
+                    _ => {
+                        self.errors.push(src.error(
+                            span_of(v),
+                            "provider_connection_limit must be a positive integer",
+                        ));
+                        None
+                    }
+                });
         let max_message_rate = table.get("provider_max_message_rate").and_then(|v| {
             match v.get_ref().as_str().map(str::parse::<Rate>) {
                 Some(Ok(r)) => Some(r),
@@ -412,7 +423,15 @@ impl Loader {
         let errors_before = self.errors.len();
         for (k, _) in t {
             let key = k.get_ref().as_ref();
-            if !["regex", "action", "trigger", "duration", "match_internal", "name"].contains(&key)
+            if ![
+                "regex",
+                "action",
+                "trigger",
+                "duration",
+                "match_internal",
+                "name",
+            ]
+            .contains(&key)
             {
                 self.errors.push(src.error(
                     span_of(k),
@@ -438,9 +457,9 @@ impl Loader {
                                 .errors
                                 .push(src.error(span_of(p), format!("bad regex: {e}"))),
                         },
-                        None => self
-                            .errors
-                            .push(src.error(span_of(p), "regex must be a string or a list of strings")),
+                        None => self.errors.push(
+                            src.error(span_of(p), "regex must be a string or a list of strings"),
+                        ),
                     }
                 }
             }
@@ -481,7 +500,11 @@ impl Loader {
                 ));
                 Duration::ZERO
             }
-            Some(v) => match v.get_ref().as_str().map(|s| humantime::parse_duration(s.trim())) {
+            Some(v) => match v
+                .get_ref()
+                .as_str()
+                .map(|s| humantime::parse_duration(s.trim()))
+            {
                 Some(Ok(d)) if !d.is_zero() => d,
                 _ => {
                     self.errors.push(src.error(
@@ -579,9 +602,12 @@ pub async fn resolve_sites(shaping: &Shaping, resolver: &dyn MxResolver) -> Vec<
         .filter(|(name, d)| d.mx_rollup && looks_like_domain(name))
         .map(|(name, _)| name)
         .collect();
-    let lookups = blocks
-        .iter()
-        .map(|name| tokio::time::timeout(Duration::from_secs(10), resolver.resolve((*name).as_str().into())));
+    let lookups = blocks.iter().map(|name| {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            resolver.resolve((*name).as_str().into()),
+        )
+    });
     let results = futures::future::join_all(lookups).await;
     let mut warnings = Vec::new();
     for (name, result) in blocks.into_iter().zip(results) {
@@ -691,13 +717,30 @@ mod tests {
             vec!["shaping option system_shutdown_timeout is not applied by switchyard; ignored"]
         );
         assert!(l.rules.rules().len() > 50, "{}", l.rules.rules().len());
-        let yahoo = l.shaping.providers.iter().find(|p| &*p.name == "yahoo").unwrap();
+        let yahoo = l
+            .shaping
+            .providers
+            .iter()
+            .find(|p| &*p.name == "yahoo")
+            .unwrap();
         assert_eq!(yahoo.options.max_deliveries_per_connection, Some(20));
-        let google = l.shaping.providers.iter().find(|p| &*p.name == "google").unwrap();
+        let google = l
+            .shaping
+            .providers
+            .iter()
+            .find(|p| &*p.name == "google")
+            .unwrap();
         assert_eq!(google.connection_limit, Some(5));
         // The community file's gmail rules exist although no [provider."gmail"] matches.
-        assert!(l.rules.rules().iter().any(|r| &*r.name == "provider.gmail#0"));
-        assert_eq!(l.shaping.domains["comcast.net"].options.connection_limit, Some(25));
+        assert!(l
+            .rules
+            .rules()
+            .iter()
+            .any(|r| &*r.name == "provider.gmail#0"));
+        assert_eq!(
+            l.shaping.domains["comcast.net"].options.connection_limit,
+            Some(25)
+        );
         assert!(!l.shaping.domains["example.com"].mx_rollup);
     }
 
@@ -708,11 +751,21 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!((e[0].line, e[0].col), (3, 10), "{e:?}");
-        assert!(e[0].message.contains("did you mean \"SuspendTenant\""), "{e:?}");
+        assert!(
+            e[0].message.contains("did you mean \"SuspendTenant\""),
+            "{e:?}"
+        );
         let e = load_one("[[\"default\".automation]]\nregex = \"(\"\naction = \"Suspend\"\n")
             .unwrap_err();
-        assert!(e.iter().any(|e| e.line == 2 && e.message.starts_with("bad regex")), "{e:?}");
-        assert!(e.iter().any(|e| e.message.contains("without duration")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|e| e.line == 2 && e.message.starts_with("bad regex")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|e| e.message.contains("without duration")),
+            "{e:?}"
+        );
         let e = load_one("[\"x.example\"]\nconnection_limit = \"many\"\n").unwrap_err();
         assert_eq!((e[0].line, e[0].col), (2, 20), "{e:?}");
     }

@@ -171,7 +171,9 @@ pub enum Trigger {
 impl Trigger {
     /// Parse `"N/period"` (`"3/1m"`, `"2/hr"`, `"5/hour"`).
     pub fn threshold(s: &str) -> Result<Trigger, String> {
-        let bad = || format!("invalid threshold {s:?}; expected \"N/period\" such as \"3/1m\" or \"5/hr\"");
+        let bad = || {
+            format!("invalid threshold {s:?}; expected \"N/period\" such as \"3/1m\" or \"5/hr\"")
+        };
         let (n, period) = s.trim().split_once('/').ok_or_else(bad)?;
         let count: u32 = n.trim().parse().map_err(|_| bad())?;
         if count == 0 {
@@ -235,7 +237,16 @@ struct CompiledScope {
     fancy: Vec<(fancy_regex::Regex, usize)>,
 }
 
+/// A scope being compiled: its plain patterns with their rules, and its fancy ones.
+type ScopeParts = (
+    Scope,
+    Vec<String>,
+    Vec<usize>,
+    Vec<(fancy_regex::Regex, usize)>,
+);
+
 /// Every rule, compiled by scope.
+#[derive(Default)]
 pub struct RuleBook {
     rules: Vec<Rule>,
     scopes: Vec<CompiledScope>,
@@ -249,20 +260,10 @@ impl std::fmt::Debug for RuleBook {
     }
 }
 
-impl Default for RuleBook {
-    fn default() -> Self {
-        RuleBook {
-            rules: Vec::new(),
-            scopes: Vec::new(),
-        }
-    }
-}
-
 impl RuleBook {
     /// Compile `rules`; the error names the rule, the pattern and why.
     pub fn new(rules: Vec<Rule>) -> Result<RuleBook, String> {
-        let mut scopes: Vec<(Scope, Vec<String>, Vec<usize>, Vec<(fancy_regex::Regex, usize)>)> =
-            Vec::new();
+        let mut scopes: Vec<ScopeParts> = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             let at = match scopes.iter().position(|s| s.0 == rule.scope) {
                 Some(at) => at,
@@ -273,7 +274,9 @@ impl RuleBook {
             };
             let slot = &mut scopes[at];
             for p in &rule.patterns {
-                match compile_pattern(p).map_err(|e| format!("rule {}: bad regex {p:?}: {e}", rule.name))? {
+                match compile_pattern(p)
+                    .map_err(|e| format!("rule {}: bad regex {p:?}: {e}", rule.name))?
+                {
                     Pattern::Plain(p) => {
                         slot.1.push(p);
                         slot.2.push(i);
@@ -303,11 +306,18 @@ impl RuleBook {
         &self.rules
     }
 
+    /// Every scope's index (matching against all of them is the worst case).
+    pub fn all_scopes(&self) -> Vec<usize> {
+        (0..self.scopes.len()).collect()
+    }
+
     /// Indexes of the scopes whose rules apply to a reply for `domain` from `site`:
     /// `default`, the destination block (the domain's own, or the rollup block of the
     /// site), and the providers of the site.
     pub fn scopes_for(&self, shaping: &Shaping, domain: &str, site: &str) -> Vec<usize> {
-        let block = shaping.domain_block(domain, site).map(|(n, _)| n.to_string());
+        let block = shaping
+            .domain_block(domain, site)
+            .map(|(n, _)| n.to_string());
         let providers = shaping.providers_for(domain, site);
         self.scopes
             .iter()
@@ -398,20 +408,35 @@ mod tests {
     #[test]
     fn matches_by_scope_with_fancy_patterns() {
         let book = RuleBook::new(vec![
-            rule("a", Scope::Default, &["temporarily deferred", "rate limited"]),
-            rule("b", Scope::Domain("comcast.net".into()), &["^(?!.*internal).*RL000010"]),
+            rule(
+                "a",
+                Scope::Default,
+                &["temporarily deferred", "rate limited"],
+            ),
+            rule(
+                "b",
+                Scope::Domain("comcast.net".into()),
+                &["^(?!.*internal).*RL000010"],
+            ),
             rule("c", Scope::Domain("gmail.com".into()), &["5\\.7\\.26"]),
         ])
         .unwrap();
         let shaping = Shaping::default();
         let comcast = book.scopes_for(&shaping, "comcast.net", "mx.comcast.net");
-        assert_eq!(book.matching(&comcast, "421 RL000010 slow down", false), vec![1]);
-        assert!(book.matching(&comcast, "421 internal RL000010", false).is_empty());
+        assert_eq!(
+            book.matching(&comcast, "421 RL000010 slow down", false),
+            vec![1]
+        );
+        assert!(book
+            .matching(&comcast, "421 internal RL000010", false)
+            .is_empty());
         assert_eq!(book.matching(&comcast, "451 rate limited", false), vec![0]);
         let gmail = book.scopes_for(&shaping, "gmail.com", "mx.google.com");
         assert_eq!(book.matching(&gmail, "550 5.7.26 no auth", false), vec![2]);
         assert!(book.matching(&gmail, "550 5.7.26 no auth", true).is_empty());
-        assert!(book.matching(&comcast, "550 5.7.26 no auth", false).is_empty());
+        assert!(book
+            .matching(&comcast, "550 5.7.26 no auth", false)
+            .is_empty());
     }
 
     #[test]

@@ -34,11 +34,14 @@ const SCOPE_CACHE_LIMIT: usize = 100_000;
 /// Most threshold windows kept before stale ones are swept.
 const WINDOW_SWEEP_AT: usize = 10_000;
 
+/// (site, domain) of a reply: which rule scopes apply depends on both.
+type SiteAndDomain = (Arc<str>, Arc<str>);
+
 /// The classifier and the automation state.
 pub struct ClassifierActor {
     bounces: Arc<BounceClassifier>,
     shared: Option<Arc<Shared>>,
-    scopes: HashMap<(Arc<str>, Arc<str>), Arc<[usize]>>,
+    scopes: HashMap<SiteAndDomain, Arc<[usize]>>,
     windows: HashMap<(usize, Arc<str>, Arc<str>), ThresholdWindow>,
 }
 
@@ -79,10 +82,13 @@ impl ClassifierActor {
             if let Trigger::Threshold { count, period } = rule.trigger {
                 if self.windows.len() >= WINDOW_SWEEP_AT {
                     self.windows.retain(|(i, _, _), w| {
-                        !w.is_stale(now, match rules.rules()[*i].trigger {
-                            Trigger::Threshold { period, .. } => period,
-                            Trigger::Immediate => std::time::Duration::ZERO,
-                        })
+                        !w.is_stale(
+                            now,
+                            match rules.rules()[*i].trigger {
+                                Trigger::Threshold { period, .. } => period,
+                                Trigger::Immediate => std::time::Duration::ZERO,
+                            },
+                        )
                     });
                 }
                 let window = self
@@ -102,7 +108,13 @@ impl ClassifierActor {
 }
 
 /// Carry out one action of a fired rule, and log it.
-fn fire(shared: &Arc<Shared>, rule: &Arc<str>, action: &Action, msg: &ClassifyReply, expires_ms: u64) {
+fn fire(
+    shared: &Arc<Shared>,
+    rule: &Arc<str>,
+    action: &Action,
+    msg: &ClassifyReply,
+    expires_ms: u64,
+) {
     let q: &QueueIdentity = &msg.queue;
     let suspension = |kind: SuspensionKind| Suspension {
         id: String::new(),
@@ -165,9 +177,9 @@ fn fire(shared: &Arc<Shared>, rule: &Arc<str>, action: &Action, msg: &ClassifyRe
             }
         }
         Action::BounceTenant => shared.tenant(&q.tenant).do_send(bounce(None)),
-        Action::BounceCampaign => shared.tenant(&q.tenant).do_send(bounce(
-            Some(q.campaign.as_deref().map(str::to_string)),
-        )),
+        Action::BounceCampaign => shared
+            .tenant(&q.tenant)
+            .do_send(bounce(Some(q.campaign.as_deref().map(str::to_string)))),
     }
     metrics::counter!("switchyard_automation_fired_total", "rule" => rule.to_string(), "action" => action.name())
         .increment(1);

@@ -51,6 +51,9 @@ pub struct EngineSettings {
 /// (source name, site) of a ready queue.
 type ReadyKey = (Arc<str>, Arc<str>);
 
+/// (provider name, source name) of a provider gate.
+type ProviderKey = (Arc<str>, Arc<str>);
+
 /// Limits a provider's sites share, per egress source (`provider_connection_limit`,
 /// `provider_max_message_rate`).
 pub struct ProviderGate {
@@ -86,7 +89,7 @@ pub struct Shared {
     source_suspensions: RwLock<HashMap<ReadyKey, u64>>,
     /// Active shaping overrides.
     overrides: RwLock<Vec<Override>>,
-    provider_gates: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<ProviderGate>>>,
+    provider_gates: Mutex<HashMap<ProviderKey, Arc<ProviderGate>>>,
     tenant_limiters: HashMap<String, Arc<DefaultDirectRateLimiter>>,
 }
 
@@ -243,7 +246,10 @@ impl Shared {
         let now = now_ms();
         let mut o = ShapingOptions::default();
         for x in all.iter() {
-            if x.site == site && x.expires_ms > now && x.source.as_deref().is_none_or(|s| s == source) {
+            if x.site == site
+                && x.expires_ms > now
+                && x.source.as_deref().is_none_or(|s| s == source)
+            {
                 o = o.overlay(&x.options());
             }
         }
@@ -251,8 +257,15 @@ impl Shared {
     }
 
     /// The shared limits of `provider` for `source`.
-    pub fn provider_gate(&self, provider: &crate::shaping::Provider, source: &str) -> Arc<ProviderGate> {
-        let mut map = self.provider_gates.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn provider_gate(
+        &self,
+        provider: &crate::shaping::Provider,
+        source: &str,
+    ) -> Arc<ProviderGate> {
+        let mut map = self
+            .provider_gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         map.entry((provider.name.clone(), source.into()))
             .or_insert_with(|| {
                 Arc::new(ProviderGate {
@@ -348,7 +361,12 @@ impl Engine {
         let tenant_limiters = settings
             .tenant_rates
             .iter()
-            .map(|(t, r)| (t.clone(), Arc::new(DefaultDirectRateLimiter::direct(r.quota()))))
+            .map(|(t, r)| {
+                (
+                    t.clone(),
+                    Arc::new(DefaultDirectRateLimiter::direct(r.quota())),
+                )
+            })
             .collect();
         let shared = Arc::new(Shared {
             settings,

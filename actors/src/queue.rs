@@ -292,9 +292,9 @@ impl QueueActor {
                     break;
                 }
             }
-            let picked = self
-                .cursor
-                .pick(&self.pool, |s| shared.source_suspended(&s.name, &route.site).is_none());
+            let picked = self.cursor.pick(&self.pool, |s| {
+                shared.source_suspended(&s.name, &route.site).is_none()
+            });
             match picked {
                 Some(source) => {
                     let m = entry.remove();

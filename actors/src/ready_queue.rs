@@ -196,8 +196,10 @@ impl ReadyQueueActor {
 
     /// Hand every message back to its scheduled queue (or bounce them all).
     fn hand_back(&mut self, bounce: Option<String>) {
-        let mut by_queue: HashMap<*const QueueIdentity, (Recipient<BackToSchedule>, Vec<MessageKey>)> =
-            HashMap::new();
+        let mut by_queue: HashMap<
+            *const QueueIdentity,
+            (Recipient<BackToSchedule>, Vec<MessageKey>),
+        > = HashMap::new();
         for item in self.ready.drain(..) {
             by_queue
                 .entry(Arc::as_ptr(&item.queue))

@@ -38,11 +38,10 @@ impl Rate {
     /// The GCRA quota: one event every `per / count`, with no burst beyond one, so a
     /// throttled path sends evenly instead of in clumps.
     pub fn quota(&self) -> governor::Quota {
-        let interval = (self.per / self.count.clamp(1, u32::MAX as u64) as u32)
-            .max(Duration::from_nanos(1));
-        governor::Quota::with_period(interval).unwrap_or_else(|| {
-            governor::Quota::per_second(std::num::NonZeroU32::MIN)
-        })
+        let interval =
+            (self.per / self.count.clamp(1, u32::MAX as u64) as u32).max(Duration::from_nanos(1));
+        governor::Quota::with_period(interval)
+            .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
     }
 }
 
@@ -530,12 +529,22 @@ mod tests {
             (g.connection_limit, g.smtp_port, g.enable_tls),
             (3, 2525, TlsMode::Required)
         );
-        assert_eq!(s.settings_for("gmail.com", site, "ip-2").connection_limit, 1);
+        assert_eq!(
+            s.settings_for("gmail.com", site, "ip-2").connection_limit,
+            1
+        );
         // Another domain on the same site gets the rolled-up block.
-        assert_eq!(s.settings_for("googlemail.com", site, "ip-1").connection_limit, 3);
+        assert_eq!(
+            s.settings_for("googlemail.com", site, "ip-1")
+                .connection_limit,
+            3
+        );
         // A Google-hosted domain on another MX set gets the provider only.
         let other = s.settings_for("corp.example", "aspmx.l.google.com", "ip-1");
-        assert_eq!((other.connection_limit, other.enable_tls), (5, TlsMode::Required));
+        assert_eq!(
+            (other.connection_limit, other.enable_tls),
+            (5, TlsMode::Required)
+        );
         let o = s.settings_for("other.example", "mx.other.example", "ip-1");
         assert_eq!(
             (o.connection_limit, o.max_ready, o.enable_tls),
@@ -567,7 +576,9 @@ mod tests {
     fn rates_parse() {
         let r: Rate = "100/h".parse().unwrap();
         assert_eq!((r.count, r.per), (100, Duration::from_secs(3600)));
-        for u in ["s", "sec", "m", "min", "minute", "minutes", "h", "hr", "hour", "d", "day"] {
+        for u in [
+            "s", "sec", "m", "min", "minute", "minutes", "h", "hr", "hour", "d", "day",
+        ] {
             assert!(format!("5/{u}").parse::<Rate>().is_ok(), "{u}");
         }
         assert!("100".parse::<Rate>().is_err());

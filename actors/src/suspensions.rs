@@ -82,8 +82,20 @@ pub struct Suspension {
 impl Suspension {
     fn same_target(&self, o: &Suspension) -> bool {
         (
-            self.kind, &self.tenant, &self.campaign, &self.domain, &self.site, &self.source,
-        ) == (o.kind, &o.tenant, &o.campaign, &o.domain, &o.site, &o.source)
+            self.kind,
+            &self.tenant,
+            &self.campaign,
+            &self.domain,
+            &self.site,
+            &self.source,
+        ) == (
+            o.kind,
+            &o.tenant,
+            &o.campaign,
+            &o.domain,
+            &o.site,
+            &o.source,
+        )
     }
 
     /// Whether it holds the scheduled queue of (tenant, campaign, domain) whose route goes
@@ -190,22 +202,12 @@ fn new_id() -> String {
 }
 
 /// The register.
+#[derive(Default)]
 pub struct SuspensionsActor {
     shared: Option<Arc<Shared>>,
     suspensions: HashMap<String, Suspension>,
     overrides: HashMap<String, Override>,
     timers: HashMap<String, SpawnHandle>,
-}
-
-impl Default for SuspensionsActor {
-    fn default() -> Self {
-        SuspensionsActor {
-            shared: None,
-            suspensions: HashMap::new(),
-            overrides: HashMap::new(),
-            timers: HashMap::new(),
-        }
-    }
 }
 
 impl SuspensionsActor {

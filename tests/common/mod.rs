@@ -124,6 +124,43 @@ impl Daemon {
         http_get(self.http, path)
     }
 
+    /// GET a path and parse the JSON answer.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
+
+    /// Send a request with a JSON body: (status, body).
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        http_request(self.http, method, path, body)
+    }
+
+    /// The active suspensions, from the API.
+    pub fn suspensions(&self) -> Vec<serde_json::Value> {
+        self.get_json("/api/v1/suspensions")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Wait until the API lists `n` suspensions; returns them.
+    pub fn wait_suspensions(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.suspensions();
+            if s.len() == n {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} suspensions, expected {n}: {s:?}",
+                s.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The value of an unlabelled metric, or of the series whose labels contain `labels`.
     pub fn metric(&self, name: &str, labels: &str) -> Option<f64> {
         let (_, body) = self.get("/metrics");
@@ -212,11 +249,23 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
 
 /// A minimal HTTP/1.1 GET: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, None)
+}
+
+/// A minimal HTTP/1.1 request with an optional JSON body: (status, body).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.unwrap_or("");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut resp = String::new();
@@ -229,14 +278,27 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Find a sample in Prometheus text: `name{...labels...} value` or `name value`.
+/// Find a sample in Prometheus text: `name{...labels...} value` or `name value`. `labels`
+/// is `k="v"` pairs joined by commas, in any order.
 pub fn metric_value(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let wanted: Vec<String> = labels
+        .split("\",")
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            if p.ends_with('"') {
+                p.to_string()
+            } else {
+                format!("{p}\"")
+            }
+        })
+        .collect();
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let (series, value) = l.rsplit_once(' ')?;
         let matches = if labels.is_empty() {
             series == name
         } else {
-            series.starts_with(&format!("{name}{{")) && series.contains(labels)
+            series.starts_with(&format!("{name}{{"))
+                && wanted.iter().all(|w| series.contains(w.as_str()))
         };
         if matches {
             value.parse().ok()
@@ -414,6 +476,84 @@ impl Drop for Sink {
     }
 }
 
+/// `switchyard sink --responses FILE --record FILE`: answers like a provider, per the
+/// responses file, and records every transaction as a JSON line.
+pub struct ResponseSink {
+    pub port: u16,
+    pub record: PathBuf,
+    child: Child,
+}
+
+impl ResponseSink {
+    /// Start on a free loopback port with `responses` (TOML) written into `dir`.
+    pub fn start(dir: &Path, responses: &str) -> ResponseSink {
+        let port = free_port();
+        let file = dir.join(format!("responses-{port}.toml"));
+        std::fs::write(&file, responses).unwrap();
+        let record = dir.join(format!("sink-{port}.jsonl"));
+        let child = Command::new(BIN)
+            .args([
+                "sink",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--responses",
+            ])
+            .arg(&file)
+            .arg("--record")
+            .arg(&record)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("sink-{port}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for_port(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_secs(20),
+        );
+        ResponseSink {
+            port,
+            record,
+            child,
+        }
+    }
+
+    /// Every transaction so far.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Wait until `f` holds on the transactions; returns them.
+    pub fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.received();
+            if f(&got) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; sink saw {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ResponseSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// dnsmasq on a loopback port, authoritative for `.test`: names it is not told about get
 /// NXDOMAIN; nothing is forwarded anywhere.
 pub struct Dnsmasq {
@@ -488,6 +628,17 @@ pub fn inject(d: &Daemon, n: usize, acks: &Path, extra: &[&str]) -> (bool, Strin
 /// Send `n` messages with swaks-like content over one smtplib session per call, through the
 /// Python client (each gets its own Message-ID); returns the client's JSON lines.
 pub fn send_many(d: &Daemon, n: usize, rcpt: &str, tenant: &str) -> Vec<serde_json::Value> {
+    send_as(d, n, "sender@example.com", rcpt, tenant)
+}
+
+/// [`send_many`] with the given envelope sender.
+pub fn send_as(
+    d: &Daemon,
+    n: usize,
+    sender: &str,
+    rcpt: &str,
+    tenant: &str,
+) -> Vec<serde_json::Value> {
     let (ok, out, err) = python(
         "smtp_client.py",
         &[
@@ -500,6 +651,8 @@ pub fn send_many(d: &Daemon, n: usize, rcpt: &str, tenant: &str) -> Vec<serde_js
             rcpt.into(),
             "--tenant".into(),
             tenant.into(),
+            "--sender".into(),
+            sender.into(),
         ],
     );
     assert!(ok, "{out}{err}");

@@ -36,7 +36,7 @@ def cmd_send(a):
         s.ehlo("client.test")
         for i in range(a.count):
             m = make(i, a.rcpt, a.tenant, a.campaign)
-            refused = s.send_message(m, from_addr="sender@example.com", to_addrs=a.rcpt)
+            refused = s.send_message(m, from_addr=a.sender, to_addrs=a.rcpt)
             print(json.dumps({"message_id": m["Message-ID"], "refused": {k: [v[0], v[1].decode()] for k, v in refused.items()}}))
     return 0
 
@@ -86,6 +86,7 @@ def main():
     s.add_argument("--rcpt", action="append", required=True)
     s.add_argument("--tenant")
     s.add_argument("--campaign")
+    s.add_argument("--sender", default="sender@example.com")
     i = sub.add_parser("inject")
     i.add_argument("host")
     i.add_argument("port", type=int)
