@@ -501,3 +501,65 @@ fn check_loads_kumomtas_shaping_files_with_warnings_only() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bounce_tenant_bounces_the_tenants_queued_mail_to_the_site() {
+    let responses = "[[rule]]\nsender_domain = \"first.example\"\ncode = 451\nmsg = \"4.3.0 try again later\"\n\n[[rule]]\nsender_domain = \"trigger.example\"\ncode = 451\nmsg = \"4.7.1 policy violation, go away\"\n";
+    let shaping = "[[\"b.test\".automation]]\nname = \"policy\"\nregex = \"policy violation\"\naction = \"BounceTenant\"\nduration = \"1m\"\n";
+    let w = world(
+        &[("b.test", "mx.b.test"), ("elsewhere.test", "mx.elsewhere.test")],
+        responses,
+        shaping,
+        &format!("[queue]\nretry_interval = \"1h\"\n\n{ONE_SOURCE}"),
+    );
+    let d = &w.d;
+    send_as(d, 3, "a@first.example", "u@b.test", "acme");
+    // Another tenant's deferred mail to the same site is not touched.
+    send_as(d, 2, "a@first.example", "u@b.test", "other");
+    let ev = d.wait_events("5 deferrals", |ev| {
+        ev.iter().filter(|e| e["type"] == "TransientFailure").count() >= 5
+    });
+    let deferred: std::collections::HashSet<String> = of(&ev, "TransientFailure", "acme")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    send_as(d, 1, "t@trigger.example", "u@b.test", "acme");
+    let ev = d.wait_events("3 admin bounces", count("AdminBounce", "acme", 3));
+    let bounced: std::collections::HashSet<String> = of(&ev, "AdminBounce", "acme")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(deferred.is_subset(&bounced), "{deferred:?} ⊄ {bounced:?}");
+    assert!(of(&ev, "AdminBounce", "other").is_empty());
+    let fired = of(&ev, "AutomationFired", "acme");
+    assert_eq!((&fired[0]["rule"], &fired[0]["action"]), (&Value::from("policy"), &Value::from("BounceTenant")));
+    d.wait_metric("switchyard_delivery_total", "outcome=\"admin_bounced\",tenant=\"acme\"", bounced.len() as f64);
+    d.wait_metric("switchyard_scheduled_messages", "tenant=\"other\"", 2.0);
+}
+
+#[test]
+fn a_tenant_qos_rate_paces_only_that_tenant() {
+    let w = world(
+        &[("qos.test", "mx.qos.test")],
+        "",
+        "",
+        &format!("[tenant.\"slow\"]\nmax_message_rate = \"300/min\"\n\n{ONE_SOURCE}"),
+    );
+    let d = &w.d;
+    send_as(d, 10, "a@slow.example", "u@qos.test", "slow");
+    send_as(d, 10, "a@fast.example", "u@qos.test", "fast");
+    let got = w.sink.wait("20 messages", Duration::from_secs(20), |g| g.len() >= 20);
+    let span = |domain: &str| {
+        let t: Vec<f64> = got
+            .iter()
+            .filter(|r| r["mail_from"].as_str().unwrap().ends_with(domain))
+            .map(|r| r["time"].as_f64().unwrap())
+            .collect();
+        t.iter().cloned().fold(f64::MIN, f64::max) - t.iter().cloned().fold(f64::MAX, f64::min)
+    };
+    let (slow, fast) = (span("slow.example"), span("fast.example"));
+    eprintln!("10 messages: slow tenant over {slow:.2}s, fast tenant over {fast:.2}s");
+    // 300/min is one every 200 ms: nine gaps take at least 1.8 s.
+    assert!(slow >= 1.6, "slow tenant not paced: {slow:.2}s");
+    assert!(fast < 1.0, "fast tenant was paced too: {fast:.2}s");
+}
