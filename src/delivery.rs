@@ -125,7 +125,7 @@ pub fn start_engine(
     loaded: &LoadedConfig,
     spool: &Spool,
     log: &EventLog,
-) -> anyhow::Result<Arc<Engine>> {
+) -> anyhow::Result<(Arc<Engine>, Dns)> {
     let c = &loaded.config;
     let routes = c
         .routes
@@ -143,11 +143,11 @@ pub fn start_engine(
     };
     let bounces = crate::shaping::bounce_classifier(loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
     let engine = Arc::new(Engine::start(engine_settings(loaded)?, ports, bounces)?);
-    let shaping = engine.shared().settings.shaping.clone();
+    let (shared, refresh_dns) = (engine.shared().clone(), dns.clone());
     tokio::spawn(async move {
         let mut first = true;
         loop {
-            for w in crate::shaping::resolve_sites(&shaping, &dns).await {
+            for w in crate::shaping::resolve_sites(&shared.shaping(), &refresh_dns).await {
                 if first {
                     tracing::warn!("{w}");
                 }
@@ -156,7 +156,7 @@ pub fn start_engine(
             tokio::time::sleep(SITE_REFRESH).await;
         }
     });
-    Ok(engine)
+    Ok((engine, dns))
 }
 
 /// Put the suspensions and overrides stored in the spool back into effect. Awaited before

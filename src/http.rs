@@ -5,26 +5,33 @@
 //! bytes and parsed here so a malformed one gets a clear message. With `[http] token` set,
 //! every `/api/v1` route but health needs `Authorization: Bearer TOKEN`.
 
+use crate::ingress::accept::{spool_failure_text, Accepted};
+use crate::ingress::tenancy::{check_name, take_headers};
+use crate::ingress::Ingress;
+use crate::reload::Reloader;
+use crate::spool::MessageId;
 use crate::telemetry::Telemetry;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use switchyard_actors::engine::Engine;
 use switchyard_actors::message::now_ms;
+use switchyard_actors::tenant::AdminBounce;
 use switchyard_actors::suspensions::{
     rfc3339_ms, ListSuspensions, Resume, Suspend, Suspension, SuspensionKind,
 };
 use tokio::net::TcpListener;
 
-/// Largest request body accepted.
-const MAX_BODY: usize = 1 << 20;
+/// Largest request body accepted (an injected message is limited by `[smtp]
+/// max_message_size` as well).
+const MAX_BODY: usize = 64 << 20;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -35,6 +42,10 @@ pub struct HttpState {
     pub engine: Arc<Engine>,
     /// Bearer token for the API, when set.
     pub token: Option<Arc<str>>,
+    /// The ingress, for HTTP injection.
+    pub ingress: Arc<Ingress>,
+    /// Live reload.
+    pub reloader: Arc<Reloader>,
 }
 
 /// The router with every route.
@@ -47,6 +58,10 @@ pub fn router(state: HttpState) -> Router {
             get(list_suspensions).post(create_suspension),
         )
         .route("/api/v1/suspensions/{id}", delete(resume_suspension))
+        .route("/api/v1/queues", get(queues))
+        .route("/api/v1/bounces", post(bounces))
+        .route("/api/v1/inject", post(inject))
+        .route("/api/v1/reload", post(reload))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
@@ -235,7 +250,11 @@ pub async fn serve(listener: TcpListener, state: HttpState) -> anyhow::Result<()
     if let Ok(addr) = listener.local_addr() {
         tracing::info!("HTTP API on {addr}");
     }
-    axum::serve(listener, router(state)).await?;
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -258,4 +277,172 @@ async fn not_found() -> impl IntoResponse {
         StatusCode::NOT_FOUND,
         Json(json!({"error": "no such route"})),
     )
+}
+
+async fn queues(State(state): State<HttpState>) -> impl IntoResponse {
+    let (mut scheduled, mut ready) = state.engine.queues().await;
+    scheduled.sort_by(|a, b| a.name.cmp(&b.name));
+    ready.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(json!({ "scheduled": scheduled, "ready": ready }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BounceRequest {
+    tenant: Option<String>,
+    campaign: Option<String>,
+    domain: Option<String>,
+    reason: Option<String>,
+}
+
+async fn bounces(State(state): State<HttpState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: BounceRequest = parse_body(&body)?;
+    if req.tenant.is_none() && req.campaign.is_none() && req.domain.is_none() {
+        return Err(bad_request(
+            "say what to bounce: tenant, campaign and/or domain",
+        ));
+    }
+    let bounce = AdminBounce {
+        campaign: req.campaign.map(Some),
+        domain: req.domain.map(|d| d.to_ascii_lowercase()),
+        site: None,
+        reason: req.reason.unwrap_or_else(|| "bounced by an operator".into()),
+    };
+    let n = state.engine.bounce(req.tenant.as_deref(), bounce).await;
+    Ok(Json(json!({ "bounced": n })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InjectRecipient {
+    email: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InjectRequest {
+    envelope_sender: String,
+    recipients: Vec<InjectRecipient>,
+    content: String,
+    tenant: Option<String>,
+    campaign: Option<String>,
+}
+
+/// Content with CRLF line ends (a bare LF becomes CRLF, as over SMTP).
+fn crlf(content: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 40);
+    let mut prev = 0u8;
+    for &b in content.as_bytes() {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+async fn inject(
+    State(state): State<HttpState>,
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let req: InjectRequest = parse_body(&body)?;
+    let ingress = &state.ingress;
+    let sender = req.envelope_sender.trim().to_string();
+    if !sender.is_empty() && !sender.contains('@') {
+        return Err(bad_request(format!("envelope_sender {sender:?} is not an address")));
+    }
+    if req.recipients.is_empty() {
+        return Err(bad_request("recipients is empty"));
+    }
+    if req.recipients.len() > ingress.smtp.max_recipients {
+        return Err(bad_request(format!(
+            "more than {} recipients",
+            ingress.smtp.max_recipients
+        )));
+    }
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    for r in req.recipients {
+        match r.email.trim().rsplit_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !r.email.contains(char::is_whitespace) => {
+                accepted.push((r.email.trim().to_string(), domain.to_ascii_lowercase()))
+            }
+            _ => rejected.push(json!({"email": r.email, "error": "not an address with a domain"})),
+        }
+    }
+    if accepted.is_empty() {
+        return Err(bad_request("no valid recipient"));
+    }
+    let mut content = crlf(&req.content);
+    if content.len() as u64 > ingress.smtp.max_message_size.0 {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "content exceeds max_message_size".into(),
+        ));
+    }
+    let tenancy = &ingress.tenancy;
+    let headers = take_headers(&mut content, &tenancy.tenant_header, &tenancy.campaign_header);
+    let tenant = req
+        .tenant
+        .or(headers.tenant)
+        .unwrap_or_else(|| tenancy.default_tenant.clone());
+    check_name("tenant", &tenant).map_err(bad_request)?;
+    let campaign = req.campaign.or(headers.campaign);
+    if let Some(c) = &campaign {
+        check_name("campaign", c).map_err(bad_request)?;
+    }
+    let id = MessageId::new();
+    let mut message = format!(
+        "Received: from [{}] by {} (switchyard) with HTTP id {id};\r\n\t{}\r\n",
+        client.ip(),
+        ingress.hostname,
+        httpdate::fmt_http_date(std::time::SystemTime::now())
+    )
+    .into_bytes();
+    message.extend_from_slice(&content);
+    let n = accepted.len();
+    let stored = ingress
+        .store(
+            id,
+            Accepted {
+                sender,
+                recipients: accepted,
+                tenant,
+                campaign,
+                message,
+                client: client.to_string(),
+                helo: String::new(),
+            },
+        )
+        .await;
+    match stored {
+        Ok(()) => {
+            metrics::histogram!("switchyard_injection_seconds")
+                .record(started.elapsed().as_secs_f64());
+            Ok(Json(json!({"id": id.to_string(), "accepted": n, "rejected": rejected})).into_response())
+        }
+        Err((e, _)) => {
+            tracing::error!("cannot spool an HTTP injection from {client}: {e}");
+            Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                spool_failure_text(&e).to_string(),
+            ))
+        }
+    }
+}
+
+async fn reload(State(state): State<HttpState>) -> Result<Response, ApiError> {
+    match state.reloader.reload().await {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(errors) => Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("reload refused, the running config stays: {}", errors.join("; ")),
+        )),
+    }
 }

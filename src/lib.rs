@@ -14,6 +14,7 @@ pub mod http;
 pub mod ingress;
 pub mod logs;
 pub mod outbound;
+pub mod reload;
 pub mod server;
 pub mod shaping;
 pub mod sink;

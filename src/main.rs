@@ -169,7 +169,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(switchyard::server::run(loaded)) {
+            match runtime.block_on(switchyard::server::run(loaded, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard: {e:#}");

@@ -8,15 +8,19 @@ use crate::ingress::Ingress;
 use crate::logs::{EventLog, LogSettings};
 use crate::spool::Spool;
 use crate::telemetry::Telemetry;
+use crate::reload::Reloader;
 use anyhow::Context;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How long SIGTERM waits for open SMTP sessions to finish their transactions.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// Run the daemon on `loaded` until a stop signal.
-pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
+/// Run the daemon on `loaded` (read from `path`, or the embedded default) until a stop
+/// signal; SIGHUP reloads.
+pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<()> {
     let c = &loaded.config;
     let telemetry = Telemetry::install()?;
     telemetry.spawn_upkeep();
@@ -38,7 +42,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     };
     let log = EventLog::start(&data_dir.join("logs"), log_settings)
         .context("cannot start the event log")?;
-    let engine = delivery::start_engine(&loaded, &spool, &log)
+    let (engine, dns) = delivery::start_engine(&loaded, &spool, &log)
         .context("cannot start the delivery engine")?;
     delivery::restore_suspensions(&spool, &engine).await?;
     let recovering = tokio::spawn(delivery::recover(spool.clone(), engine.clone()));
@@ -50,6 +54,21 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         }
     });
     let ingress = Ingress::new(&loaded, spool.clone(), log, engine.clone())?;
+    let reloader = Arc::new(Reloader::new(path, &loaded, engine.clone(), dns));
+    let on_hup = reloader.clone();
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match on_hup.reload().await {
+                Ok(r) => tracing::info!(rules = r.rules, restart_needed = ?r.restart_needed, "SIGHUP: reloaded"),
+                Err(errors) => {
+                    for e in errors {
+                        tracing::error!("SIGHUP: reload refused, the running config stays: {e}");
+                    }
+                }
+            }
+        }
+    });
     let quiet_spool = spool.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -69,6 +88,8 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let http_state = HttpState {
         telemetry,
         engine,
+        ingress: ingress.clone(),
+        reloader,
         token: c.http.token.as_deref().map(Into::into),
     };
     tokio::spawn(async move {

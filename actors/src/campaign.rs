@@ -10,7 +10,7 @@
 use crate::engine::Shared;
 use crate::message::{ForCampaign, QueueIdentity, QueuedMessage};
 use crate::pool::Pool;
-use crate::queue::{Enqueue, QueueActor, Reap};
+use crate::queue::{Enqueue, QueueActor, QueueInfo, Reap, ScheduledInfo};
 use crate::suspensions::Suspension;
 use crate::tenant::{AdminBounce, Hold, Release};
 use actix::prelude::*;
@@ -156,6 +156,21 @@ impl Handler<AdminBounce> for CampaignActor {
                 .into_iter()
                 .map(|r| r.unwrap_or(0))
                 .sum()
+        })
+    }
+}
+
+impl Handler<QueueInfo> for CampaignActor {
+    type Result = ResponseFuture<Vec<ScheduledInfo>>;
+
+    fn handle(&mut self, msg: QueueInfo, _: &mut Context<Self>) -> Self::Result {
+        let asks: Vec<_> = self.queues.values().map(|(a, _)| a.send(msg)).collect();
+        Box::pin(async move {
+            futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .flat_map(|r| r.unwrap_or_default())
+                .collect()
         })
     }
 }

@@ -16,7 +16,7 @@
 //! `switchyard_automation_fired_total{rule, action}`. The reply itself keeps its normal
 //! outcome: the connection reports it to the message's scheduled queue as usual.
 
-use crate::automation::{Action, ThresholdWindow, Trigger};
+use crate::automation::{Action, RuleBook, ThresholdWindow, Trigger};
 use crate::bounce::BounceClassifier;
 use crate::engine::Shared;
 use crate::message::{now_ms, QueueIdentity, Reply};
@@ -43,6 +43,8 @@ pub struct ClassifierActor {
     shared: Option<Arc<Shared>>,
     scopes: HashMap<SiteAndDomain, Arc<[usize]>>,
     windows: HashMap<(usize, Arc<str>, Arc<str>), ThresholdWindow>,
+    /// The rules the cache and windows belong to.
+    book: Arc<RuleBook>,
 }
 
 impl ClassifierActor {
@@ -53,11 +55,18 @@ impl ClassifierActor {
             shared: None,
             scopes: HashMap::new(),
             windows: HashMap::new(),
+            book: Arc::new(RuleBook::default()),
         }
     }
 
     fn automate(&mut self, shared: &Arc<Shared>, msg: &ClassifyReply, text: &str) {
-        let rules = &shared.settings.rules;
+        let rules = shared.rules();
+        if !Arc::ptr_eq(&rules, &self.book) {
+            // Reloaded: scopes and windows refer to the old rules.
+            self.book = rules.clone();
+            self.scopes.clear();
+            self.windows.clear();
+        }
         if rules.rules().is_empty() {
             return;
         }
@@ -69,7 +78,7 @@ impl ClassifierActor {
                     self.scopes.clear();
                 }
                 let s: Arc<[usize]> = rules
-                    .scopes_for(&shared.settings.shaping, &msg.queue.domain, &msg.site)
+                    .scopes_for(&shared.shaping(), &msg.queue.domain, &msg.site)
                     .into();
                 self.scopes.insert(key, s.clone());
                 s

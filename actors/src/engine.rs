@@ -91,6 +91,8 @@ pub struct Shared {
     overrides: RwLock<Vec<Override>>,
     provider_gates: Mutex<HashMap<ProviderKey, Arc<ProviderGate>>>,
     tenant_limiters: HashMap<String, Arc<DefaultDirectRateLimiter>>,
+    /// Shaping and rules in force (replaced by a reload).
+    current: RwLock<(Arc<Shaping>, Arc<RuleBook>)>,
 }
 
 impl Shared {
@@ -142,9 +144,9 @@ impl Shared {
             route.hosts.clone(),
             self.clone(),
         );
-        let path = self.settings.shaping.path(domain, &site, &source.name);
+        let domain: Arc<str> = domain.into();
         let addr = ReadyQueueActor::start_in_arbiter(&self.arbiter(), move |_| {
-            ReadyQueueActor::new(source, site, hosts, path, shared)
+            ReadyQueueActor::new(source, site, hosts, domain, shared)
         });
         map.insert(key, addr.clone());
         addr
@@ -162,6 +164,32 @@ impl Shared {
         if map.get(&key) == Some(addr) {
             map.remove(&key);
         }
+    }
+
+    /// The shaping in force.
+    pub fn shaping(&self) -> Arc<Shaping> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// The automation rules in force.
+    pub fn rules(&self) -> Arc<RuleBook> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    /// Put reloaded shaping and rules in force, and have every ready queue reshape.
+    /// Queues, suspensions and overrides are untouched.
+    pub fn replace_shaping(&self, shaping: Arc<Shaping>, rules: Arc<RuleBook>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (shaping, rules);
+        let map = self.ready_queues.lock().unwrap_or_else(|e| e.into_inner());
+        for addr in map.values() {
+            addr.do_send(Reshape);
+        }
+    }
+
+    /// Every running ready queue.
+    pub fn ready_queue_list(&self) -> Vec<Addr<ReadyQueueActor>> {
+        let map = self.ready_queues.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().filter(|a| a.connected()).cloned().collect()
     }
 
     /// The running ready queue of (source, site), if there is one.
@@ -368,7 +396,9 @@ impl Engine {
                 )
             })
             .collect();
+        let current = RwLock::new((settings.shaping.clone(), settings.rules.clone()));
         let shared = Arc::new(Shared {
+            current,
             settings,
             ports,
             classifier: classifier.clone(),
@@ -407,6 +437,54 @@ impl Engine {
                 tracing::error!(%tenant, "tenant actor is gone; its messages wait in the spool for the next start");
             }
         }
+    }
+
+    /// Every live scheduled queue and ready queue, for the admin API.
+    pub async fn queues(
+        &self,
+    ) -> (
+        Vec<crate::queue::ScheduledInfo>,
+        Vec<crate::ready_queue::ReadyInfo>,
+    ) {
+        let tenants: Vec<Addr<TenantActor>> = {
+            let map = self.shared.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            map.values().cloned().collect()
+        };
+        let scheduled = futures::future::join_all(
+            tenants.iter().map(|t| t.send(crate::queue::QueueInfo)),
+        )
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap_or_default())
+        .collect();
+        let ready = futures::future::join_all(
+            self.shared
+                .ready_queue_list()
+                .iter()
+                .map(|r| r.send(crate::ready_queue::ReadyQueueInfo)),
+        )
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+        (scheduled, ready)
+    }
+
+    /// Bounce queued mail with AdminBounce records: one tenant's (or every tenant's),
+    /// optionally one campaign's and one domain's. Returns how many recipients.
+    pub async fn bounce(&self, tenant: Option<&str>, bounce: crate::tenant::AdminBounce) -> usize {
+        let tenants: Vec<Addr<TenantActor>> = match tenant {
+            Some(t) => vec![self.shared.tenant(t)],
+            None => {
+                let map = self.shared.tenants.lock().unwrap_or_else(|e| e.into_inner());
+                map.values().cloned().collect()
+            }
+        };
+        futures::future::join_all(tenants.iter().map(|t| t.send(bounce.clone())))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap_or(0))
+            .sum()
     }
 
     /// Shared state (for status and tests).

@@ -717,14 +717,14 @@ impl Handler<BackToSchedule> for QueueActor {
 }
 
 impl Handler<AdminBounce> for QueueActor {
-    type Result = usize;
+    type Result = ResponseActFuture<Self, usize>;
 
-    /// Bounce every queued message (if the site matches); messages in ready queues are
-    /// pulled back and bounced as they return. The count covers the scheduled ones.
-    fn handle(&mut self, msg: AdminBounce, ctx: &mut Context<Self>) -> usize {
+    /// Bounce every queued message (if the site matches), including those pulled back from
+    /// ready queues; the reply counts them all.
+    fn handle(&mut self, msg: AdminBounce, _: &mut Context<Self>) -> Self::Result {
         if let Some(site) = &msg.site {
             if self.route.as_ref().is_none_or(|r| &*r.site != site) {
-                return 0;
+                return Box::pin(actix::fut::ready(0));
             }
         }
         let all: Vec<QueuedMessage> = std::mem::take(&mut self.scheduled).into_values().collect();
@@ -732,8 +732,67 @@ impl Handler<AdminBounce> for QueueActor {
         for m in all {
             self.admin_bounce(m, &msg.reason);
         }
-        self.withdraw_all(Some(msg.reason), ctx);
         self.publish();
-        n
+        let withdrawals: Vec<_> = self
+            .offered_to
+            .drain()
+            .map(|(_, ready)| {
+                ready.send(Withdraw {
+                    queue: self.id.clone(),
+                })
+            })
+            .collect();
+        Box::pin(
+            futures::future::join_all(withdrawals)
+                .into_actor(self)
+                .map(move |results, act, _| {
+                    let mut more = 0;
+                    for key in results.into_iter().flat_map(|r| r.unwrap_or_default()) {
+                        if let Some(m) = act.in_flight.remove(&key) {
+                            act.admin_bounce(m, &msg.reason);
+                            more += 1;
+                        }
+                    }
+                    act.publish();
+                    n + more
+                }),
+        )
+    }
+}
+
+/// What a scheduled queue holds, for `GET /api/v1/queues`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScheduledInfo {
+    /// `campaign:tenant@domain`.
+    pub name: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Campaign.
+    pub campaign: Option<String>,
+    /// Destination domain.
+    pub domain: String,
+    /// Messages waiting or in flight.
+    pub messages: usize,
+    /// Held by a suspension.
+    pub suspended: bool,
+}
+
+/// Describe the queue(s).
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "Vec<ScheduledInfo>")]
+pub struct QueueInfo;
+
+impl Handler<QueueInfo> for QueueActor {
+    type Result = MessageResult<QueueInfo>;
+
+    fn handle(&mut self, _: QueueInfo, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(vec![ScheduledInfo {
+            name: self.name.clone(),
+            tenant: self.id.tenant.to_string(),
+            campaign: self.id.campaign.as_deref().map(str::to_string),
+            domain: self.id.domain.to_string(),
+            messages: self.scheduled.len() + self.in_flight.len(),
+            suspended: self.held_since.is_some(),
+        }])
     }
 }

@@ -23,7 +23,7 @@ use crate::engine::{ProviderGate, Shared};
 use crate::message::{MessageKey, QueueIdentity, QueuedMessage, Reply};
 use crate::ports::{ConnectTarget, EgressSource, MxHost};
 use crate::queue::{BackToSchedule, DeliveryOutcome, ReadyRoom};
-use crate::shaping::{PathSettings, PathShaping, Rate, ShapingOptions};
+use crate::shaping::{PathSettings, Rate, ShapingOptions};
 use actix::prelude::*;
 use governor::clock::Clock;
 use governor::DefaultDirectRateLimiter;
@@ -54,6 +54,8 @@ pub struct ReadyQueueActor {
     source: Arc<EgressSource>,
     site: Arc<str>,
     hosts: Arc<[MxHost]>,
+    /// The domain whose mail created it: shaping is looked up through it.
+    domain: Arc<str>,
     /// Options from the shaping files; overrides are layered on top.
     base: ShapingOptions,
     settings: PathSettings,
@@ -87,9 +89,10 @@ impl ReadyQueueActor {
         source: Arc<EgressSource>,
         site: Arc<str>,
         hosts: Arc<[MxHost]>,
-        path: PathShaping,
+        domain: Arc<str>,
         shared: Arc<Shared>,
     ) -> Self {
+        let path = shared.shaping().path(&domain, &site, &source.name);
         let labels = [
             ("source", source.name.to_string()),
             ("site", site.to_string()),
@@ -103,6 +106,7 @@ impl ReadyQueueActor {
             .collect();
         let suspended = shared.source_suspended(&source.name, &site).is_some();
         let mut q = ReadyQueueActor {
+            domain,
             settings: PathSettings::from_options(&path.options),
             base: path.options,
             providers,
@@ -130,8 +134,18 @@ impl ReadyQueueActor {
         q
     }
 
-    /// Recompute the settings: shaping files' options with the active overrides on top.
+    /// Recompute the settings: the shaping in force with the active overrides on top.
     fn reshape(&mut self) {
+        let path = self
+            .shared
+            .shaping()
+            .path(&self.domain, &self.site, &self.source.name);
+        self.base = path.options;
+        self.providers = path
+            .providers
+            .iter()
+            .map(|p| self.shared.provider_gate(p, &self.source.name))
+            .collect();
         let over = self.shared.overrides_for(&self.source.name, &self.site);
         let settings = PathSettings::from_options(&self.base.overlay(&over));
         fn limiter(
@@ -534,7 +548,8 @@ impl Handler<BounceReady> for ReadyQueueActor {
     }
 }
 
-/// The overrides for this site changed: recompute the settings.
+/// The overrides for this site, or the shaping files (reload), changed: recompute the
+/// settings.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Reshape;
@@ -545,5 +560,42 @@ impl Handler<Reshape> for ReadyQueueActor {
     fn handle(&mut self, _: Reshape, ctx: &mut Context<Self>) {
         self.reshape();
         self.dispatch(ctx);
+    }
+}
+
+/// What a ready queue holds, for `GET /api/v1/queues`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReadyInfo {
+    /// `source->site`.
+    pub name: String,
+    /// Egress source.
+    pub source: String,
+    /// Site.
+    pub site: String,
+    /// Messages waiting for a connection.
+    pub messages: usize,
+    /// Open connections.
+    pub connections: usize,
+    /// The source is suspended towards the site.
+    pub suspended: bool,
+}
+
+/// Describe the ready queue.
+#[derive(Message)]
+#[rtype(result = "ReadyInfo")]
+pub struct ReadyQueueInfo;
+
+impl Handler<ReadyQueueInfo> for ReadyQueueActor {
+    type Result = MessageResult<ReadyQueueInfo>;
+
+    fn handle(&mut self, _: ReadyQueueInfo, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(ReadyInfo {
+            name: format!("{}->{}", self.source.name, self.site),
+            source: self.source.name.to_string(),
+            site: self.site.to_string(),
+            messages: self.ready.len(),
+            connections: self.connections,
+            suspended: self.suspended,
+        })
     }
 }

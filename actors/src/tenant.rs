@@ -12,6 +12,7 @@ use crate::campaign::{CampaignActor, EnqueueCampaign};
 use crate::engine::Shared;
 use crate::message::{ForCampaign, ForTenant};
 use crate::pool::Pool;
+use crate::queue::{QueueInfo, ScheduledInfo};
 use crate::suspensions::{Suspension, SuspensionKind};
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -156,6 +157,21 @@ impl Handler<AdminBounce> for TenantActor {
                 .into_iter()
                 .map(|r| r.unwrap_or(0))
                 .sum()
+        })
+    }
+}
+
+impl Handler<QueueInfo> for TenantActor {
+    type Result = ResponseFuture<Vec<ScheduledInfo>>;
+
+    fn handle(&mut self, msg: QueueInfo, _: &mut Context<Self>) -> Self::Result {
+        let asks: Vec<_> = self.campaigns.values().map(|a| a.send(msg)).collect();
+        Box::pin(async move {
+            futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .flat_map(|r| r.unwrap_or_default())
+                .collect()
         })
     }
 }

@@ -3,8 +3,9 @@
 //! Plain tokio I/O, not an actor: one task per client connection. A session (`session.rs`)
 //! reads commands, checks relay permission and AUTH (`auth.rs`), reads DATA with its limits
 //! (`data.rs`), works out tenant and campaign (`tenancy.rs`), and only answers `250` once the
-//! spool has fsynced the message.
+//! spool has fsynced the message (`accept.rs`, shared with HTTP injection).
 
+pub mod accept;
 pub mod auth;
 pub mod data;
 pub mod session;

@@ -10,13 +10,14 @@
 use super::auth::{decode_b64, encode_b64, parse_plain};
 use super::data::{DataProblem, DataReader};
 use super::tenancy::{check_name, take_headers};
+use super::accept::{spool_failure_text, Accepted};
 use super::Ingress;
 use crate::logs::LogRecord;
-use crate::spool::{queue_name, Envelope, MessageId, NewMessage, QueueEntry, SpoolError};
+use crate::spool::MessageId;
 use smtp_proto::{Error as ParseError, Request, AUTH_LOGIN, AUTH_PLAIN};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4).
@@ -573,84 +574,30 @@ impl Session {
         }
         let campaign = headers.campaign;
         let id = MessageId::new();
-        let now = SystemTime::now();
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_millis() as u64;
         let helo = self.helo.clone().unwrap_or_default();
-        let mut message = self.received_header(&id, &helo, now);
+        let mut message = self.received_header(&id, &helo, SystemTime::now());
         message.extend_from_slice(&body);
         drop(body);
-        let entries: Vec<QueueEntry> = tx
-            .recipients
-            .iter()
-            .map(|(rcpt, domain)| QueueEntry {
-                recipient: rcpt.clone(),
-                queue: queue_name(&tenant, campaign.as_deref(), domain),
-                tenant: tenant.clone(),
-                campaign: campaign.clone(),
-                domain: domain.clone(),
-                attempts: 0,
-                due_ms: now_ms,
-                created_ms: now_ms,
-                held_ms: 0,
-            })
-            .collect();
-        let size = message.len() as u64;
-        let envelope = Envelope {
+        let accepted = Accepted {
             sender: tx.sender,
-            recipients: tx.recipients.into_iter().map(|(r, _)| r).collect(),
+            recipients: tx.recipients,
             tenant,
             campaign,
-            received_ms: now_ms,
-            client_addr: self.peer.to_string(),
+            message,
+            client: self.peer.to_string(),
             helo,
         };
-        let record = LogRecord {
-            id: Some(id.to_string()),
-            tenant: Some(envelope.tenant.clone()),
-            campaign: envelope.campaign.clone(),
-            sender: Some(envelope.sender.clone()),
-            recipient: (envelope.recipients.len() == 1).then(|| envelope.recipients[0].clone()),
-            recipients: Some(envelope.recipients.clone()),
-            client: Some(self.peer.to_string()),
-            size: Some(size),
-            ..LogRecord::new("Reception")
-        };
-        let tenant = envelope.tenant.clone();
-        let submissions: Vec<_> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| e.submission(crate::spool::entry_key(id, i as u32)))
-            .collect();
-        let stored = self
-            .ctx
-            .spool
-            .store(NewMessage {
-                id,
-                envelope,
-                body: message,
-                entries,
-            })
-            .await;
-        match stored {
+        match self.ctx.store(id, accepted).await {
             Ok(()) => {
-                self.ctx.engine.submit(submissions).await;
-                metrics::counter!("switchyard_received_total", "tenant" => tenant).increment(1);
                 metrics::histogram!("switchyard_injection_seconds")
                     .record(data_started.elapsed().as_secs_f64());
-                self.ctx.log.write(record);
                 self.reply(250, &format!("2.0.0 Ok: queued as {id}"));
                 tracing::debug!(%id, elapsed = ?tx.started.elapsed(), "message accepted");
             }
-            Err(e) => {
+            Err((e, sender)) => {
                 tracing::error!("cannot spool message from {}: {e}", self.peer);
-                let text = match e {
-                    SpoolError::DiskFull { .. } => "4.3.1 Insufficient system storage",
-                    _ => "4.3.1 Temporary spool failure, try again later",
-                };
-                self.log_rejection(record.sender.as_deref(), None, 452, text);
+                let text = spool_failure_text(&e);
+                self.log_rejection(Some(&sender), None, 452, text);
                 self.reply(452, text);
             }
         }

@@ -1,0 +1,102 @@
+//! Accepting a message: the one path from "the client is done" to "spooled, fsynced, handed
+//! to the tenant's actors, counted and logged", shared by the SMTP session and HTTP
+//! injection (`POST /api/v1/inject`).
+
+use super::Ingress;
+use crate::logs::LogRecord;
+use crate::spool::{queue_name, Envelope, MessageId, NewMessage, QueueEntry, SpoolError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A message ready to be stored: envelope, tenancy and the content as it will be sent
+/// (tenancy headers removed, our Received header first).
+pub struct Accepted {
+    /// Envelope sender.
+    pub sender: String,
+    /// (recipient, lower-case domain).
+    pub recipients: Vec<(String, String)>,
+    /// Tenant.
+    pub tenant: String,
+    /// Campaign.
+    pub campaign: Option<String>,
+    /// Content with our Received header.
+    pub message: Vec<u8>,
+    /// Injecting client's address.
+    pub client: String,
+    /// Its HELO name (empty for HTTP).
+    pub helo: String,
+}
+
+/// The reply text for a spool failure.
+pub fn spool_failure_text(e: &SpoolError) -> &'static str {
+    match e {
+        SpoolError::DiskFull { .. } => "4.3.1 Insufficient system storage",
+        _ => "4.3.1 Temporary spool failure, try again later",
+    }
+}
+
+impl Ingress {
+    /// Spool (fsynced before this returns), hand to the engine, count and log the Reception.
+    /// On failure nothing was stored; the error comes back with the sender for the log.
+    pub async fn store(&self, id: MessageId, a: Accepted) -> Result<(), (SpoolError, String)> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as u64;
+        let entries: Vec<QueueEntry> = a
+            .recipients
+            .iter()
+            .map(|(rcpt, domain)| QueueEntry {
+                recipient: rcpt.clone(),
+                queue: queue_name(&a.tenant, a.campaign.as_deref(), domain),
+                tenant: a.tenant.clone(),
+                campaign: a.campaign.clone(),
+                domain: domain.clone(),
+                attempts: 0,
+                due_ms: now_ms,
+                created_ms: now_ms,
+                held_ms: 0,
+            })
+            .collect();
+        let size = a.message.len() as u64;
+        let envelope = Envelope {
+            sender: a.sender,
+            recipients: a.recipients.into_iter().map(|(r, _)| r).collect(),
+            tenant: a.tenant,
+            campaign: a.campaign,
+            received_ms: now_ms,
+            client_addr: a.client.clone(),
+            helo: a.helo,
+        };
+        let record = LogRecord {
+            id: Some(id.to_string()),
+            tenant: Some(envelope.tenant.clone()),
+            campaign: envelope.campaign.clone(),
+            sender: Some(envelope.sender.clone()),
+            recipient: (envelope.recipients.len() == 1).then(|| envelope.recipients[0].clone()),
+            recipients: Some(envelope.recipients.clone()),
+            client: Some(a.client),
+            size: Some(size),
+            ..LogRecord::new("Reception")
+        };
+        let tenant = envelope.tenant.clone();
+        let sender = envelope.sender.clone();
+        let submissions: Vec<_> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| e.submission(crate::spool::entry_key(id, i as u32)))
+            .collect();
+        self.spool
+            .store(NewMessage {
+                id,
+                envelope,
+                body: a.message,
+                entries,
+            })
+            .await
+            .map_err(|e| (e, sender))?;
+        self.engine.submit(submissions).await;
+        metrics::counter!("switchyard_received_total", "tenant" => tenant).increment(1);
+        self.log.write(record);
+        Ok(())
+    }
+}
