@@ -8,6 +8,7 @@
 //! the remote MTA; every outcome lands in [`logs`].
 
 pub mod config;
+pub mod ctl;
 pub mod delivery;
 pub mod dns;
 pub mod http;

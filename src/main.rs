@@ -1,4 +1,4 @@
-//! The `switchyard` command: `serve`, `check`, `sink` (and, as it lands, `ctl`).
+//! The `switchyard` command: `serve`, `check`, `ctl` and `sink`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -30,6 +30,20 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Admin client over the daemon's HTTP API.
+    Ctl {
+        /// The daemon's API.
+        #[arg(long, env = "SWITCHYARD_API", default_value = "http://127.0.0.1:8025")]
+        api: String,
+        /// Bearer token (`[http] token`).
+        #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// JSON for scripts instead of tables.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
     /// A fast SMTP sink for tests and benchmarks that can answer like real providers.
     Sink {
         /// Address to listen on.
@@ -46,6 +60,107 @@ enum Command {
         #[arg(long, default_value = "sink.switchyard.test")]
         hostname: String,
     },
+}
+
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// Tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Campaign (with --tenant).
+    #[arg(long)]
+    campaign: Option<String>,
+    /// Destination domain.
+    #[arg(long)]
+    domain: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Scheduled and ready queues.
+    Queues,
+    /// Active suspensions, manual and automatic.
+    Suspensions,
+    /// Suspend a tenant, campaign or source (for a domain or site).
+    Suspend {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Egress source (with --site).
+        #[arg(long)]
+        source: Option<String>,
+        /// Site (sorted MX host names joined by commas).
+        #[arg(long)]
+        site: Option<String>,
+        /// How long, e.g. "3 hours".
+        #[arg(long)]
+        duration: String,
+        /// Why (logged and listed).
+        #[arg(long, default_value = "suspended with switchyard ctl")]
+        reason: String,
+    },
+    /// End a suspension now; its held mail is due at once.
+    Resume {
+        /// Suspension id (see `ctl suspensions`).
+        id: String,
+    },
+    /// Bounce queued mail with AdminBounce records.
+    Bounce {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Why (in each AdminBounce record).
+        #[arg(long, default_value = "bounced with switchyard ctl")]
+        reason: String,
+    },
+    /// Live view: per-tenant rates, suspensions, busiest sites.
+    Top {
+        /// Refresh interval.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Stop after this many screens (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        iterations: u64,
+    },
+}
+
+fn ctl(api: String, token: Option<String>, json: bool, command: CtlCommand) -> ExitCode {
+    use switchyard::ctl::{self, Api, Target};
+    let api = Api { url: api, token };
+    let target = |t: TargetArgs, source: Option<String>, site: Option<String>| Target {
+        tenant: t.tenant,
+        campaign: t.campaign,
+        domain: t.domain,
+        source,
+        site,
+    };
+    let out = match command {
+        CtlCommand::Queues => ctl::queues(&api, json),
+        CtlCommand::Suspensions => ctl::suspensions(&api, json),
+        CtlCommand::Suspend {
+            target: t,
+            source,
+            site,
+            duration,
+            reason,
+        } => ctl::suspend(&api, &target(t, source, site), &duration, &reason, json),
+        CtlCommand::Resume { id } => ctl::resume(&api, &id, json),
+        CtlCommand::Bounce { target: t, reason } => {
+            ctl::bounce(&api, &target(t, None, None), &reason, json)
+        }
+        CtlCommand::Top {
+            interval,
+            iterations,
+        } => ctl::top(&api, interval, iterations).map(|()| String::new()),
+    };
+    match out {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(ctl::CtlError(why)) => {
+            eprintln!("switchyard ctl: {why}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn sink(
@@ -149,6 +264,12 @@ fn main() -> ExitCode {
             }
             None => ExitCode::FAILURE,
         },
+        Command::Ctl {
+            api,
+            token,
+            json,
+            command,
+        } => ctl(api, token, json, command),
         Command::Sink {
             listen,
             responses,
