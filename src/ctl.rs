@@ -24,9 +24,10 @@ pub struct CtlError(pub String);
 
 impl Api {
     fn host_port(&self) -> Result<String, CtlError> {
-        let rest = self.url.strip_prefix("http://").ok_or_else(|| {
-            CtlError(format!("--api {:?} must start with http://", self.url))
-        })?;
+        let rest = self
+            .url
+            .strip_prefix("http://")
+            .ok_or_else(|| CtlError(format!("--api {:?} must start with http://", self.url)))?;
         Ok(rest.trim_end_matches('/').to_string())
     }
 
@@ -48,7 +49,12 @@ impl Api {
     }
 
     /// One request: (status, body).
-    pub fn raw(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String), CtlError> {
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, String), CtlError> {
         let hp = self.host_port()?;
         let unreachable = |e: std::io::Error| {
             CtlError(format!(
@@ -74,7 +80,10 @@ impl Api {
         s.read_to_end(&mut resp).map_err(unreachable)?;
         let resp = String::from_utf8_lossy(&resp);
         let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((status, body))
     }
 }
@@ -122,15 +131,40 @@ pub fn queues(api: &Api, as_json: bool) -> Result<String, CtlError> {
     let rows = |key: &str, cols: &[&str]| -> Vec<Vec<String>> {
         v[key]
             .as_array()
-            .map(|a| a.iter().map(|q| cols.iter().map(|c| text(&q[*c])).collect()).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|q| cols.iter().map(|c| text(&q[*c])).collect())
+                    .collect()
+            })
             .unwrap_or_default()
     };
-    let sched_cols = ["name", "tenant", "campaign", "domain", "messages", "suspended"];
+    let sched_cols = [
+        "name",
+        "tenant",
+        "campaign",
+        "domain",
+        "messages",
+        "suspended",
+    ];
     let ready_cols = ["source", "site", "messages", "connections", "suspended"];
     Ok(format!(
         "SCHEDULED QUEUES\n{}\nREADY QUEUES\n{}",
-        table(&sched_cols.map(str::to_uppercase).iter().map(String::as_str).collect::<Vec<_>>(), &rows("scheduled", &sched_cols)),
-        table(&ready_cols.map(str::to_uppercase).iter().map(String::as_str).collect::<Vec<_>>(), &rows("ready", &ready_cols)),
+        table(
+            &sched_cols
+                .map(str::to_uppercase)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            &rows("scheduled", &sched_cols)
+        ),
+        table(
+            &ready_cols
+                .map(str::to_uppercase)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            &rows("ready", &ready_cols)
+        ),
     ))
 }
 
@@ -140,13 +174,23 @@ pub fn suspensions(api: &Api, as_json: bool) -> Result<String, CtlError> {
     if as_json {
         return Ok(format!("{v}\n"));
     }
-    let cols = ["id", "kind", "tenant", "campaign", "source", "site", "domain", "rule", "expires", "reason"];
+    let cols = [
+        "id", "kind", "tenant", "campaign", "source", "site", "domain", "rule", "expires", "reason",
+    ];
     let rows: Vec<Vec<String>> = v
         .as_array()
-        .map(|a| a.iter().map(|s| cols.iter().map(|c| text(&s[*c])).collect()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|s| cols.iter().map(|c| text(&s[*c])).collect())
+                .collect()
+        })
         .unwrap_or_default();
     Ok(table(
-        &cols.map(str::to_uppercase).iter().map(String::as_str).collect::<Vec<_>>(),
+        &cols
+            .map(str::to_uppercase)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
         &rows,
     ))
 }
@@ -167,7 +211,13 @@ pub struct Target {
 }
 
 /// `ctl suspend`.
-pub fn suspend(api: &Api, t: &Target, duration: &str, reason: &str, as_json: bool) -> Result<String, CtlError> {
+pub fn suspend(
+    api: &Api,
+    t: &Target,
+    duration: &str,
+    reason: &str,
+    as_json: bool,
+) -> Result<String, CtlError> {
     let body = json!({
         "tenant": t.tenant, "campaign": t.campaign, "domain": t.domain,
         "source": t.source, "site": t.site, "duration": duration, "reason": reason,
@@ -176,7 +226,11 @@ pub fn suspend(api: &Api, t: &Target, duration: &str, reason: &str, as_json: boo
     Ok(if as_json {
         format!("{v}\n")
     } else {
-        format!("suspended: {} (until {})\n", text(&v["id"]), text(&v["expires"]))
+        format!(
+            "suspended: {} (until {})\n",
+            text(&v["id"]),
+            text(&v["expires"])
+        )
     })
 }
 
@@ -192,7 +246,8 @@ pub fn resume(api: &Api, id: &str, as_json: bool) -> Result<String, CtlError> {
 
 /// `ctl bounce`.
 pub fn bounce(api: &Api, t: &Target, reason: &str, as_json: bool) -> Result<String, CtlError> {
-    let body = json!({"tenant": t.tenant, "campaign": t.campaign, "domain": t.domain, "reason": reason});
+    let body =
+        json!({"tenant": t.tenant, "campaign": t.campaign, "domain": t.domain, "reason": reason});
     let v = api.call("POST", "/api/v1/bounces", Some(&body))?;
     Ok(if as_json {
         format!("{v}\n")
@@ -231,7 +286,9 @@ fn series<'a>(metrics: &'a str, name: &str) -> Vec<(BTreeMap<&'a str, &'a str>, 
 fn tenant_figures(metrics: &str) -> BTreeMap<String, TenantFigures> {
     let mut out: BTreeMap<String, TenantFigures> = BTreeMap::new();
     for (l, v) in series(metrics, "switchyard_delivery_total") {
-        let f = out.entry(l.get("tenant").unwrap_or(&"").to_string()).or_default();
+        let f = out
+            .entry(l.get("tenant").unwrap_or(&"").to_string())
+            .or_default();
         match l.get("outcome").copied() {
             Some("delivered") => f.delivered += v,
             Some("transient") => f.deferred += v,
@@ -240,7 +297,9 @@ fn tenant_figures(metrics: &str) -> BTreeMap<String, TenantFigures> {
         }
     }
     for (l, v) in series(metrics, "switchyard_scheduled_messages") {
-        out.entry(l.get("tenant").unwrap_or(&"").to_string()).or_default().queued += v;
+        out.entry(l.get("tenant").unwrap_or(&"").to_string())
+            .or_default()
+            .queued += v;
     }
     out
 }
@@ -257,7 +316,8 @@ pub fn top(api: &Api, interval: Duration, iterations: u64) -> Result<(), CtlErro
         let now = tenant_figures(&metrics);
         let secs = interval.as_secs_f64().max(0.001);
         let rate = |t: &str, f: fn(&TenantFigures) -> f64| match &before {
-            Some(b) => ((now.get(t).map(f).unwrap_or(0.0) - b.get(t).map(f).unwrap_or(0.0)) / secs).max(0.0),
+            Some(b) => ((now.get(t).map(f).unwrap_or(0.0) - b.get(t).map(f).unwrap_or(0.0)) / secs)
+                .max(0.0),
             None => 0.0,
         };
         let rows: Vec<Vec<String>> = now
@@ -274,28 +334,44 @@ pub fn top(api: &Api, interval: Duration, iterations: u64) -> Result<(), CtlErro
             .collect();
         let mut screen = String::from("\x1b[2J\x1b[H");
         screen.push_str(&format!("switchyard top — {}   (per second)\n\n", api.url));
-        screen.push_str(&table(&["TENANT", "QUEUED", "DELIVERED/s", "DEFERRED/s", "BOUNCED/s"], &rows));
+        screen.push_str(&table(
+            &["TENANT", "QUEUED", "DELIVERED/s", "DEFERRED/s", "BOUNCED/s"],
+            &rows,
+        ));
         screen.push_str("\nSUSPENSIONS\n");
         screen.push_str(&suspensions(api, false)?);
-        let mut sites: Vec<(f64, String, String, f64)> = series(&metrics, "switchyard_ready_messages")
-            .into_iter()
-            .map(|(l, v)| {
-                let conns = series(&metrics, "switchyard_connections")
-                    .into_iter()
-                    .find(|(c, _)| c.get("site") == l.get("site") && c.get("source") == l.get("source"))
-                    .map(|(_, c)| c)
-                    .unwrap_or(0.0);
-                (v, l.get("source").unwrap_or(&"").to_string(), l.get("site").unwrap_or(&"").to_string(), conns)
-            })
-            .collect();
+        let mut sites: Vec<(f64, String, String, f64)> =
+            series(&metrics, "switchyard_ready_messages")
+                .into_iter()
+                .map(|(l, v)| {
+                    let conns = series(&metrics, "switchyard_connections")
+                        .into_iter()
+                        .find(|(c, _)| {
+                            c.get("site") == l.get("site") && c.get("source") == l.get("source")
+                        })
+                        .map(|(_, c)| c)
+                        .unwrap_or(0.0);
+                    (
+                        v,
+                        l.get("source").unwrap_or(&"").to_string(),
+                        l.get("site").unwrap_or(&"").to_string(),
+                        conns,
+                    )
+                })
+                .collect();
         sites.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.3.total_cmp(&a.3)));
         let site_rows: Vec<Vec<String>> = sites
             .iter()
             .take(10)
-            .map(|(m, src, site, c)| vec![site.clone(), src.clone(), format!("{m}"), format!("{c}")])
+            .map(|(m, src, site, c)| {
+                vec![site.clone(), src.clone(), format!("{m}"), format!("{c}")]
+            })
             .collect();
         screen.push_str("\nBUSIEST SITES\n");
-        screen.push_str(&table(&["SITE", "SOURCE", "READY", "CONNECTIONS"], &site_rows));
+        screen.push_str(&table(
+            &["SITE", "SOURCE", "READY", "CONNECTIONS"],
+            &site_rows,
+        ));
         print!("{screen}");
         let _ = std::io::stdout().flush();
         before = Some(now);

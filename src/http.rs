@@ -23,10 +23,10 @@ use serde_json::json;
 use std::sync::Arc;
 use switchyard_actors::engine::Engine;
 use switchyard_actors::message::now_ms;
-use switchyard_actors::tenant::AdminBounce;
 use switchyard_actors::suspensions::{
     rfc3339_ms, ListSuspensions, Resume, Suspend, Suspension, SuspensionKind,
 };
+use switchyard_actors::tenant::AdminBounce;
 use tokio::net::TcpListener;
 
 /// Largest request body accepted (an injected message is limited by `[smtp]
@@ -63,6 +63,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/inject", post(inject))
         .route("/api/v1/reload", post(reload))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -107,12 +108,36 @@ async fn authorize(State(state): State<HttpState>, request: Request, next: Next)
             .into_response();
         }
     }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        // Refuse by the declared length, before reading any of it.
+        return ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {MAX_BODY} bytes"),
+        )
+        .into_response();
+    }
     next.run(request).await
 }
 
+/// A request body as read by axum, or its rejection (too large, broken) as a JSON error.
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
 /// Parse a JSON body into `T`, with the reason when it does not fit.
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("bad request body: {e}")))
+fn parse_body<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, ApiError> {
+    let body = body.map_err(|r| ApiError(r.status(), r.body_text()))?;
+    serde_json::from_slice(&body).map_err(|e| bad_request(format!("bad request body: {e}")))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route".into(),
+    )
 }
 
 fn suspension_json(s: &Suspension) -> serde_json::Value {
@@ -157,9 +182,9 @@ struct NewSuspension {
 
 async fn create_suspension(
     State(state): State<HttpState>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let req: NewSuspension = parse_body(&body)?;
+    let req: NewSuspension = parse_body(body)?;
     let duration = humantime::parse_duration(req.duration.trim())
         .map_err(|e| bad_request(format!("bad duration {:?}: {e}", req.duration)))?;
     if duration.is_zero() {
@@ -295,8 +320,8 @@ struct BounceRequest {
     reason: Option<String>,
 }
 
-async fn bounces(State(state): State<HttpState>, body: Bytes) -> Result<Response, ApiError> {
-    let req: BounceRequest = parse_body(&body)?;
+async fn bounces(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
+    let req: BounceRequest = parse_body(body)?;
     if req.tenant.is_none() && req.campaign.is_none() && req.domain.is_none() {
         return Err(bad_request(
             "say what to bounce: tenant, campaign and/or domain",
@@ -306,7 +331,9 @@ async fn bounces(State(state): State<HttpState>, body: Bytes) -> Result<Response
         campaign: req.campaign.map(Some),
         domain: req.domain.map(|d| d.to_ascii_lowercase()),
         site: None,
-        reason: req.reason.unwrap_or_else(|| "bounced by an operator".into()),
+        reason: req
+            .reason
+            .unwrap_or_else(|| "bounced by an operator".into()),
     };
     let n = state.engine.bounce(req.tenant.as_deref(), bounce).await;
     Ok(Json(json!({ "bounced": n })).into_response())
@@ -348,14 +375,16 @@ fn crlf(content: &str) -> Vec<u8> {
 async fn inject(
     State(state): State<HttpState>,
     axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let req: InjectRequest = parse_body(&body)?;
+    let req: InjectRequest = parse_body(body)?;
     let ingress = &state.ingress;
     let sender = req.envelope_sender.trim().to_string();
     if !sender.is_empty() && !sender.contains('@') {
-        return Err(bad_request(format!("envelope_sender {sender:?} is not an address")));
+        return Err(bad_request(format!(
+            "envelope_sender {sender:?} is not an address"
+        )));
     }
     if req.recipients.is_empty() {
         return Err(bad_request("recipients is empty"));
@@ -370,7 +399,11 @@ async fn inject(
     let mut rejected = Vec::new();
     for r in req.recipients {
         match r.email.trim().rsplit_once('@') {
-            Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !r.email.contains(char::is_whitespace) => {
+            Some((local, domain))
+                if !local.is_empty()
+                    && !domain.is_empty()
+                    && !r.email.contains(char::is_whitespace) =>
+            {
                 accepted.push((r.email.trim().to_string(), domain.to_ascii_lowercase()))
             }
             _ => rejected.push(json!({"email": r.email, "error": "not an address with a domain"})),
@@ -387,7 +420,11 @@ async fn inject(
         ));
     }
     let tenancy = &ingress.tenancy;
-    let headers = take_headers(&mut content, &tenancy.tenant_header, &tenancy.campaign_header);
+    let headers = take_headers(
+        &mut content,
+        &tenancy.tenant_header,
+        &tenancy.campaign_header,
+    );
     let tenant = req
         .tenant
         .or(headers.tenant)
@@ -425,7 +462,10 @@ async fn inject(
         Ok(()) => {
             metrics::histogram!("switchyard_injection_seconds")
                 .record(started.elapsed().as_secs_f64());
-            Ok(Json(json!({"id": id.to_string(), "accepted": n, "rejected": rejected})).into_response())
+            Ok(
+                Json(json!({"id": id.to_string(), "accepted": n, "rejected": rejected}))
+                    .into_response(),
+            )
         }
         Err((e, _)) => {
             tracing::error!("cannot spool an HTTP injection from {client}: {e}");
@@ -442,7 +482,10 @@ async fn reload(State(state): State<HttpState>) -> Result<Response, ApiError> {
         Ok(report) => Ok(Json(report).into_response()),
         Err(errors) => Err(ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("reload refused, the running config stays: {}", errors.join("; ")),
+            format!(
+                "reload refused, the running config stays: {}",
+                errors.join("; ")
+            ),
         )),
     }
 }

@@ -67,7 +67,12 @@ fn restart_only(c: &LoadedConfig) -> Vec<(&'static str, String)> {
 
 impl Reloader {
     /// A reloader for the config at `path` (the embedded default when `None`).
-    pub fn new(path: Option<PathBuf>, running: &LoadedConfig, engine: Arc<Engine>, dns: Dns) -> Self {
+    pub fn new(
+        path: Option<PathBuf>,
+        running: &LoadedConfig,
+        engine: Arc<Engine>,
+        dns: Dns,
+    ) -> Self {
         Reloader {
             path,
             started_with: restart_only(running),

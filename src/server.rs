@@ -6,9 +6,9 @@ use crate::delivery;
 use crate::http::{self, HttpState};
 use crate::ingress::Ingress;
 use crate::logs::{EventLog, LogSettings};
+use crate::reload::Reloader;
 use crate::spool::Spool;
 use crate::telemetry::Telemetry;
-use crate::reload::Reloader;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,7 +60,9 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             match on_hup.reload().await {
-                Ok(r) => tracing::info!(rules = r.rules, restart_needed = ?r.restart_needed, "SIGHUP: reloaded"),
+                Ok(r) => {
+                    tracing::info!(rules = r.rules, restart_needed = ?r.restart_needed, "SIGHUP: reloaded")
+                }
                 Err(errors) => {
                     for e in errors {
                         tracing::error!("SIGHUP: reload refused, the running config stays: {e}");

@@ -507,7 +507,10 @@ fn bounce_tenant_bounces_the_tenants_queued_mail_to_the_site() {
     let responses = "[[rule]]\nsender_domain = \"first.example\"\ncode = 451\nmsg = \"4.3.0 try again later\"\n\n[[rule]]\nsender_domain = \"trigger.example\"\ncode = 451\nmsg = \"4.7.1 policy violation, go away\"\n";
     let shaping = "[[\"b.test\".automation]]\nname = \"policy\"\nregex = \"policy violation\"\naction = \"BounceTenant\"\nduration = \"1m\"\n";
     let w = world(
-        &[("b.test", "mx.b.test"), ("elsewhere.test", "mx.elsewhere.test")],
+        &[
+            ("b.test", "mx.b.test"),
+            ("elsewhere.test", "mx.elsewhere.test"),
+        ],
         responses,
         shaping,
         &format!("[queue]\nretry_interval = \"1h\"\n\n{ONE_SOURCE}"),
@@ -517,7 +520,10 @@ fn bounce_tenant_bounces_the_tenants_queued_mail_to_the_site() {
     // Another tenant's deferred mail to the same site is not touched.
     send_as(d, 2, "a@first.example", "u@b.test", "other");
     let ev = d.wait_events("5 deferrals", |ev| {
-        ev.iter().filter(|e| e["type"] == "TransientFailure").count() >= 5
+        ev.iter()
+            .filter(|e| e["type"] == "TransientFailure")
+            .count()
+            >= 5
     });
     let deferred: std::collections::HashSet<String> = of(&ev, "TransientFailure", "acme")
         .iter()
@@ -532,8 +538,15 @@ fn bounce_tenant_bounces_the_tenants_queued_mail_to_the_site() {
     assert!(deferred.is_subset(&bounced), "{deferred:?} ⊄ {bounced:?}");
     assert!(of(&ev, "AdminBounce", "other").is_empty());
     let fired = of(&ev, "AutomationFired", "acme");
-    assert_eq!((&fired[0]["rule"], &fired[0]["action"]), (&Value::from("policy"), &Value::from("BounceTenant")));
-    d.wait_metric("switchyard_delivery_total", "outcome=\"admin_bounced\",tenant=\"acme\"", bounced.len() as f64);
+    assert_eq!(
+        (&fired[0]["rule"], &fired[0]["action"]),
+        (&Value::from("policy"), &Value::from("BounceTenant"))
+    );
+    d.wait_metric(
+        "switchyard_delivery_total",
+        "outcome=\"admin_bounced\",tenant=\"acme\"",
+        bounced.len() as f64,
+    );
     d.wait_metric("switchyard_scheduled_messages", "tenant=\"other\"", 2.0);
 }
 
@@ -548,7 +561,9 @@ fn a_tenant_qos_rate_paces_only_that_tenant() {
     let d = &w.d;
     send_as(d, 10, "a@slow.example", "u@qos.test", "slow");
     send_as(d, 10, "a@fast.example", "u@qos.test", "fast");
-    let got = w.sink.wait("20 messages", Duration::from_secs(20), |g| g.len() >= 20);
+    let got = w
+        .sink
+        .wait("20 messages", Duration::from_secs(20), |g| g.len() >= 20);
     let span = |domain: &str| {
         let t: Vec<f64> = got
             .iter()

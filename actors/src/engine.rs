@@ -168,12 +168,20 @@ impl Shared {
 
     /// The shaping in force.
     pub fn shaping(&self) -> Arc<Shaping> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
     }
 
     /// The automation rules in force.
     pub fn rules(&self) -> Arc<RuleBook> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).1.clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
     }
 
     /// Put reloaded shaping and rules in force, and have every ready queue reshape.
@@ -447,16 +455,19 @@ impl Engine {
         Vec<crate::ready_queue::ReadyInfo>,
     ) {
         let tenants: Vec<Addr<TenantActor>> = {
-            let map = self.shared.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            let map = self
+                .shared
+                .tenants
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             map.values().cloned().collect()
         };
-        let scheduled = futures::future::join_all(
-            tenants.iter().map(|t| t.send(crate::queue::QueueInfo)),
-        )
-        .await
-        .into_iter()
-        .flat_map(|r| r.unwrap_or_default())
-        .collect();
+        let scheduled =
+            futures::future::join_all(tenants.iter().map(|t| t.send(crate::queue::QueueInfo)))
+                .await
+                .into_iter()
+                .flat_map(|r| r.unwrap_or_default())
+                .collect();
         let ready = futures::future::join_all(
             self.shared
                 .ready_queue_list()
@@ -476,7 +487,11 @@ impl Engine {
         let tenants: Vec<Addr<TenantActor>> = match tenant {
             Some(t) => vec![self.shared.tenant(t)],
             None => {
-                let map = self.shared.tenants.lock().unwrap_or_else(|e| e.into_inner());
+                let map = self
+                    .shared
+                    .tenants
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 map.values().cloned().collect()
             }
         };

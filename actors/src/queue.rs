@@ -742,21 +742,19 @@ impl Handler<AdminBounce> for QueueActor {
                 })
             })
             .collect();
-        Box::pin(
-            futures::future::join_all(withdrawals)
-                .into_actor(self)
-                .map(move |results, act, _| {
-                    let mut more = 0;
-                    for key in results.into_iter().flat_map(|r| r.unwrap_or_default()) {
-                        if let Some(m) = act.in_flight.remove(&key) {
-                            act.admin_bounce(m, &msg.reason);
-                            more += 1;
-                        }
+        Box::pin(futures::future::join_all(withdrawals).into_actor(self).map(
+            move |results, act, _| {
+                let mut more = 0;
+                for key in results.into_iter().flat_map(|r| r.unwrap_or_default()) {
+                    if let Some(m) = act.in_flight.remove(&key) {
+                        act.admin_bounce(m, &msg.reason);
+                        more += 1;
                     }
-                    act.publish();
-                    n + more
-                }),
-        )
+                }
+                act.publish();
+                n + more
+            },
+        ))
     }
 }
 

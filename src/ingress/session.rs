@@ -7,10 +7,10 @@
 //! DATA is capped by `max_message_size`, replies are flushed when the buffer fills, and a
 //! silent client is dropped after `idle_timeout` with a `421`.
 
+use super::accept::{spool_failure_text, Accepted};
 use super::auth::{decode_b64, encode_b64, parse_plain};
 use super::data::{DataProblem, DataReader};
 use super::tenancy::{check_name, take_headers};
-use super::accept::{spool_failure_text, Accepted};
 use super::Ingress;
 use crate::logs::LogRecord;
 use crate::spool::MessageId;

@@ -53,8 +53,17 @@ impl Daemon {
         } else {
             "[dns]\nnameservers = [\"127.0.0.1:9\"]\n"
         };
+        // An [http] table in `extra` gets the listen address; otherwise one is added.
+        let (http_section, smtp_section) = if smtp_section.contains("[http]") {
+            (
+                String::new(),
+                smtp_section.replace("[http]", &format!("[http]\nlisten = \"{http}\"")),
+            )
+        } else {
+            (format!("[http]\nlisten = \"{http}\"\n"), smtp_section)
+        };
         let text = format!(
-            "hostname = \"mta.test\"\ndata_dir = \"{}\"\n\n[http]\nlisten = \"{http}\"\n\n{dns}\n{smtp_section}\n",
+            "hostname = \"mta.test\"\ndata_dir = \"{}\"\n\n{http_section}\n{dns}\n{smtp_section}\n",
             dir.path().join("data").display()
         );
         std::fs::write(&config, text).unwrap();
