@@ -9,7 +9,7 @@ apt_missing=()
 command -v swaks >/dev/null || apt_missing+=(swaks)
 command -v smtp-source >/dev/null || apt_missing+=(postfix)
 command -v dnsmasq >/dev/null || apt_missing+=(dnsmasq)
-command -v promtool >/dev/null || apt_missing+=(prometheus)
+{ command -v promtool && command -v prometheus; } >/dev/null || apt_missing+=(prometheus)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

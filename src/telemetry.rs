@@ -85,4 +85,58 @@ fn describe() {
         "switchyard_smtp_rejections_total",
         "SMTP commands refused, by reply code."
     );
+    describe_counter!(
+        "switchyard_delivery_total",
+        "Recipients settled, by tenant, campaign and outcome."
+    );
+    describe_counter!(
+        "switchyard_ready_delivery_total",
+        "Delivery attempts, by egress source, site and outcome."
+    );
+    describe_gauge!(
+        "switchyard_scheduled_messages",
+        "Recipients in a scheduled queue (tenant, campaign, domain)."
+    );
+    describe_gauge!(
+        "switchyard_ready_messages",
+        "Messages waiting in a ready queue (source, site)."
+    );
+    describe_gauge!(
+        "switchyard_connections",
+        "Open outbound connections (source, site)."
+    );
+    describe_gauge!(
+        "switchyard_tenant_suspended",
+        "1 while a suspension holds the tenant's mail to the site."
+    );
+    describe_gauge!(
+        "switchyard_campaign_suspended",
+        "1 while a suspension holds the campaign's mail to the site."
+    );
+    describe_gauge!(
+        "switchyard_source_suspended",
+        "1 while the egress source is suspended towards the site."
+    );
+    describe_gauge!(
+        "switchyard_suspension_expires_timestamp_seconds",
+        "When each active suspension ends (Unix time), with its rule; 0 once ended."
+    );
+    describe_counter!(
+        "switchyard_automation_fired_total",
+        "Automation rules fired, by rule and action."
+    );
+    describe_counter!(
+        "switchyard_bounce_class_total",
+        "Bounces by tenant and bounce class."
+    );
+    describe_histogram!(
+        "switchyard_delivery_seconds",
+        Unit::Seconds,
+        "Time from reception to delivery."
+    );
+    describe_gauge!(
+        "switchyard_scheduled_queues",
+        "Live scheduled-queue actors."
+    );
+    describe_gauge!("switchyard_ready_queues", "Live ready-queue actors.");
 }

@@ -142,6 +142,27 @@ impl Suspension {
         }
     }
 
+    /// `switchyard_suspension_expires_timestamp_seconds`: one series per suspension, with
+    /// its rule, for the dashboard's table (remaining time = value − time()).
+    fn publish_expiry(&self, active: bool) {
+        let s = |o: &Option<String>| o.clone().unwrap_or_default();
+        let labels = [
+            ("id", self.id.clone()),
+            ("kind", format!("{:?}", self.kind).to_lowercase()),
+            ("tenant", s(&self.tenant)),
+            ("campaign", s(&self.campaign)),
+            ("source", s(&self.source)),
+            ("site", self.site_label()),
+            ("rule", self.rule.clone().unwrap_or_else(|| "manual".into())),
+        ];
+        let value = if active {
+            self.expires_ms as f64 / 1000.0
+        } else {
+            0.0
+        };
+        metrics::gauge!("switchyard_suspension_expires_timestamp_seconds", &labels).set(value);
+    }
+
     fn record(&self, kind: &'static str) -> LogRecord {
         LogRecord {
             id: Some(self.id.clone()),
@@ -225,6 +246,7 @@ impl SuspensionsActor {
     }
 
     fn set_gauge(&self, s: &Suspension) {
+        s.publish_expiry(self.suspensions.contains_key(&s.id));
         let (name, labels) = s.gauge_labels();
         let active = self
             .suspensions

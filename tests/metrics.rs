@@ -1,0 +1,251 @@
+//! Metrics as Prometheus sees them: `promtool check metrics` on `/metrics` of a daemon that
+//! has delivered, deferred, bounced and suspended, and a real Prometheus scraping it every
+//! second, asked every PromQL expression of the Grafana dashboard.
+
+mod common;
+
+use common::{free_port, send_as, wait_for_port, Daemon, Dnsmasq, ResponseSink};
+use serde_json::Value;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Prometheus {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: std::net::SocketAddr) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: [\"{target}\"]\n"),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus (Debian's package) must be installed; scripts/test.sh installs it");
+        wait_for_port(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_secs(30),
+        );
+        Prometheus {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn query(&self, promql: &str) -> Value {
+        let path = format!("/api/v1/query?query={}", encode(promql));
+        let (status, body) =
+            common::http_get(format!("127.0.0.1:{}", self.port).parse().unwrap(), &path);
+        assert_eq!(status, 200, "{promql}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every PromQL expression of the dashboard (panel targets and template variables), with
+/// variables replaced as the acceptance check says.
+fn dashboard_queries() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/dashboards/switchyard.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            out.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"]["query"].as_str() {
+            // label_values(metric, label) asks for the metric's series.
+            let inner = q.trim_start_matches("label_values(").trim_end_matches(')');
+            out.push(inner.split(',').next().unwrap().trim().to_string());
+        }
+    }
+    out.iter()
+        .map(|e| {
+            let mut e = e.replace("$__rate_interval", "1m");
+            for v in ["tenant", "campaign", "source", "site"] {
+                e = e
+                    .replace(&format!("${{{v}}}"), ".*")
+                    .replace(&format!("${v}"), ".*");
+            }
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn promtool_accepts_metrics_and_every_dashboard_query_returns_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = ResponseSink::start(
+        dir.path(),
+        "[[rule]]\nrecipient_domain = \"defer.test\"\ncode = 451\nmsg = \"4.3.0 later\"\n\n[[rule]]\nrecipient_domain = \"bounce.test\"\ncode = 550\nmsg = \"5.1.1 no such user\"\n\n[[rule]]\nrecipient_domain = \"gmail.test\"\ncode = 550\nmsg = \"5.7.26 This message does not have authentication information\"\n",
+    );
+    let mut opts = Vec::new();
+    for d in ["ok.test", "defer.test", "bounce.test", "gmail.test"] {
+        opts.push(format!("--mx-host={d},mx.{d},10"));
+        opts.push(format!("--host-record=mx.{d},127.0.0.1"));
+    }
+    let dns = Dnsmasq::start(&opts);
+    std::fs::write(
+        dir.path().join("shaping.toml"),
+        format!("[\"default\"]\nsmtp_port = {}\nenable_tls = \"Disabled\"\n\n[[\"gmail.test\".automation]]\nname = \"gmail-auth\"\nregex = \"does not have authentication\"\naction = \"SuspendCampaign\"\nduration = \"1h\"\n", sink.port),
+    )
+    .unwrap();
+    let d = Daemon::start_in(
+        dir,
+        &format!("[dns]\nnameservers = [\"127.0.0.1:{}\"]\n\n[shaping]\nfiles = [\"shaping.toml\"]\n\n[queue]\nretry_interval = \"1h\"\n\n[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.2\"\n\n[[pool]]\nname = \"default\"\nsources = [{{ source = \"ip-1\", weight = 1 }}]\n", dns.port),
+    );
+    let prometheus = Prometheus::start(d.http);
+
+    for (domain, n) in [
+        ("ok.test", 5),
+        ("defer.test", 2),
+        ("bounce.test", 2),
+        ("gmail.test", 1),
+    ] {
+        send_as(&d, n, "a@acme.example", &format!("u@{domain}"), "acme");
+    }
+    // A campaign's mail (through the Python client's X-Campaign header) and a suspension of
+    // each kind.
+    let (ok, out, err) = common::python(
+        "smtp_client.py",
+        &[
+            "send".into(),
+            "127.0.0.1".into(),
+            d.smtp.port().to_string(),
+            "--rcpt".into(),
+            "u@gmail.test".into(),
+            "--tenant".into(),
+            "beta".into(),
+            "--campaign".into(),
+            "spring".into(),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    d.wait_events("both firings", |ev| {
+        ev.iter().filter(|e| e["type"] == "AutomationFired").count() >= 2
+    });
+    for body in [
+        r#"{"tenant":"acme","duration":"1h","reason":"test"}"#,
+        r#"{"source":"ip-1","site":"mx.defer.test","duration":"1h","reason":"test"}"#,
+    ] {
+        let (status, text) = d.request("POST", "/api/v1/suspensions", Some(body));
+        assert_eq!(status, 201, "{text}");
+    }
+    d.wait_events("deliveries, deferrals, bounces", |ev| {
+        let n = |t: &str| ev.iter().filter(|e| e["type"] == t).count();
+        n("Delivery") >= 5 && n("TransientFailure") >= 2 && n("Bounce") >= 3
+    });
+
+    // promtool lints the exposition.
+    let (_, metrics) = d.get("/metrics");
+    for name in [
+        "switchyard_received_total",
+        "switchyard_delivery_total",
+        "switchyard_ready_delivery_total",
+        "switchyard_scheduled_messages",
+        "switchyard_ready_messages",
+        "switchyard_connections",
+        "switchyard_tenant_suspended",
+        "switchyard_campaign_suspended",
+        "switchyard_source_suspended",
+        "switchyard_automation_fired_total",
+        "switchyard_bounce_class_total",
+        "switchyard_spool_messages",
+        "switchyard_spool_bytes",
+        "switchyard_smtp_sessions",
+        "switchyard_injection_seconds_bucket",
+        "switchyard_delivery_seconds_bucket",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "{name} missing from /metrics"
+        );
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Prometheus has scraped a few times: every dashboard expression has data.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 15, "{queries:?}");
+    let mut missing: Vec<String>;
+    loop {
+        missing = queries
+            .iter()
+            .filter(|q| {
+                let v = prometheus.query(q);
+                v["data"]["result"].as_array().is_none_or(|r| r.is_empty())
+            })
+            .cloned()
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(missing.is_empty(), "queries without series: {missing:#?}");
+    let table = prometheus.query("(switchyard_suspension_expires_timestamp_seconds - time()) > 0");
+    let rules: Vec<&str> = table["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["metric"]["rule"].as_str().unwrap())
+        .collect();
+    assert!(
+        rules.contains(&"gmail-auth") && rules.contains(&"manual"),
+        "{rules:?}"
+    );
+}
