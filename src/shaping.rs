@@ -445,11 +445,7 @@ impl Loader {
                 .errors
                 .push(src.error(span_of(at), "automation rule without regex")),
             Some(v) => {
-                let list: Vec<&Spanned<DeValue>> = match v.get_ref() {
-                    DeValue::Array(a) => a.iter().collect(),
-                    _ => vec![v],
-                };
-                for p in list {
+                for p in one_or_many(v) {
                     match p.get_ref().as_str() {
                         Some(text) => match compile_pattern(text) {
                             Ok(_) => patterns.push(text.to_string()),
@@ -470,11 +466,7 @@ impl Loader {
                 .errors
                 .push(src.error(span_of(at), "automation rule without action")),
             Some(v) => {
-                let list: Vec<&Spanned<DeValue>> = match v.get_ref() {
-                    DeValue::Array(a) => a.iter().collect(),
-                    _ => vec![v],
-                };
-                for a in list {
+                for a in one_or_many(v) {
                     match action(a) {
                         Ok(action) => actions.push(action),
                         Err(e) => self.errors.push(src.error(span_of(a), e)),
@@ -534,6 +526,14 @@ impl Loader {
             duration,
             match_internal,
         })
+    }
+}
+
+/// A value that may be written alone or as a list (`regex`, `action`).
+fn one_or_many<'a, 'i>(v: &'a Spanned<DeValue<'i>>) -> Vec<&'a Spanned<DeValue<'i>>> {
+    match v.get_ref() {
+        DeValue::Array(a) => a.iter().collect(),
+        _ => vec![v],
     }
 }
 

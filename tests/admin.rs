@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{send_as, Daemon, Dnsmasq, ResponseSink, BIN};
+use common::{send_as, world, Daemon, Dnsmasq, ResponseSink, BIN};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -45,34 +45,17 @@ fn is_error(body: &str) -> bool {
     serde_json::from_str::<Value>(body).is_ok_and(|v| v["error"].is_string())
 }
 
-/// A daemon whose mail for `*.test` goes to a responses sink through dnsmasq.
+/// A daemon whose mail for each of `domains` (MX `mx.DOMAIN`) goes to a responses sink.
 fn setup(
     responses: &str,
     shaping: &str,
     extra: &str,
     domains: &[&str],
 ) -> (Dnsmasq, ResponseSink, Daemon) {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = ResponseSink::start(dir.path(), responses);
-    let mut opts = Vec::new();
-    for d in domains {
-        opts.push(format!("--mx-host={d},mx.{d},10"));
-        opts.push(format!("--host-record=mx.{d},127.0.0.1"));
-    }
-    let dns = Dnsmasq::start(&opts);
-    std::fs::write(
-        dir.path().join("shaping.toml"),
-        format!(
-            "[\"default\"]\nsmtp_port = {}\nenable_tls = \"Disabled\"\n{shaping}",
-            sink.port
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start_in(
-        dir,
-        &format!("[dns]\nnameservers = [\"127.0.0.1:{}\"]\n\n[shaping]\nfiles = [\"shaping.toml\"]\n\n{extra}", dns.port),
-    );
-    (dns, sink, d)
+    let mx: Vec<(&str, String)> = domains.iter().map(|d| (*d, format!("mx.{d}"))).collect();
+    let mx: Vec<(&str, &str)> = mx.iter().map(|(d, m)| (*d, m.as_str())).collect();
+    let w = world(&mx, responses, shaping, extra);
+    (w.dns, w.sink, w.d)
 }
 
 #[test]

@@ -5,47 +5,11 @@
 
 mod common;
 
-use common::{send_as, Daemon, Dnsmasq, ResponseSink, BIN};
+use common::{send_as, world, Dnsmasq, BIN};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// dnsmasq, a responses sink and a daemon whose shaping sends every domain to the sink.
-struct World {
-    _dns: Dnsmasq,
-    sink: ResponseSink,
-    d: Daemon,
-}
-
-/// `mx`: (domain, MX host) pairs, every host on 127.0.0.1. `shaping` is appended to a
-/// `["default"]` block pointing at the sink; `config` to the daemon's config.
-fn world(mx: &[(&str, &str)], responses: &str, shaping: &str, config: &str) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = ResponseSink::start(dir.path(), responses);
-    let mut opts = Vec::new();
-    for (domain, host) in mx {
-        opts.push(format!("--mx-host={domain},{host},10"));
-        opts.push(format!("--host-record={host},127.0.0.1"));
-    }
-    let dns = Dnsmasq::start(&opts);
-    std::fs::write(
-        dir.path().join("shaping.toml"),
-        format!(
-            "[\"default\"]\nsmtp_port = {}\nenable_tls = \"Disabled\"\n\n{shaping}",
-            sink.port
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start_in(
-        dir,
-        &format!(
-            "[dns]\nnameservers = [\"127.0.0.1:{}\"]\n\n[shaping]\nfiles = [\"shaping.toml\"]\n\n{config}",
-            dns.port
-        ),
-    );
-    World { _dns: dns, sink, d }
-}
 
 const ONE_SOURCE: &str = "[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.2\"\n\n[[pool]]\nname = \"default\"\nsources = [{ source = \"ip-1\", weight = 1 }]\n";
 const TWO_SOURCES: &str = "[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.2\"\n\n[[source]]\nname = \"ip-2\"\naddress = \"127.0.0.3\"\n\n[[pool]]\nname = \"default\"\nsources = [{ source = \"ip-1\", weight = 1 }, { source = \"ip-2\", weight = 1 }]\n";

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{free_port, send_as, wait_for_port, Daemon, Dnsmasq, ResponseSink};
+use common::{free_port, send_as, wait_for_port, world};
 use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
@@ -109,26 +109,20 @@ fn dashboard_queries() -> Vec<String> {
 
 #[test]
 fn promtool_accepts_metrics_and_every_dashboard_query_returns_series() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = ResponseSink::start(
-        dir.path(),
+    let domains = ["ok.test", "defer.test", "bounce.test", "gmail.test"];
+    let mx: Vec<String> = domains.iter().map(|d| format!("mx.{d}")).collect();
+    let mx: Vec<(&str, &str)> = domains
+        .iter()
+        .copied()
+        .zip(mx.iter().map(String::as_str))
+        .collect();
+    let w = world(
+        &mx,
         "[[rule]]\nrecipient_domain = \"defer.test\"\ncode = 451\nmsg = \"4.3.0 later\"\n\n[[rule]]\nrecipient_domain = \"bounce.test\"\ncode = 550\nmsg = \"5.1.1 no such user\"\n\n[[rule]]\nrecipient_domain = \"gmail.test\"\ncode = 550\nmsg = \"5.7.26 This message does not have authentication information\"\n",
+        "[[\"gmail.test\".automation]]\nname = \"gmail-auth\"\nregex = \"does not have authentication\"\naction = \"SuspendCampaign\"\nduration = \"1h\"\n",
+        "[queue]\nretry_interval = \"1h\"\n\n[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.2\"\n\n[[pool]]\nname = \"default\"\nsources = [{ source = \"ip-1\", weight = 1 }]\n",
     );
-    let mut opts = Vec::new();
-    for d in ["ok.test", "defer.test", "bounce.test", "gmail.test"] {
-        opts.push(format!("--mx-host={d},mx.{d},10"));
-        opts.push(format!("--host-record=mx.{d},127.0.0.1"));
-    }
-    let dns = Dnsmasq::start(&opts);
-    std::fs::write(
-        dir.path().join("shaping.toml"),
-        format!("[\"default\"]\nsmtp_port = {}\nenable_tls = \"Disabled\"\n\n[[\"gmail.test\".automation]]\nname = \"gmail-auth\"\nregex = \"does not have authentication\"\naction = \"SuspendCampaign\"\nduration = \"1h\"\n", sink.port),
-    )
-    .unwrap();
-    let d = Daemon::start_in(
-        dir,
-        &format!("[dns]\nnameservers = [\"127.0.0.1:{}\"]\n\n[shaping]\nfiles = [\"shaping.toml\"]\n\n[queue]\nretry_interval = \"1h\"\n\n[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.2\"\n\n[[pool]]\nname = \"default\"\nsources = [{{ source = \"ip-1\", weight = 1 }}]\n", dns.port),
-    );
+    let d = &w.d;
     let prometheus = Prometheus::start(d.http);
 
     for (domain, n) in [
@@ -137,7 +131,7 @@ fn promtool_accepts_metrics_and_every_dashboard_query_returns_series() {
         ("bounce.test", 2),
         ("gmail.test", 1),
     ] {
-        send_as(&d, n, "a@acme.example", &format!("u@{domain}"), "acme");
+        send_as(d, n, "a@acme.example", &format!("u@{domain}"), "acme");
     }
     // A campaign's mail (through the Python client's X-Campaign header) and a suspension of
     // each kind.

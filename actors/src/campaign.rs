@@ -10,7 +10,7 @@
 use crate::engine::Shared;
 use crate::message::{ForCampaign, QueueIdentity, QueuedMessage};
 use crate::pool::Pool;
-use crate::queue::{Enqueue, QueueActor, QueueInfo, Reap, ScheduledInfo};
+use crate::queue::{gather_infos, sum_counts, Enqueue, QueueActor, QueueInfo, Reap, ScheduledInfo};
 use crate::suspensions::Suspension;
 use crate::tenant::{AdminBounce, Hold, Release};
 use actix::prelude::*;
@@ -150,13 +150,7 @@ impl Handler<AdminBounce> for CampaignActor {
             .filter(|(d, _)| msg.domain.as_deref().is_none_or(|want| want == &***d))
             .map(|(_, (addr, _))| addr.send(msg.clone()))
             .collect();
-        Box::pin(async move {
-            futures::future::join_all(sends)
-                .await
-                .into_iter()
-                .map(|r| r.unwrap_or(0))
-                .sum()
-        })
+        Box::pin(sum_counts(sends))
     }
 }
 
@@ -165,12 +159,6 @@ impl Handler<QueueInfo> for CampaignActor {
 
     fn handle(&mut self, msg: QueueInfo, _: &mut Context<Self>) -> Self::Result {
         let asks: Vec<_> = self.queues.values().map(|(a, _)| a.send(msg)).collect();
-        Box::pin(async move {
-            futures::future::join_all(asks)
-                .await
-                .into_iter()
-                .flat_map(|r| r.unwrap_or_default())
-                .collect()
-        })
+        Box::pin(gather_infos(asks))
     }
 }

@@ -454,20 +454,12 @@ impl Engine {
         Vec<crate::queue::ScheduledInfo>,
         Vec<crate::ready_queue::ReadyInfo>,
     ) {
-        let tenants: Vec<Addr<TenantActor>> = {
-            let map = self
-                .shared
-                .tenants
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            map.values().cloned().collect()
-        };
-        let scheduled =
-            futures::future::join_all(tenants.iter().map(|t| t.send(crate::queue::QueueInfo)))
-                .await
-                .into_iter()
-                .flat_map(|r| r.unwrap_or_default())
-                .collect();
+        let asks = self
+            .tenant_actors()
+            .iter()
+            .map(|t| t.send(crate::queue::QueueInfo))
+            .collect();
+        let scheduled = crate::queue::gather_infos(asks).await;
         let ready = futures::future::join_all(
             self.shared
                 .ready_queue_list()
@@ -484,22 +476,21 @@ impl Engine {
     /// Bounce queued mail with AdminBounce records: one tenant's (or every tenant's),
     /// optionally one campaign's and one domain's. Returns how many recipients.
     pub async fn bounce(&self, tenant: Option<&str>, bounce: crate::tenant::AdminBounce) -> usize {
-        let tenants: Vec<Addr<TenantActor>> = match tenant {
+        let tenants = match tenant {
             Some(t) => vec![self.shared.tenant(t)],
-            None => {
-                let map = self
-                    .shared
-                    .tenants
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                map.values().cloned().collect()
-            }
+            None => self.tenant_actors(),
         };
-        futures::future::join_all(tenants.iter().map(|t| t.send(bounce.clone())))
-            .await
-            .into_iter()
-            .map(|r| r.unwrap_or(0))
-            .sum()
+        let asks = tenants.iter().map(|t| t.send(bounce.clone())).collect();
+        crate::queue::sum_counts(asks).await
+    }
+
+    fn tenant_actors(&self) -> Vec<Addr<TenantActor>> {
+        let map = self
+            .shared
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.values().cloned().collect()
     }
 
     /// Shared state (for status and tests).

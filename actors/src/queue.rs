@@ -758,6 +758,30 @@ impl Handler<AdminBounce> for QueueActor {
     }
 }
 
+/// Gather the answers of several actors asked for [`QueueInfo`] (a gone actor adds none).
+pub async fn gather_infos<F>(asks: Vec<F>) -> Vec<ScheduledInfo>
+where
+    F: std::future::Future<Output = Result<Vec<ScheduledInfo>, MailboxError>>,
+{
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap_or_default())
+        .collect()
+}
+
+/// Add up the counts of several actors asked for an [`AdminBounce`].
+pub async fn sum_counts<F>(asks: Vec<F>) -> usize
+where
+    F: std::future::Future<Output = Result<usize, MailboxError>>,
+{
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or(0))
+        .sum()
+}
+
 /// What a scheduled queue holds, for `GET /api/v1/queues`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ScheduledInfo {

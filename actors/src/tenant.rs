@@ -12,7 +12,7 @@ use crate::campaign::{CampaignActor, EnqueueCampaign};
 use crate::engine::Shared;
 use crate::message::{ForCampaign, ForTenant};
 use crate::pool::Pool;
-use crate::queue::{QueueInfo, ScheduledInfo};
+use crate::queue::{gather_infos, sum_counts, QueueInfo, ScheduledInfo};
 use crate::suspensions::{Suspension, SuspensionKind};
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -151,13 +151,7 @@ impl Handler<AdminBounce> for TenantActor {
             })
             .map(|(_, addr)| addr.send(msg.clone()))
             .collect();
-        Box::pin(async move {
-            futures::future::join_all(sends)
-                .await
-                .into_iter()
-                .map(|r| r.unwrap_or(0))
-                .sum()
-        })
+        Box::pin(sum_counts(sends))
     }
 }
 
@@ -166,12 +160,6 @@ impl Handler<QueueInfo> for TenantActor {
 
     fn handle(&mut self, msg: QueueInfo, _: &mut Context<Self>) -> Self::Result {
         let asks: Vec<_> = self.campaigns.values().map(|a| a.send(msg)).collect();
-        Box::pin(async move {
-            futures::future::join_all(asks)
-                .await
-                .into_iter()
-                .flat_map(|r| r.unwrap_or_default())
-                .collect()
-        })
+        Box::pin(gather_infos(asks))
     }
 }

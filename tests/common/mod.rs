@@ -449,11 +449,7 @@ impl Sink {
 
     /// Every DATA the sink has seen.
     pub fn received(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.record)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        read_jsonl(&self.record)
     }
 
     /// Wait until `n` messages were accepted (code 250).
@@ -527,11 +523,7 @@ impl ResponseSink {
 
     /// Every transaction so far.
     pub fn received(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.record)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        read_jsonl(&self.record)
     }
 
     /// Wait until `f` holds on the transactions; returns them.
@@ -668,4 +660,49 @@ pub fn send_as(
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The JSON lines of a record file written so far (a line being written is skipped).
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// dnsmasq, a responses sink and a daemon whose shaping sends every domain to the sink.
+pub struct World {
+    pub dns: Dnsmasq,
+    pub sink: ResponseSink,
+    pub d: Daemon,
+}
+
+/// `mx`: (domain, MX host) pairs, every host on 127.0.0.1. `shaping` is appended to a
+/// `["default"]` block pointing at the sink; `config` to the daemon's config.
+pub fn world(mx: &[(&str, &str)], responses: &str, shaping: &str, config: &str) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = ResponseSink::start(dir.path(), responses);
+    let mut opts = Vec::new();
+    for (domain, host) in mx {
+        opts.push(format!("--mx-host={domain},{host},10"));
+        opts.push(format!("--host-record={host},127.0.0.1"));
+    }
+    let dns = Dnsmasq::start(&opts);
+    std::fs::write(
+        dir.path().join("shaping.toml"),
+        format!(
+            "[\"default\"]\nsmtp_port = {}\nenable_tls = \"Disabled\"\n\n{shaping}",
+            sink.port
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_in(
+        dir,
+        &format!(
+            "[dns]\nnameservers = [\"127.0.0.1:{}\"]\n\n[shaping]\nfiles = [\"shaping.toml\"]\n\n{config}",
+            dns.port
+        ),
+    );
+    World { dns, sink, d }
 }
