@@ -8,7 +8,7 @@
 //! `[domain."d"]` percentages of bounces and deferrals, with the replies to pick from in
 //! `[[bounce."d"]]` and `[[defer."d"]]`. A failure is given after the final dot (or at RCPT
 //! with `stage = "rcpt"`). `--record` appends one JSON line per transaction, which tests
-//! read to see what arrived, from which source IP and when.
+//! read to see what arrived, from which source IP, when, and how many sessions were open.
 
 use anyhow::Context;
 use ipnet::IpNet;
@@ -262,6 +262,8 @@ fn lower_keys<V>(m: HashMap<String, V>) -> HashMap<String, V> {
 
 /// Shared by every connection.
 struct State {
+    /// Sessions open now (recorded with each transaction, to see concurrency).
+    open: AtomicU64,
     hostname: String,
     responses: Option<Responses>,
     record: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
@@ -293,6 +295,7 @@ pub async fn run(options: SinkOptions) -> anyhow::Result<()> {
         None => None,
     };
     let state = Arc::new(State {
+        open: AtomicU64::new(0),
         hostname: options.hostname,
         responses: options.responses,
         record,
@@ -310,7 +313,9 @@ pub async fn run(options: SinkOptions) -> anyhow::Result<()> {
         };
         let state = state.clone();
         tokio::spawn(async move {
+            state.open.fetch_add(1, Ordering::Relaxed);
             let _ = session(stream, peer.ip(), &state).await;
+            state.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
@@ -422,6 +427,7 @@ async fn session(stream: TcpStream, peer: IpAddr, state: &State) -> std::io::Res
                                 "time": now_secs(), "peer": peer.to_string(), "ehlo": ehlo,
                                 "mail_from": from, "rcpts": [rcpt], "code": choice.code,
                                 "text": choice.text, "size": 0,
+                                "open": state.open.load(Ordering::Relaxed),
                             }));
                             format!("{} {}", choice.code, choice.text)
                         } else {
@@ -458,6 +464,7 @@ async fn session(stream: TcpStream, peer: IpAddr, state: &State) -> std::io::Res
                         "mail_from": sender.as_deref().unwrap_or(""),
                         "rcpts": rcpts.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
                         "code": code, "text": text, "size": size,
+                        "open": state.open.load(Ordering::Relaxed),
                     }));
                     sender = None;
                     rcpts.clear();

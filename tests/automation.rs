@@ -542,3 +542,37 @@ fn a_tenant_qos_rate_paces_only_that_tenant() {
     assert!(slow >= 1.6, "slow tenant not paced: {slow:.2}s");
     assert!(fast < 1.0, "fast tenant was paced too: {fast:.2}s");
 }
+
+#[test]
+fn a_provider_connection_limit_is_shared_by_its_sites() {
+    // Two sites of one provider, one connection between them; short idle so the slot moves.
+    let shaping = "[provider.\"big\"]\nmatch = [{MXSuffix = \".big.test\"}]\nprovider_connection_limit = 1\nidle_timeout = \"300ms\"\n";
+    let w = world(
+        &[("a.test", "mx1.big.test"), ("b.test", "mx2.big.test")],
+        "",
+        shaping,
+        ONE_SOURCE,
+    );
+    send_as(&w.d, 15, "x@acme.example", "u@a.test", "acme");
+    send_as(&w.d, 15, "x@acme.example", "u@b.test", "acme");
+    let got = w
+        .sink
+        .wait("30 messages", Duration::from_secs(30), |g| g.len() >= 30);
+    let most = got
+        .iter()
+        .map(|r| r["open"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(most, 1, "more than one connection to the provider at once");
+    let sites: std::collections::HashSet<&str> =
+        w.d.events()
+            .iter()
+            .filter(|e| e["type"] == "Delivery")
+            .map(|e| e["site"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .leak()
+            .iter()
+            .map(String::as_str)
+            .collect();
+    assert_eq!(sites.len(), 2, "{sites:?}");
+}

@@ -243,3 +243,43 @@ fn promtool_accepts_metrics_and_every_dashboard_query_returns_series() {
         "{rules:?}"
     );
 }
+
+#[test]
+fn campaign_labels_can_be_turned_off() {
+    let w = world(
+        &[("ok.test", "mx.ok.test")],
+        "",
+        "",
+        "[metrics]\ncampaign_labels = false\n",
+    );
+    let (ok, out, err) = common::python(
+        "smtp_client.py",
+        &[
+            "send".into(),
+            "127.0.0.1".into(),
+            w.d.smtp.port().to_string(),
+            "--rcpt".into(),
+            "u@ok.test".into(),
+            "--tenant".into(),
+            "acme".into(),
+            "--campaign".into(),
+            "spring".into(),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    w.d.wait_metric(
+        "switchyard_delivery_total",
+        "outcome=\"delivered\",tenant=\"acme\"",
+        1.0,
+    );
+    let (_, metrics) = w.d.get("/metrics");
+    let lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("switchyard_delivery_total{")
+                || l.starts_with("switchyard_scheduled_messages{")
+        })
+        .collect();
+    assert!(lines.len() >= 2, "{metrics}");
+    assert!(lines.iter().all(|l| !l.contains("campaign=")), "{lines:?}");
+}
