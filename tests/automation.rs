@@ -564,15 +564,11 @@ fn a_provider_connection_limit_is_shared_by_its_sites() {
         .max()
         .unwrap();
     assert_eq!(most, 1, "more than one connection to the provider at once");
-    let sites: std::collections::HashSet<&str> =
+    let sites: std::collections::HashSet<String> =
         w.d.events()
             .iter()
             .filter(|e| e["type"] == "Delivery")
             .map(|e| e["site"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-            .leak()
-            .iter()
-            .map(String::as_str)
             .collect();
     assert_eq!(sites.len(), 2, "{sites:?}");
 }
