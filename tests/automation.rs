@@ -572,3 +572,46 @@ fn a_provider_connection_limit_is_shared_by_its_sites() {
             .collect();
     assert_eq!(sites.len(), 2, "{sites:?}");
 }
+
+#[test]
+fn consecutive_connection_failures_defer_the_whole_ready_queue() {
+    // The site's MX accepts TCP but never greets (a listener nobody serves): each attempt
+    // fails at the 1 s banner timeout. After 2 failures in a row the ready queue's waiting
+    // messages are deferred together instead of each costing a connection.
+    let dir = tempfile::tempdir().unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = silent.local_addr().unwrap().port();
+    let dns = Dnsmasq::start(&[
+        "--mx-host=down.test,mx.down.test,10".into(),
+        "--host-record=mx.down.test,127.0.0.1".into(),
+    ]);
+    std::fs::write(
+        dir.path().join("shaping.toml"),
+        format!("[\"default\"]\nsmtp_port = {closed}\nconnection_limit = 1\nbanner_timeout = \"1s\"\nconsecutive_connection_failures_before_delay = 2\n"),
+    )
+    .unwrap();
+    let d = common::Daemon::start_in(
+        dir,
+        &format!("[dns]\nnameservers = [\"127.0.0.1:{}\"]\n\n[shaping]\nfiles = [\"shaping.toml\"]\n\n[queue]\nretry_interval = \"1h\"\n", dns.port),
+    );
+    send_as(&d, 10, "a@acme.example", "u@down.test", "acme");
+    let ev = d.wait_events("10 deferrals", count("TransientFailure", "acme", 10));
+    assert!(of(&ev, "Bounce", "acme").is_empty());
+    assert!(
+        d.log()
+            .contains("connections keep failing; deferring the ready queue"),
+        "{}",
+        d.log()
+    );
+    // Far fewer connection attempts than messages: the failures the connections themselves
+    // reported carry a peer; the ready queue's batch deferral does not.
+    let with_peer = of(&ev, "TransientFailure", "acme")
+        .iter()
+        .filter(|e| e.get("peer").is_some())
+        .count();
+    assert!(
+        with_peer <= 3,
+        "{with_peer} of 10 messages cost a connection attempt"
+    );
+    drop(silent);
+}
