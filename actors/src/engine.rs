@@ -224,12 +224,6 @@ impl Shared {
         addr
     }
 
-    /// Names of the tenants with an actor.
-    pub fn tenant_names(&self) -> Vec<Arc<str>> {
-        let map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        map.keys().cloned().collect()
-    }
-
     /// Suspend `source` towards `site` until `until` (ms since the epoch), or lift it
     /// (`None`), and tell its ready queue.
     pub fn suspend_source(&self, source: &str, site: &str, until: Option<u64>) {

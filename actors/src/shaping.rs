@@ -30,11 +30,6 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// Events per second, for pacing.
-    pub fn per_second(&self) -> f64 {
-        self.count as f64 / self.per.as_secs_f64()
-    }
-
     /// The GCRA quota: one event every `per / count`, with no burst beyond one, so a
     /// throttled path sends evenly instead of in clumps.
     pub fn quota(&self) -> governor::Quota {
