@@ -5,7 +5,9 @@
 //! metrics export, HTTP. The actors that route and shape mail live in `switchyard-actors`.
 //! A message's path: [`ingress`] (SMTP session) → [`spool`] (fsync, then `250`) → the
 //! tenant's actors ([`delivery`] wires them) → [`dns`] for the route → [`outbound`] SMTP to
-//! the remote MTA; every outcome lands in [`logs`].
+//! the remote MTA; every outcome lands in [`logs`]. Shaping and automation files are read by
+//! [`shaping`]; operators use [`http`] (the admin API), [`ctl`] (its command-line client) and
+//! [`reload`]; [`sink`] is the response-emulating SMTP sink of tests and benchmarks.
 
 pub mod config;
 pub mod ctl;
