@@ -222,6 +222,14 @@ fn every_route_answers_good_and_bad_input_behind_the_token() {
     );
 
     // Bounces.
+    // The resume made the held message due at once: wait for that retry's deferral, so the
+    // message is back in its scheduled queue (not in flight) when it is bounced.
+    d.wait_events("the retry after the resume", |ev| {
+        ev.iter()
+            .filter(|e| e["type"] == "TransientFailure" && e["domain"] == "hold.test")
+            .count()
+            >= 2
+    });
     let (status, body) = call(a, "POST", "/api/v1/bounces", t, "{}");
     assert!(status == 400 && is_error(&body), "{body}");
     let (status, body) = call(

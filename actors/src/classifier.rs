@@ -243,6 +243,14 @@ impl Handler<ClassifyReply> for ClassifierActor {
 
     /// The bounce class of a failure reply (`None` for a success); rules run on every reply.
     fn handle(&mut self, msg: ClassifyReply, _: &mut Context<Self>) -> Option<String> {
+        let has_rules = self
+            .shared
+            .as_ref()
+            .is_some_and(|s| !s.rules().rules().is_empty());
+        if msg.reply.is_success() && !has_rules {
+            // The common case with no automation: nothing to match, no text to build.
+            return None;
+        }
         let text = msg.reply.match_text();
         if let Some(shared) = self.shared.clone() {
             self.automate(&shared, &msg, &text);

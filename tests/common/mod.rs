@@ -226,18 +226,7 @@ impl Daemon {
         what: &str,
         f: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ev = self.events();
-            if f(&ev) {
-                return ev;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; events: {ev:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_until(what, Duration::from_secs(10), || self.events(), f)
     }
 }
 
@@ -533,18 +522,7 @@ impl ResponseSink {
         timeout: Duration,
         f: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.received();
-            if f(&got) {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; sink saw {got:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_until(what, timeout, || self.received(), f)
     }
 }
 
@@ -705,4 +683,26 @@ pub fn world(mx: &[(&str, &str)], responses: &str, shaping: &str, config: &str) 
         ),
     );
     World { dns, sink, d }
+}
+
+/// Read JSON records with `read` every 50 ms until `f` holds on them (they are written
+/// asynchronously by another process); panics with what was seen after `timeout`.
+pub fn poll_until(
+    what: &str,
+    timeout: Duration,
+    read: impl Fn() -> Vec<serde_json::Value>,
+    f: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = read();
+        if f(&got) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; saw {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
