@@ -50,6 +50,7 @@ fn spooled(d: &Daemon) -> HashMap<String, (String, Option<String>)> {
 }
 
 fn inject_in_background(d: &Daemon, count: usize, out: &std::path::Path) -> std::process::Child {
+    common::Tool::Python.require();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/smtp_client.py");
     std::process::Command::new("python3")
         .arg(script)

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{free_port, send_as, wait_for_port, world};
+use common::{free_port, send_as, wait_for_port, world, Tool};
 use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
@@ -26,6 +26,7 @@ impl Prometheus {
             format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: [\"{target}\"]\n"),
         )
         .unwrap();
+        Tool::Prometheus.require();
         let port = free_port();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
@@ -37,7 +38,7 @@ impl Prometheus {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
             .spawn()
-            .expect("prometheus (Debian's package) must be installed; scripts/test.sh installs it");
+            .expect("prometheus starts");
         wait_for_port(
             format!("127.0.0.1:{port}").parse().unwrap(),
             Duration::from_secs(30),
@@ -190,6 +191,7 @@ fn promtool_accepts_metrics_and_every_dashboard_query_returns_series() {
             "{name} missing from /metrics"
         );
     }
+    Tool::Promtool.require();
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -2,6 +2,9 @@
 //! drive it (swaks, Python smtplib, raw sockets).
 #![allow(dead_code)]
 
+pub mod tools;
+pub use tools::Tool;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -316,6 +319,9 @@ pub fn run(cmd: &mut Command) -> Output {
 
 /// swaks against `addr` with extra arguments; returns (exit ok, transcript).
 pub fn swaks(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    for tool in tools::swaks_needs(args) {
+        tool.require();
+    }
     let out = run(Command::new("swaks")
         .arg("--server")
         .arg(addr.to_string())
@@ -328,6 +334,7 @@ pub fn swaks(addr: SocketAddr, args: &[&str]) -> (bool, String) {
 
 /// Run a Python script from `tests/py/` with arguments; returns (exit ok, stdout, stderr).
 pub fn python(script: &str, args: &[String]) -> (bool, String, String) {
+    Tool::Python.require();
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/py")
         .join(script);
@@ -414,6 +421,7 @@ impl Sink {
     /// Start a sink on 127.0.0.1:`port` answering per `mode` (see sink.py); `tls` = (cert, key).
     pub fn start(port: u16, dir: &Path, mode: &str, tls: Option<(&Path, &Path)>) -> Sink {
         let record = dir.join(format!("sink-{port}.jsonl"));
+        Tool::Aiosmtpd.require();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/sink.py");
         let mut cmd = Command::new("python3");
         cmd.arg(script)
@@ -544,12 +552,10 @@ impl Dnsmasq {
     /// Start with extra options such as `--mx-host=a.test,mx.a.test,10` and
     /// `--host-record=mx.a.test,127.0.0.1`.
     pub fn start(options: &[String]) -> Dnsmasq {
+        Tool::Dnsmasq.require();
         let port = free_port();
-        let bin = ["/usr/sbin/dnsmasq", "dnsmasq"]
-            .into_iter()
-            .find(|b| Path::new(b).exists())
-            .unwrap_or("dnsmasq");
-        let child = Command::new(bin)
+        let child = Command::new("dnsmasq")
+            .env("PATH", tools::path_with_sbin())
             .args([
                 "--keep-in-foreground",
                 "--conf-file=/dev/null",
