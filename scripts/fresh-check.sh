@@ -59,7 +59,7 @@ assert s.rcpt("nobody@[127.0.0.1]")[0] == 250
 code, text = s.data(b"Subject: first\r\nX-Tenant: acme\r\n\r\nhello\r\n")
 assert code == 250, (code, text)
 s.quit()
-health = json.load(urllib.request.urlopen("http://127.0.0.1:8025/health"))
+health = json.load(urllib.request.urlopen("http://127.0.0.1:8025/api/v1/health"))
 assert health.get("status") == "ok", health
 print("   first message:", code, text.decode(), "| /health:", health)
 PY
