@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_actors::engine::{Engine, EngineSettings, Submission};
-use switchyard_actors::pool::Pool;
+use switchyard_actors::pool::{Pool, Pools};
 use switchyard_actors::ports::{EgressSource, Ports};
-use switchyard_actors::schedule::RetryPolicy;
-use switchyard_actors::suspensions::{Override, Restore, Suspension};
+use switchyard_actors::scheduled_queue::schedule::RetryPolicy;
+use switchyard_actors::suspension::{Override, Suspension};
 
 /// How often the MX-rollup sites of the shaping blocks are looked up again (answers come
 /// from the DNS cache until their TTL runs out, so this follows the TTLs).
@@ -99,12 +99,14 @@ pub fn engine_settings(loaded: &LoadedConfig) -> anyhow::Result<EngineSettings> 
             max_retry_interval: c.queue.max_retry_interval.0,
             max_age: c.queue.max_age.0,
         },
-        pools: pools(loaded),
-        tenant_pools: c
-            .tenant
-            .iter()
-            .filter_map(|(t, cfg)| cfg.pool.as_ref().map(|p| (t.clone(), p.get_ref().clone())))
-            .collect(),
+        pools: Pools {
+            pools: pools(loaded),
+            tenant_pools: c
+                .tenant
+                .iter()
+                .filter_map(|(t, cfg)| cfg.pool.as_ref().map(|p| (t.clone(), p.get_ref().clone())))
+                .collect(),
+        },
         shaping: Arc::new(shaping.shaping),
         rules: Arc::new(shaping.rules),
         tenant_rates: c
@@ -143,11 +145,11 @@ pub fn start_engine(
     };
     let bounces = crate::shaping::bounce_classifier(loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
     let engine = Arc::new(Engine::start(engine_settings(loaded)?, ports, bounces)?);
-    let (shared, refresh_dns) = (engine.shared().clone(), dns.clone());
+    let (for_sites, refresh_dns) = (engine.clone(), dns.clone());
     tokio::spawn(async move {
         let mut first = true;
         loop {
-            for w in crate::shaping::resolve_sites(&shared.shaping(), &refresh_dns).await {
+            for w in crate::shaping::resolve_sites(&for_sites.shaping(), &refresh_dns).await {
                 if first {
                     tracing::warn!("{w}");
                 }
@@ -185,14 +187,9 @@ pub async fn restore_suspensions(spool: &Spool, engine: &Engine) -> anyhow::Resu
         );
     }
     engine
-        .shared()
-        .suspensions
-        .send(Restore {
-            suspensions,
-            overrides,
-        })
+        .restore(suspensions, overrides)
         .await
-        .map_err(|_| anyhow::anyhow!("the suspension register did not start"))
+        .ok_or_else(|| anyhow::anyhow!("the suspension register did not start"))
 }
 
 /// Hand every spooled recipient back to its scheduled queue, attempts and due time intact.

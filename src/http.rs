@@ -1,6 +1,6 @@
 //! The admin HTTP server: health, `/metrics` and the `/api/v1` routes of CONTRACT.md.
 //!
-//! Handlers talk to the actors by message (the SuspensionsActor for suspensions). Every
+//! Handlers talk to the actors through the engine (the SuspensionRegister for suspensions). Every
 //! error is a JSON `{"error": "..."}` with a 4xx status, never a panic; bodies are read as
 //! bytes and parsed here so a malformed one gets a clear message. With `[http] token` set,
 //! every `/api/v1` route but health needs `Authorization: Bearer TOKEN`.
@@ -23,10 +23,8 @@ use serde_json::json;
 use std::sync::Arc;
 use switchyard_actors::engine::Engine;
 use switchyard_actors::message::now_ms;
-use switchyard_actors::suspensions::{
-    rfc3339_ms, ListSuspensions, Resume, Suspend, Suspension, SuspensionKind,
-};
-use switchyard_actors::tenant::AdminBounce;
+use switchyard_actors::messages::AdminBounce;
+use switchyard_actors::suspension::{rfc3339_ms, Suspension, SuspensionKind};
 use tokio::net::TcpListener;
 
 /// Largest request body accepted (an injected message is limited by `[smtp]
@@ -159,11 +157,9 @@ fn suspension_json(s: &Suspension) -> serde_json::Value {
 async fn list_suspensions(State(state): State<HttpState>) -> Result<Response, ApiError> {
     let all = state
         .engine
-        .shared()
-        .suspensions
-        .send(ListSuspensions)
+        .suspensions()
         .await
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into()))?;
+        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into()))?;
     let list: Vec<serde_json::Value> = all.iter().map(suspension_json).collect();
     Ok(Json(list).into_response())
 }
@@ -207,14 +203,8 @@ async fn create_suspension(
         }
         (None, None, None) => return Err(bad_request("say which tenant, campaign or source")),
     };
-    let shared = state.engine.shared();
     if let Some(source) = &req.source {
-        let known = shared
-            .settings
-            .pools
-            .values()
-            .any(|p| p.members.iter().any(|(s, _)| &*s.name == source));
-        if !known {
+        if !state.engine.pools().has_source(source) {
             return Err(ApiError(
                 StatusCode::NOT_FOUND,
                 format!("no source named {source:?}"),
@@ -237,11 +227,11 @@ async fn create_suspension(
         created_ms: now,
         expires_ms: now + duration.as_millis() as u64,
     };
-    let stored = shared
-        .suspensions
-        .send(Suspend(s))
+    let stored = state
+        .engine
+        .suspend(s)
         .await
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into()))?;
+        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into()))?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": stored.id, "expires": rfc3339_ms(stored.expires_ms)})),
@@ -255,11 +245,9 @@ async fn resume_suspension(
 ) -> Result<Response, ApiError> {
     let found = state
         .engine
-        .shared()
-        .suspensions
-        .send(Resume { id: id.clone() })
+        .resume(id.clone())
         .await
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into()))?;
+        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into()))?;
     if found {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

@@ -5,20 +5,25 @@
 //! segment is compressed to `.jsonl.zst` on a helper thread, so compression never holds up
 //! the writer.
 //!
-//! Callers hand a [`LogRecord`] to [`EventLog::write`], which only queues it; the log thread
-//! serializes and appends. The queue is bounded: when the disk is slower than the mail,
-//! writers wait a moment rather than the logger dropping records or growing without limit.
+//! Callers hand a [`LogRecord`] to [`EventLog::write`], which never blocks and never drops a
+//! record: it only queues it, and the log thread serializes and appends. An MTA's log is its
+//! accounting, so a record is never lost; and a slow log disk must not stall the actor
+//! threads that write settlements. The queue is bounded where new work enters instead:
+//! ingress awaits [`EventLog::room`] before it accepts a message, so while the log thread is
+//! more than [`LOG_QUEUE_DEPTH`] records behind, clients wait rather than memory growing.
 //! The thread flushes whenever its queue runs dry, so a record reaches the file within
 //! milliseconds of the event.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-pub use switchyard_actors::record::{LogRecord, Response};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+pub use switchyard_actors::record::{LogRecord, RecordKind, Response};
 
-/// Records that may wait for the log thread.
-const LOG_QUEUE_DEPTH: usize = 65_536;
+/// Records the log thread may be behind before ingress waits for it.
+pub const LOG_QUEUE_DEPTH: usize = 65_536;
 
 /// How segments are cut and kept.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +37,15 @@ pub struct LogSettings {
 /// The sending side of the event log; cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
-    tx: SyncSender<LogRecord>,
+    tx: Sender<LogRecord>,
+    backlog: Arc<Backlog>,
+}
+
+/// Records queued and not yet written, and a wake-up for whoever waits for room.
+#[derive(Default)]
+struct Backlog {
+    pending: AtomicUsize,
+    room: tokio::sync::Notify,
 }
 
 impl EventLog {
@@ -40,11 +53,13 @@ impl EventLog {
     /// compressed first.
     pub fn start(dir: &Path, settings: LogSettings) -> std::io::Result<EventLog> {
         std::fs::create_dir_all(dir)?;
-        let (tx, rx) = sync_channel(LOG_QUEUE_DEPTH);
+        let (tx, rx) = channel();
+        let backlog = Arc::new(Backlog::default());
         let writer = SegmentWriter {
             dir: dir.to_path_buf(),
             settings,
             current: None,
+            backlog: backlog.clone(),
         };
         if settings.compress {
             for path in uncompressed_segments(dir)? {
@@ -54,13 +69,32 @@ impl EventLog {
         std::thread::Builder::new()
             .name("event-log".into())
             .spawn(move || writer.run(rx))?;
-        Ok(EventLog { tx })
+        Ok(EventLog { tx, backlog })
     }
 
-    /// Queue a record. Blocks only while the log thread is a full queue behind.
+    /// Queue a record. Never blocks, never drops.
     pub fn write(&self, record: LogRecord) {
+        self.backlog.pending.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(record).is_err() {
             tracing::error!("event log thread has stopped; record lost");
+        }
+    }
+
+    /// Records queued and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.backlog.pending.load(Ordering::Relaxed)
+    }
+
+    /// Wait while the log thread is more than [`LOG_QUEUE_DEPTH`] records behind.
+    pub async fn room(&self) {
+        loop {
+            let notified = self.backlog.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.backlog() <= LOG_QUEUE_DEPTH {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -82,6 +116,7 @@ struct SegmentWriter {
     dir: PathBuf,
     settings: LogSettings,
     current: Option<Segment>,
+    backlog: Arc<Backlog>,
 }
 
 /// "2026-11-28T10:15:00.000Z" → "20261128-10".
@@ -135,14 +170,20 @@ impl SegmentWriter {
         let mut line = Vec::with_capacity(1024);
         while let Ok(first) = rx.recv() {
             let mut next = Some(first);
+            let mut written = 0;
             while let Some(record) = next {
                 line.clear();
                 if serde_json::to_writer(&mut line, &record).is_ok() {
                     line.push(b'\n');
                     self.append(&hour_of(&record.timestamp), &line);
                 }
+                written += 1;
+                if written % 1024 == 0 {
+                    self.written(1024);
+                }
                 next = rx.try_recv().ok();
             }
+            self.written(written % 1024);
             if let Some(s) = self.current.as_mut() {
                 if let Err(e) = s.out.flush() {
                     tracing::error!("cannot flush event log {}: {e}", s.path.display());
@@ -150,6 +191,14 @@ impl SegmentWriter {
             }
         }
         self.close();
+    }
+
+    /// `n` more records are out of the queue: wake ingress if it waits for room.
+    fn written(&self, n: usize) {
+        let before = self.backlog.pending.fetch_sub(n, Ordering::Relaxed);
+        if before > LOG_QUEUE_DEPTH && before - n <= LOG_QUEUE_DEPTH {
+            self.backlog.room.notify_waiters();
+        }
     }
 
     fn append(&mut self, hour: &str, line: &[u8]) {
@@ -234,7 +283,7 @@ mod tests {
         for i in 0..100 {
             log.write(LogRecord {
                 recipient: Some(format!("r{i}@example.org")),
-                ..LogRecord::new("Delivery")
+                ..LogRecord::new(RecordKind::Delivery)
             });
         }
         drop(log);

@@ -96,7 +96,6 @@ impl Reloader {
         warnings.extend(crate::shaping::resolve_sites(&shaping.shaping, &self.dns).await);
         let rules = shaping.rules.rules().len();
         self.engine
-            .shared()
             .replace_shaping(Arc::new(shaping.shaping), Arc::new(shaping.rules));
         let restart_needed = restart_only(&loaded)
             .iter()

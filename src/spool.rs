@@ -180,8 +180,8 @@ pub struct NewMessage {
     pub entries: Vec<QueueEntry>,
 }
 
-/// Key of a recipient's queue entry (see [`entry_key`]).
-pub type MessageKey = [u8; 20];
+/// Key of a recipient's queue entry (see [`entry_key`]): the actors' one key type.
+pub use switchyard_actors::message::MessageKey;
 
 /// Key of a recipient's queue entry: message id then recipient index, so entries sort by time.
 pub fn entry_key(id: MessageId, index: u32) -> MessageKey {

@@ -139,4 +139,6 @@ fn describe() {
         "Live scheduled-queue actors."
     );
     describe_gauge!("switchyard_ready_queues", "Live ready-queue actors.");
+    describe_gauge!("switchyard_tenants", "Live tenant actors.");
+    describe_gauge!("switchyard_campaigns", "Live campaign actors.");
 }

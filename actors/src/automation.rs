@@ -237,6 +237,54 @@ struct CompiledScope {
     fancy: Vec<(fancy_regex::Regex, usize)>,
 }
 
+/// The shaping and the automation rules in force; a reload replaces both at once.
+pub struct RulesInForce {
+    current: std::sync::RwLock<(Arc<Shaping>, Arc<RuleBook>)>,
+}
+
+impl RulesInForce {
+    /// These in force.
+    pub fn new(shaping: Arc<Shaping>, rules: Arc<RuleBook>) -> RulesInForce {
+        RulesInForce {
+            current: std::sync::RwLock::new((shaping, rules)),
+        }
+    }
+
+    /// The shaping in force.
+    pub fn shaping(&self) -> Arc<Shaping> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// The automation rules in force.
+    pub fn rules(&self) -> Arc<RuleBook> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Whether any automation rule is in force (replies need not be reported otherwise).
+    pub fn automating(&self) -> bool {
+        !self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .rules
+            .is_empty()
+    }
+
+    /// Put reloaded shaping and rules in force.
+    pub fn replace(&self, shaping: Arc<Shaping>, rules: Arc<RuleBook>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (shaping, rules);
+    }
+}
+
 /// A scope being compiled: its plain patterns with their rules, and its fancy ones.
 type ScopeParts = (
     Scope,

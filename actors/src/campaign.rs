@@ -1,141 +1,147 @@
 //! CampaignActor: one tenant's campaign (or its mail without a campaign), and the scheduled
 //! queues under it, one per destination domain.
 //!
-//! It creates QueueActors on demand, spread over the arbiters, and reaps them: a queue that
-//! reports itself idle is stopped only if every batch sent to it has arrived (the counts
-//! match), so no message can be sent to a queue that is going away. The suspensions that
-//! concern the campaign (the tenant's and its own) are kept here and passed to every queue,
-//! including queues created while they last.
+//! It is not on the way of every message: ingress hands mail straight to the scheduled
+//! queue. A queue registers here when it starts ([`QueueStarted`]) and leaves when it is
+//! reaped ([`QueueGone`]); the campaign passes on what concerns all its queues — a change of
+//! the suspensions in force ([`Recheck`]), an administrative bounce, a request for the queue
+//! list — and registers itself with its tenant in turn. With no queues left for
+//! `reap_after`, it is reaped the same way queues are (see [`crate::registry`]).
 
-use crate::engine::Shared;
-use crate::message::{ForCampaign, QueueIdentity, QueuedMessage};
-use crate::pool::Pool;
-use crate::queue::{gather_infos, sum_counts, Enqueue, QueueActor, QueueInfo, Reap, ScheduledInfo};
-use crate::suspensions::Suspension;
-use crate::tenant::{AdminBounce, Hold, Release};
+use crate::messages::{
+    gather_infos, sum_counts, AdminBounce, CampaignGone, QueueGone, QueueInfo, Recheck,
+    ScheduledInfo,
+};
+use crate::registry::{gauge_refresh, Arbiters, Registry};
+use crate::scheduled_queue::ScheduledQueueActor;
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// (tenant, campaign) of a campaign actor.
+pub type CampaignKey = (Arc<str>, Option<Arc<str>>);
+
+/// Every campaign actor, and what starting one needs.
+pub struct Campaigns {
+    /// The live ones.
+    pub registry: Registry<CampaignKey, CampaignActor>,
+    /// Threads to spread them over.
+    pub arbiters: Arc<Arbiters>,
+    /// An idle campaign is reaped after this.
+    pub reap_after: Duration,
+}
+
+impl Campaigns {
+    /// The campaign of `key` for one [`QueueStarted`] (leased), started when there is none;
+    /// `parent` gives the tenant to tell when it goes. The serial is `Some` when it started.
+    pub fn lease(
+        self: &Arc<Self>,
+        key: &CampaignKey,
+        parent: impl FnOnce() -> Recipient<CampaignGone>,
+    ) -> (Addr<CampaignActor>, Option<u64>) {
+        let mut started = None;
+        let (addr, _) = self.registry.lease(key, |serial| {
+            started = Some(serial);
+            let (key, all, parent) = (key.clone(), self.clone(), parent());
+            CampaignActor::start_in_arbiter(&self.arbiters.next(), move |_| CampaignActor {
+                key,
+                all,
+                parent,
+                serial,
+                queues: HashMap::new(),
+                registrations: 0,
+                idle_since: Some(Instant::now()),
+            })
+        });
+        (addr, started)
+    }
+}
 
 /// One campaign of one tenant.
 pub struct CampaignActor {
-    tenant: Arc<str>,
-    campaign: Option<Arc<str>>,
-    shared: Arc<Shared>,
-    pool: Arc<Pool>,
-    queues: HashMap<Arc<str>, (Addr<QueueActor>, u64)>,
-    holds: Vec<Arc<Suspension>>,
-}
-
-impl CampaignActor {
-    /// A campaign with no queues yet.
-    pub fn new(
-        tenant: Arc<str>,
-        campaign: Option<Arc<str>>,
-        shared: Arc<Shared>,
-        pool: Arc<Pool>,
-        holds: Vec<Arc<Suspension>>,
-    ) -> Self {
-        CampaignActor {
-            tenant,
-            campaign,
-            shared,
-            pool,
-            queues: HashMap::new(),
-            holds,
-        }
-    }
+    key: CampaignKey,
+    all: Arc<Campaigns>,
+    parent: Recipient<CampaignGone>,
+    serial: u64,
+    /// Its live scheduled queues by domain, with their serial numbers.
+    queues: HashMap<Arc<str>, (Addr<ScheduledQueueActor>, u64)>,
+    /// QueueStarted messages received (each was leased).
+    registrations: u64,
+    idle_since: Option<Instant>,
 }
 
 impl Actor for CampaignActor {
     type Context = Context<Self>;
-}
 
-/// New messages for this campaign: (domain, message).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct EnqueueCampaign {
-    /// The messages with their destination domains.
-    pub messages: Vec<ForCampaign>,
-}
-
-impl Handler<EnqueueCampaign> for CampaignActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: EnqueueCampaign, ctx: &mut Context<Self>) {
-        let mut by_domain: HashMap<Arc<str>, Vec<QueuedMessage>> = HashMap::new();
-        for (domain, m) in msg.messages {
-            by_domain.entry(domain).or_default().push(m);
-        }
-        for (domain, messages) in by_domain {
-            let (addr, sent) = self.queues.entry(domain.clone()).or_insert_with(|| {
-                let id = Arc::new(QueueIdentity {
-                    tenant: self.tenant.clone(),
-                    campaign: self.campaign.clone(),
-                    domain: domain.clone(),
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(gauge_refresh(self.all.reap_after), |act, ctx| {
+            let idle_long = act
+                .idle_since
+                .is_some_and(|t| t.elapsed() >= act.all.reap_after);
+            if idle_long
+                && act
+                    .all
+                    .registry
+                    .retire(&act.key, act.serial, act.registrations)
+            {
+                act.parent.do_send(CampaignGone {
+                    campaign: act.key.1.clone(),
+                    serial: act.serial,
                 });
-                let (shared, pool, parent, holds) = (
-                    self.shared.clone(),
-                    self.pool.clone(),
-                    ctx.address(),
-                    self.holds.clone(),
-                );
-                let addr = QueueActor::start_in_arbiter(&self.shared.arbiter(), move |_| {
-                    QueueActor::new(id, shared, pool, parent, holds)
-                });
-                (addr, 0)
-            });
-            *sent += 1;
-            addr.do_send(Enqueue { messages });
-        }
-    }
-}
-
-/// A queue has been empty, with nothing in flight, for the reap period.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct QueueIdle {
-    /// The queue's domain.
-    pub domain: Arc<str>,
-    /// Enqueue batches it had received when it reported.
-    pub batches_received: u64,
-}
-
-impl Handler<QueueIdle> for CampaignActor {
-    type Result = ();
-
-    fn handle(&mut self, idle: QueueIdle, _: &mut Context<Self>) {
-        let in_step = self
-            .queues
-            .get(&idle.domain)
-            .is_some_and(|(_, sent)| *sent == idle.batches_received);
-        if in_step {
-            if let Some((addr, _)) = self.queues.remove(&idle.domain) {
-                addr.do_send(Reap);
+                ctx.stop();
             }
+        });
+    }
+}
+
+/// A scheduled queue of this campaign started.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct QueueStarted {
+    /// Its domain.
+    pub domain: Arc<str>,
+    /// Its serial number.
+    pub serial: u64,
+    /// The queue.
+    pub addr: Addr<ScheduledQueueActor>,
+}
+
+impl Handler<QueueStarted> for CampaignActor {
+    type Result = ();
+
+    fn handle(&mut self, q: QueueStarted, _: &mut Context<Self>) {
+        self.registrations += 1;
+        self.idle_since = None;
+        // A suspension may have begun between the queue's start and now.
+        q.addr.do_send(Recheck);
+        self.queues.insert(q.domain, (q.addr, q.serial));
+    }
+}
+
+impl Handler<QueueGone> for CampaignActor {
+    type Result = ();
+
+    fn handle(&mut self, gone: QueueGone, _: &mut Context<Self>) {
+        if self
+            .queues
+            .get(&gone.domain)
+            .is_some_and(|(_, serial)| *serial == gone.serial)
+        {
+            self.queues.remove(&gone.domain);
+        }
+        if self.queues.is_empty() {
+            self.idle_since = Some(Instant::now());
         }
     }
 }
 
-impl Handler<Hold> for CampaignActor {
+impl Handler<Recheck> for CampaignActor {
     type Result = ();
 
-    fn handle(&mut self, hold: Hold, _: &mut Context<Self>) {
-        self.holds.retain(|s| s.id != hold.0.id);
-        self.holds.push(hold.0.clone());
+    fn handle(&mut self, _: Recheck, _: &mut Context<Self>) {
         for (addr, _) in self.queues.values() {
-            addr.do_send(hold.clone());
-        }
-    }
-}
-
-impl Handler<Release> for CampaignActor {
-    type Result = ();
-
-    fn handle(&mut self, release: Release, _: &mut Context<Self>) {
-        self.holds.retain(|s| s.id != release.id);
-        for (addr, _) in self.queues.values() {
-            addr.do_send(release.clone());
+            addr.do_send(Recheck);
         }
     }
 }

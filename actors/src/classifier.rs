@@ -1,14 +1,17 @@
-//! ClassifierActor: every SMTP reply a connection gets comes here.
+//! ClassifierActor: automation. Every SMTP reply a connection gets is reported here, without
+//! the connection waiting for it, while automation rules are in force.
 //!
-//! It answers with the reply's bounce class (for the log record and
-//! `switchyard_bounce_class_total`), and runs the automation rules of the shaping files:
+//! (A reply's bounce class is not worked out here: the rules are pure and shared, so the
+//! connection classifies where it reads the reply, [`crate::bounce::BounceClassifier`].)
+//!
+//! It runs the automation rules of the shaping files:
 //! the rules of the scopes that apply to the reply's site ([`RuleBook::scopes_for`], cached
 //! per site and domain) are matched against `"CODE ENHANCED TEXT"`; a rule whose trigger is
 //! met fires each of its actions as a message to the actor that owns the state:
 //!
-//! - `Suspend`, `SuspendTenant`, `SuspendCampaign` → the SuspensionsActor (which tells the
+//! - `Suspend`, `SuspendTenant`, `SuspendCampaign` → the SuspensionRegister (which tells the
 //!   tenant, campaign or ready queue);
-//! - `SetConfig`, `SetDomainConfig` → the SuspensionsActor as a time-limited override;
+//! - `SetConfig`, `SetDomainConfig` → the SuspensionRegister as a time-limited override;
 //! - `Bounce` → the (source, site) ReadyQueueActor; `BounceTenant`, `BounceCampaign` → the
 //!   TenantActor.
 //!
@@ -16,14 +19,15 @@
 //! `switchyard_automation_fired_total{rule, action}`. The reply itself keeps its normal
 //! outcome: the connection reports it to the message's scheduled queue as usual.
 
-use crate::automation::{Action, RuleBook, ThresholdWindow, Trigger};
-use crate::bounce::BounceClassifier;
-use crate::engine::Shared;
-use crate::message::{now_ms, QueueIdentity, Reply};
-use crate::ready_queue::BounceReady;
-use crate::record::LogRecord;
-use crate::suspensions::{rfc3339_ms, Override, SetOverride, Suspend, Suspension, SuspensionKind};
-use crate::tenant::AdminBounce;
+use crate::automation::{Action, RuleBook, RulesInForce, ThresholdWindow, Trigger};
+use crate::message::{now_ms, QueueIdentity};
+use crate::messages::{AdminBounce, BounceReady, ReplySeen, SetOverride, Suspend};
+use crate::ports::EventSink;
+use crate::ready_queue::ReadyQueues;
+use crate::record::{LogRecord, RecordKind};
+use crate::suspension::{rfc3339_ms, Override, Suspension, SuspensionKind};
+use crate::suspension_register::SuspensionRegister;
+use crate::tenant::Tenants;
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,10 +41,27 @@ const WINDOW_SWEEP_AT: usize = 10_000;
 /// (site, domain) of a reply: which rule scopes apply depends on both.
 type SiteAndDomain = (Arc<str>, Arc<str>);
 
-/// The classifier and the automation state.
+/// Replies that may wait in the classifier's mailbox; a connection whose report finds it
+/// full waits for room (the classifier is the bound then, not memory).
+pub const MAILBOX: usize = 4096;
+
+/// Whom a fired rule's actions go to.
+pub struct Effects {
+    /// The rules in force.
+    pub rules: Arc<RulesInForce>,
+    /// Suspensions and overrides.
+    pub register: Addr<SuspensionRegister>,
+    /// `Bounce`: the ready queue of the reply's source and site.
+    pub ready: Arc<ReadyQueues>,
+    /// `BounceTenant`, `BounceCampaign`: the tenant.
+    pub tenants: Arc<Tenants>,
+    /// AutomationFired records.
+    pub events: Arc<dyn EventSink>,
+}
+
+/// The automation state.
 pub struct ClassifierActor {
-    bounces: Arc<BounceClassifier>,
-    shared: Option<Arc<Shared>>,
+    effects: Effects,
     scopes: HashMap<SiteAndDomain, Arc<[usize]>>,
     windows: HashMap<(usize, Arc<str>, Arc<str>), ThresholdWindow>,
     /// The rules the cache and windows belong to.
@@ -48,19 +69,18 @@ pub struct ClassifierActor {
 }
 
 impl ClassifierActor {
-    /// A classifier over compiled bounce rules.
-    pub fn new(bounces: Arc<BounceClassifier>) -> Self {
+    /// A classifier acting through `effects`.
+    pub fn new(effects: Effects) -> Self {
         ClassifierActor {
-            bounces,
-            shared: None,
+            effects,
             scopes: HashMap::new(),
             windows: HashMap::new(),
             book: Arc::new(RuleBook::default()),
         }
     }
 
-    fn automate(&mut self, shared: &Arc<Shared>, msg: &ClassifyReply, text: &str) {
-        let rules = shared.rules();
+    fn automate(&mut self, msg: &ReplySeen, text: &str) {
+        let rules = self.effects.rules.rules();
         if !Arc::ptr_eq(&rules, &self.book) {
             // Reloaded: scopes and windows refer to the old rules.
             self.book = rules.clone();
@@ -78,7 +98,7 @@ impl ClassifierActor {
                     self.scopes.clear();
                 }
                 let s: Arc<[usize]> = rules
-                    .scopes_for(&shared.shaping(), &msg.queue.domain, &msg.site)
+                    .scopes_for(&self.effects.rules.shaping(), &msg.queue.domain, &msg.site)
                     .into();
                 self.scopes.insert(key, s.clone());
                 s
@@ -110,20 +130,14 @@ impl ClassifierActor {
             }
             let expires_ms = now_ms() + rule.duration.as_millis() as u64;
             for action in &rule.actions {
-                fire(shared, &rule.name, action, msg, expires_ms);
+                fire(&self.effects, &rule.name, action, msg, expires_ms);
             }
         }
     }
 }
 
 /// Carry out one action of a fired rule, and log it.
-fn fire(
-    shared: &Arc<Shared>,
-    rule: &Arc<str>,
-    action: &Action,
-    msg: &ClassifyReply,
-    expires_ms: u64,
-) {
+fn fire(effects: &Effects, rule: &Arc<str>, action: &Action, msg: &ReplySeen, expires_ms: u64) {
     let q: &QueueIdentity = &msg.queue;
     let suspension = |kind: SuspensionKind| Suspension {
         id: String::new(),
@@ -156,11 +170,11 @@ fn fire(
         reason: format!("rule {rule}: {}", msg.reply.match_text()),
     };
     match action {
-        Action::Suspend => shared
-            .suspensions
+        Action::Suspend => effects
+            .register
             .do_send(Suspend(suspension(SuspensionKind::Source))),
-        Action::SuspendTenant => shared
-            .suspensions
+        Action::SuspendTenant => effects
+            .register
             .do_send(Suspend(suspension(SuspensionKind::Tenant))),
         Action::SuspendCampaign => {
             let kind = if q.campaign.is_some() {
@@ -168,32 +182,38 @@ fn fire(
             } else {
                 SuspensionKind::Tenant
             };
-            shared.suspensions.do_send(Suspend(suspension(kind)))
+            effects.register.do_send(Suspend(suspension(kind)))
         }
-        Action::SetConfig { name, value } => shared.suspensions.do_send(SetOverride(override_of(
+        Action::SetConfig { name, value } => effects.register.do_send(SetOverride(override_of(
             Some(&msg.source),
             name,
             value.clone(),
         ))),
-        Action::SetDomainConfig { name, value } => shared
-            .suspensions
+        Action::SetDomainConfig { name, value } => effects
+            .register
             .do_send(SetOverride(override_of(None, name, value.clone()))),
         Action::Bounce => {
-            if let Some(ready) = shared.existing_ready_queue(&msg.source, &msg.site) {
+            if let Some(ready) = effects.ready.existing(&msg.source, &msg.site) {
                 ready.do_send(BounceReady {
                     reason: format!("rule {rule}: {}", msg.reply.match_text()),
                 });
             }
         }
-        Action::BounceTenant => shared.tenant(&q.tenant).do_send(bounce(None)),
-        Action::BounceCampaign => shared
-            .tenant(&q.tenant)
-            .do_send(bounce(Some(q.campaign.as_deref().map(str::to_string)))),
+        Action::BounceTenant => {
+            if let Some(tenant) = effects.tenants.registry.get(&q.tenant) {
+                tenant.do_send(bounce(None));
+            }
+        }
+        Action::BounceCampaign => {
+            if let Some(tenant) = effects.tenants.registry.get(&q.tenant) {
+                tenant.do_send(bounce(Some(q.campaign.as_deref().map(str::to_string))));
+            }
+        }
     }
     metrics::counter!("switchyard_automation_fired_total", "rule" => rule.to_string(), "action" => action.name())
         .increment(1);
     tracing::info!(%rule, action = %action.describe(), tenant = %q.tenant, source = %msg.source, site = %msg.site, "automation rule fired");
-    shared.ports.events.write(LogRecord {
+    effects.events.write(LogRecord {
         tenant: Some(q.tenant.to_string()),
         campaign: q.campaign.as_deref().map(str::to_string),
         domain: Some(q.domain.to_string()),
@@ -203,61 +223,24 @@ fn fire(
         rule: Some(rule.to_string()),
         action: Some(action.describe()),
         expires: Some(rfc3339_ms(expires_ms)),
-        ..LogRecord::new("AutomationFired")
+        ..LogRecord::new(RecordKind::AutomationFired)
     });
 }
 
 impl Actor for ClassifierActor {
     type Context = Context<Self>;
-}
 
-/// Connect the classifier to the engine (sent once at start).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Attach(pub Arc<Shared>);
-
-impl Handler<Attach> for ClassifierActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Attach, _: &mut Context<Self>) {
-        self.shared = Some(msg.0);
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX);
     }
 }
 
-/// A reply seen by a connection, with whose mail it was about.
-#[derive(Message)]
-#[rtype(result = "Option<String>")]
-pub struct ClassifyReply {
-    /// The reply.
-    pub reply: Reply,
-    /// Whose message it answered.
-    pub queue: Arc<QueueIdentity>,
-    /// From which source.
-    pub source: Arc<str>,
-    /// To which site.
-    pub site: Arc<str>,
-}
+impl Handler<ReplySeen> for ClassifierActor {
+    type Result = ();
 
-impl Handler<ClassifyReply> for ClassifierActor {
-    type Result = Option<String>;
-
-    /// The bounce class of a failure reply (`None` for a success); rules run on every reply.
-    fn handle(&mut self, msg: ClassifyReply, _: &mut Context<Self>) -> Option<String> {
-        let has_rules = self
-            .shared
-            .as_ref()
-            .is_some_and(|s| !s.rules().rules().is_empty());
-        if msg.reply.is_success() && !has_rules {
-            // The common case with no automation: nothing to match, no text to build.
-            return None;
-        }
+    /// Run the automation rules in force on the reply.
+    fn handle(&mut self, msg: ReplySeen, _: &mut Context<Self>) {
         let text = msg.reply.match_text();
-        if let Some(shared) = self.shared.clone() {
-            self.automate(&shared, &msg, &text);
-        }
-        if msg.reply.is_success() {
-            return None;
-        }
-        Some(self.bounces.classify(&text).to_string())
+        self.automate(&msg, &text);
     }
 }

@@ -3,27 +3,54 @@
 //! It asks its ReadyQueueActor for a message, connects (trying the site's hosts in order),
 //! then sends message after message over the same session — RSET between them is the
 //! session's business — up to `max_deliveries_per_connection`, waiting up to the idle
-//! timeout for more. Every reply goes to the ClassifierActor and the outcome to the message's
-//! QueueActor. A body is read from the spool only now, on the blocking pool.
+//! timeout for more. Each reply's bounce class is worked out here, where the reply is read
+//! (the rules are pure and shared); the outcome goes to the message's scheduled queue, and
+//! while automation rules are in force the reply is reported to the ClassifierActor without
+//! waiting for it. Only a full mailbox makes the connection wait: that is the bound. A body is
+//! read from the spool only now, on the blocking pool.
+//!
+//! It runs on its ready queue's thread and knows the ready queue only by the [`ReadyLine`]
+//! of messages it sends there.
 
-use crate::classifier::{ClassifierActor, ClassifyReply};
+use crate::automation::RulesInForce;
+use crate::bounce::BounceClassifier;
 use crate::message::{Peer, Reply};
-use crate::ports::{ConnectTarget, Ports};
-use crate::queue::DeliveryOutcome;
-use crate::ready_queue::{
-    ConnectResult, ConnectionClosed, NextMessage, ReadyItem, ReadyQueueActor,
+use crate::messages::{
+    tell, ConnectResult, ConnectionClosed, DeliveryOutcome, NextMessage, ReadyItem, ReplySeen,
 };
+use crate::ports::{ConnectTarget, Ports};
 use actix::prelude::*;
 use std::sync::Arc;
+
+/// What every connection shares.
+pub struct ConnectionKit {
+    /// Spool and connector.
+    pub ports: Ports,
+    /// Bounce classes of failure replies.
+    pub bounces: Arc<BounceClassifier>,
+    /// Whether automation rules are in force (replies are reported only then).
+    pub rules: Arc<RulesInForce>,
+    /// Where replies are reported.
+    pub classifier: Recipient<ReplySeen>,
+}
+
+/// The ready queue, as its connections talk to it.
+#[derive(Clone)]
+pub struct ReadyLine {
+    /// Asks for the next message.
+    pub next: Recipient<NextMessage>,
+    /// Says whether connecting worked.
+    pub connected: Recipient<ConnectResult>,
+    /// Says the connection ended.
+    pub closed: Recipient<ConnectionClosed>,
+}
 
 /// One SMTP session's worth of deliveries.
 pub struct ConnectionActor {
     /// The ready queue it serves.
-    pub ready: Addr<ReadyQueueActor>,
-    /// Where replies are classified.
-    pub classifier: Addr<ClassifierActor>,
-    /// Spool, connector.
-    pub ports: Ports,
+    pub ready: ReadyLine,
+    /// What connections share.
+    pub kit: Arc<ConnectionKit>,
     /// Whom to reach, how.
     pub target: ConnectTarget,
     /// Site name, for outcomes.
@@ -38,8 +65,7 @@ impl Actor for ConnectionActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let work = deliver_loop(
             self.ready.clone(),
-            self.classifier.clone(),
-            self.ports.clone(),
+            self.kit.clone(),
             self.target.clone(),
             self.site.clone(),
             self.max_deliveries,
@@ -48,18 +74,18 @@ impl Actor for ConnectionActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.ready.do_send(ConnectionClosed);
+        // One per connection, so the ready queue's mailbox stays bounded by its connections.
+        self.ready.closed.do_send(ConnectionClosed);
     }
 }
 
-async fn next(ready: &Addr<ReadyQueueActor>, first: bool) -> Option<ReadyItem> {
-    ready.send(NextMessage { first }).await.ok().flatten()
+async fn next(ready: &ReadyLine, first: bool) -> Option<ReadyItem> {
+    ready.next.send(NextMessage { first }).await.ok().flatten()
 }
 
 async fn deliver_loop(
-    ready: Addr<ReadyQueueActor>,
-    classifier: Addr<ClassifierActor>,
-    ports: Ports,
+    ready: ReadyLine,
+    kit: Arc<ConnectionKit>,
     target: ConnectTarget,
     site: Arc<str>,
     max_deliveries: usize,
@@ -68,15 +94,15 @@ async fn deliver_loop(
         return;
     };
     let source = target.source.name.clone();
-    let mut session = match ports.connector.connect(target).await {
+    let mut session = match kit.ports.connector.connect(target).await {
         Ok(s) => {
-            ready.do_send(ConnectResult(None));
+            let _ = tell(&ready.connected, ConnectResult(None)).await;
             s
         }
         Err(failure) => {
-            ready.do_send(ConnectResult(Some(failure.reply.clone())));
+            let _ = tell(&ready.connected, ConnectResult(Some(failure.reply.clone()))).await;
             report(
-                &classifier,
+                &kit,
                 &source,
                 &site,
                 first,
@@ -91,7 +117,7 @@ async fn deliver_loop(
     let mut item = Some(first);
     let mut sent = 0;
     while let Some(it) = item.take() {
-        let spool = ports.spool.clone();
+        let spool = kit.ports.spool.clone();
         let key = it.message.key;
         let loaded = tokio::task::spawn_blocking(move || spool.load(&key)).await;
         let (reply, sent_as) = match loaded {
@@ -114,7 +140,7 @@ async fn deliver_loop(
             ),
         };
         let peer = Some(session.peer().clone());
-        report(&classifier, &source, &site, it, reply, peer, sent_as).await;
+        report(&kit, &source, &site, it, reply, peer, sent_as).await;
         sent += 1;
         if sent >= max_deliveries || !session.usable() {
             break;
@@ -124,8 +150,10 @@ async fn deliver_loop(
     session.close().await;
 }
 
+/// Classify the reply, tell the classifier (while rules are in force) and the message's
+/// scheduled queue.
 async fn report(
-    classifier: &Addr<ClassifierActor>,
+    kit: &ConnectionKit,
     source: &Arc<str>,
     site: &Arc<str>,
     item: ReadyItem,
@@ -133,21 +161,22 @@ async fn report(
     peer: Option<Peer>,
     sent: Option<(String, u64)>,
 ) {
-    let bounce_class = classifier
-        .send(ClassifyReply {
+    let bounce_class =
+        (!reply.is_success()).then(|| kit.bounces.classify(&reply.match_text()).to_string());
+    if kit.rules.automating() {
+        let seen = ReplySeen {
             reply: reply.clone(),
             queue: item.queue.clone(),
             source: source.clone(),
             site: site.clone(),
-        })
-        .await
-        .ok()
-        .flatten();
+        };
+        let _ = tell(&kit.classifier, seen).await;
+    }
     let (sender, size) = match sent {
         Some((s, n)) => (Some(s), Some(n)),
         None => (None, None),
     };
-    item.outcome_to.do_send(DeliveryOutcome {
+    let outcome = DeliveryOutcome {
         key: item.message.key,
         reply,
         peer,
@@ -156,5 +185,8 @@ async fn report(
         sender,
         size,
         bounce_class,
-    });
+    };
+    if tell(&item.to.outcome, outcome).await.is_err() {
+        tracing::error!("a scheduled queue went away with a message in flight; the spool keeps it for the next start");
+    }
 }

@@ -1,28 +1,36 @@
-//! The engine: starts the actor system and is the door into it.
+//! The engine: starts the actor system, and is the door into it for the daemon.
 //!
 //! actix runs on its own thread (the classifier and the suspension register live there)
-//! plus one arbiter per core for
-//! tenants, campaigns, scheduled queues, ready queues and connections, handed out round
-//! robin. [`Engine::submit`] is how spooled mail (fresh from ingress or recovered at start)
-//! enters: it waits on the tenant actor's bounded mailbox, so a flood of injection slows
-//! down at the door instead of piling up inside.
+//! plus one arbiter per core for tenants, campaigns and scheduled queues, handed out round
+//! robin; a ready queue and its connections run on the thread of the scheduled queue that
+//! first needed them. [`Engine::submit`] is how spooled mail (fresh from ingress or recovered
+//! at start) enters: straight to its scheduled queue through the registry, with a bounded
+//! hand-off — a full mailbox makes the injecting client wait instead of memory growing.
 
-use crate::automation::RuleBook;
+use crate::automation::{RuleBook, RulesInForce};
 use crate::bounce::BounceClassifier;
-use crate::classifier::ClassifierActor;
-use crate::message::{now_ms, ForTenant, QueueIdentity, QueuedMessage};
-use crate::pool::Pool;
-use crate::ports::{EgressSource, Ports, Route};
-use crate::ready_queue::{ReadyQueueActor, Reshape, SourceSuspension};
-use crate::schedule::RetryPolicy;
-use crate::shaping::{Rate, Shaping, ShapingOptions};
-use crate::suspensions::{Attach, Override, SuspensionsActor};
-use crate::tenant::{EnqueueTenant, TenantActor};
+use crate::campaign::{CampaignKey, Campaigns, QueueStarted};
+use crate::classifier::{ClassifierActor, Effects};
+use crate::connection::ConnectionKit;
+use crate::limits::{ProviderGates, TenantLimits};
+use crate::message::{QueueIdentity, QueuedMessage};
+use crate::messages::{
+    AdminBounce, Enqueue, ListSuspensions, QueueInfo, ReadyInfo, ReadyQueueInfo, Restore, Resume,
+    ScheduledInfo, Suspend,
+};
+use crate::pool::Pools;
+use crate::ports::Ports;
+use crate::ready_queue::ReadyQueues;
+use crate::registry::{Arbiters, Registry};
+use crate::scheduled_queue::schedule::RetryPolicy;
+use crate::scheduled_queue::{ScheduledQueueActor, ScheduledQueues};
+use crate::shaping::{Rate, Shaping};
+use crate::suspension::{Override, Suspension, SuspensionView};
+use crate::suspension_register::SuspensionRegister;
+use crate::tenant::{CampaignStarted, Tenants};
 use actix::prelude::*;
-use governor::DefaultDirectRateLimiter;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything the engine is configured with.
@@ -30,316 +38,20 @@ use std::time::Duration;
 pub struct EngineSettings {
     /// Retry schedule.
     pub retry: RetryPolicy,
-    /// Pools by name; "default" must exist.
-    pub pools: HashMap<String, Arc<Pool>>,
-    /// Tenant → pool name, for declared tenants.
-    pub tenant_pools: HashMap<String, String>,
+    /// Egress pools and which tenant uses which.
+    pub pools: Pools,
     /// Traffic shaping.
     pub shaping: Arc<Shaping>,
     /// Automation rules of the shaping files.
     pub rules: Arc<RuleBook>,
     /// Tenant QoS: `[tenant."x"] max_message_rate`.
     pub tenant_rates: HashMap<String, Rate>,
-    /// An idle queue is reaped after this.
+    /// An idle queue (tenant, campaign) is reaped after this.
     pub reap_after: Duration,
     /// Keep the campaign label on per-campaign series.
     pub campaign_labels: bool,
     /// Worker arbiters (threads).
     pub arbiters: usize,
-}
-
-/// (source name, site) of a ready queue.
-type ReadyKey = (Arc<str>, Arc<str>);
-
-/// (provider name, source name) of a provider gate.
-type ProviderKey = (Arc<str>, Arc<str>);
-
-/// Limits a provider's sites share, per egress source (`provider_connection_limit`,
-/// `provider_max_message_rate`).
-pub struct ProviderGate {
-    /// Connections open now across the provider's sites.
-    pub connections: AtomicUsize,
-    /// Most connections at once.
-    pub connection_limit: Option<usize>,
-    /// Messages across the provider's sites.
-    pub messages: Option<DefaultDirectRateLimiter>,
-}
-
-/// State every actor shares.
-pub struct Shared {
-    /// Settings.
-    pub settings: EngineSettings,
-    /// Outside world.
-    pub ports: Ports,
-    /// Where replies go.
-    pub classifier: Addr<ClassifierActor>,
-    /// The register of suspensions and overrides.
-    pub suspensions: Addr<SuspensionsActor>,
-    /// Bounce rules, for failures found without a connection (DNS).
-    pub bounces: Arc<BounceClassifier>,
-    arbiters: Vec<ArbiterHandle>,
-    next_arbiter: AtomicUsize,
-    /// Live QueueActors.
-    pub scheduled_queues: AtomicUsize,
-    /// Live ReadyQueueActors.
-    pub live_ready_queues: AtomicUsize,
-    ready_queues: Mutex<HashMap<ReadyKey, Addr<ReadyQueueActor>>>,
-    tenants: Mutex<HashMap<Arc<str>, Addr<TenantActor>>>,
-    /// Suspended (source, site) → until (ms since the epoch).
-    source_suspensions: RwLock<HashMap<ReadyKey, u64>>,
-    /// Active shaping overrides.
-    overrides: RwLock<Vec<Override>>,
-    provider_gates: Mutex<HashMap<ProviderKey, Arc<ProviderGate>>>,
-    tenant_limiters: HashMap<String, Arc<DefaultDirectRateLimiter>>,
-    /// Shaping and rules in force (replaced by a reload).
-    current: RwLock<(Arc<Shaping>, Arc<RuleBook>)>,
-}
-
-impl Shared {
-    /// The next arbiter, round robin.
-    pub fn arbiter(&self) -> ArbiterHandle {
-        let i = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
-        self.arbiters[i].clone()
-    }
-
-    /// The pool of `tenant`.
-    pub fn pool_for(&self, tenant: &str) -> Arc<Pool> {
-        let name = self
-            .settings
-            .tenant_pools
-            .get(tenant)
-            .map(String::as_str)
-            .unwrap_or("default");
-        self.settings
-            .pools
-            .get(name)
-            .or_else(|| self.settings.pools.get("default"))
-            .cloned()
-            .unwrap_or_else(|| {
-                Arc::new(Pool {
-                    name: "default".into(),
-                    members: Vec::new(),
-                })
-            })
-    }
-
-    /// The ready queue for (source, route's site), created on demand with the shaping of
-    /// `domain`.
-    pub fn ready_queue(
-        self: &Arc<Self>,
-        source: &Arc<EgressSource>,
-        route: &Route,
-        domain: &str,
-    ) -> Addr<ReadyQueueActor> {
-        let key = (source.name.clone(), route.site.clone());
-        let mut map = self.ready_queues.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(addr) = map.get(&key) {
-            if addr.connected() {
-                return addr.clone();
-            }
-        }
-        let (source, site, hosts, shared) = (
-            source.clone(),
-            route.site.clone(),
-            route.hosts.clone(),
-            self.clone(),
-        );
-        let domain: Arc<str> = domain.into();
-        let addr = ReadyQueueActor::start_in_arbiter(&self.arbiter(), move |_| {
-            ReadyQueueActor::new(source, site, hosts, domain, shared)
-        });
-        map.insert(key, addr.clone());
-        addr
-    }
-
-    /// A ready queue is stopping: drop it from the registry if it is still the one there.
-    pub fn forget_ready_queue(
-        &self,
-        source: &Arc<str>,
-        site: &Arc<str>,
-        addr: &Addr<ReadyQueueActor>,
-    ) {
-        let mut map = self.ready_queues.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (source.clone(), site.clone());
-        if map.get(&key) == Some(addr) {
-            map.remove(&key);
-        }
-    }
-
-    /// The shaping in force.
-    pub fn shaping(&self) -> Arc<Shaping> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone()
-    }
-
-    /// The automation rules in force.
-    pub fn rules(&self) -> Arc<RuleBook> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .clone()
-    }
-
-    /// Put reloaded shaping and rules in force, and have every ready queue reshape.
-    /// Queues, suspensions and overrides are untouched.
-    pub fn replace_shaping(&self, shaping: Arc<Shaping>, rules: Arc<RuleBook>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (shaping, rules);
-        let map = self.ready_queues.lock().unwrap_or_else(|e| e.into_inner());
-        for addr in map.values() {
-            addr.do_send(Reshape);
-        }
-    }
-
-    /// Every running ready queue.
-    pub fn ready_queue_list(&self) -> Vec<Addr<ReadyQueueActor>> {
-        let map = self.ready_queues.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().filter(|a| a.connected()).cloned().collect()
-    }
-
-    /// The running ready queue of (source, site), if there is one.
-    pub fn existing_ready_queue(&self, source: &str, site: &str) -> Option<Addr<ReadyQueueActor>> {
-        let map = self.ready_queues.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&(Arc::from(source), Arc::from(site)))
-            .filter(|a| a.connected())
-            .cloned()
-    }
-
-    /// The tenant's actor, created on demand.
-    pub fn tenant(self: &Arc<Self>, tenant: &str) -> Addr<TenantActor> {
-        let mut map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(addr) = map.get(tenant) {
-            return addr.clone();
-        }
-        let t: Arc<str> = tenant.into();
-        let (name, shared) = (t.clone(), self.clone());
-        let pool = self.pool_for(tenant);
-        let addr = TenantActor::start_in_arbiter(&self.arbiter(), move |_| {
-            TenantActor::new(name, shared, pool)
-        });
-        map.insert(t, addr.clone());
-        addr
-    }
-
-    /// Suspend `source` towards `site` until `until` (ms since the epoch), or lift it
-    /// (`None`), and tell its ready queue.
-    pub fn suspend_source(&self, source: &str, site: &str, until: Option<u64>) {
-        let key: ReadyKey = (source.into(), site.into());
-        {
-            let mut map = self
-                .source_suspensions
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
-            match until {
-                Some(t) => map.insert(key, t),
-                None => map.remove(&key),
-            };
-        }
-        if let Some(ready) = self.existing_ready_queue(source, site) {
-            ready.do_send(SourceSuspension {
-                suspended: until.is_some(),
-            });
-        }
-    }
-
-    /// Until when `source` is suspended towards `site` (ms since the epoch), if it is.
-    pub fn source_suspended(&self, source: &str, site: &str) -> Option<u64> {
-        let map = self
-            .source_suspensions
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        if map.is_empty() {
-            return None;
-        }
-        map.get(&(Arc::from(source), Arc::from(site)))
-            .copied()
-            .filter(|&t| t > now_ms())
-    }
-
-    /// Replace the active overrides, and have the ready queues of `site` reshape.
-    pub fn set_overrides(&self, all: Vec<Override>, site: &str) {
-        *self.overrides.write().unwrap_or_else(|e| e.into_inner()) = all;
-        let map = self.ready_queues.lock().unwrap_or_else(|e| e.into_inner());
-        for ((_, s), addr) in map.iter() {
-            if &**s == site {
-                addr.do_send(Reshape);
-            }
-        }
-    }
-
-    /// The overrides in force for the ready queue of (source, site), layered in order.
-    pub fn overrides_for(&self, source: &str, site: &str) -> ShapingOptions {
-        let all = self.overrides.read().unwrap_or_else(|e| e.into_inner());
-        let now = now_ms();
-        let mut o = ShapingOptions::default();
-        for x in all.iter() {
-            if x.site == site
-                && x.expires_ms > now
-                && x.source.as_deref().is_none_or(|s| s == source)
-            {
-                o = o.overlay(&x.options());
-            }
-        }
-        o
-    }
-
-    /// The shared limits of `provider` for `source`.
-    pub fn provider_gate(
-        &self,
-        provider: &crate::shaping::Provider,
-        source: &str,
-    ) -> Arc<ProviderGate> {
-        let mut map = self
-            .provider_gates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.entry((provider.name.clone(), source.into()))
-            .or_insert_with(|| {
-                Arc::new(ProviderGate {
-                    connections: AtomicUsize::new(0),
-                    connection_limit: provider.connection_limit,
-                    messages: provider
-                        .max_message_rate
-                        .map(|r| DefaultDirectRateLimiter::direct(r.quota())),
-                })
-            })
-            .clone()
-    }
-
-    /// The tenant's QoS limiter, when it has `max_message_rate`.
-    pub fn tenant_limiter(&self, tenant: &str) -> Option<Arc<DefaultDirectRateLimiter>> {
-        self.tenant_limiters.get(tenant).cloned()
-    }
-
-    /// Count a QueueActor starting (+1) or stopping (-1) in `switchyard_scheduled_queues`.
-    pub fn count_scheduled_queue(&self, delta: isize) {
-        let n = add(&self.scheduled_queues, delta);
-        metrics::gauge!("switchyard_scheduled_queues").set(n as f64);
-    }
-
-    /// Count a ReadyQueueActor starting (+1) or stopping (-1) in `switchyard_ready_queues`.
-    pub fn count_ready_queue(&self, delta: isize) {
-        let n = add(&self.live_ready_queues, delta);
-        metrics::gauge!("switchyard_ready_queues").set(n as f64);
-    }
-}
-
-fn add(counter: &AtomicUsize, delta: isize) -> usize {
-    if delta >= 0 {
-        counter.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
-    } else {
-        counter
-            .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed)
-            .saturating_sub(delta.unsigned_abs())
-    }
-}
-
-/// How often a live actor republishes its gauges (they vanish after ten idle minutes).
-pub fn gauge_refresh(reap_after: Duration) -> Duration {
-    (reap_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(60))
 }
 
 /// One message for [`Engine::submit`].
@@ -353,7 +65,13 @@ pub struct Submission {
 
 /// Handle on the running actor system.
 pub struct Engine {
-    shared: Arc<Shared>,
+    tenants: Arc<Tenants>,
+    campaigns: Arc<Campaigns>,
+    queues: Arc<ScheduledQueues>,
+    ready: Arc<ReadyQueues>,
+    rules: Arc<RulesInForce>,
+    register: Addr<SuspensionRegister>,
+    pools: Pools,
 }
 
 impl Engine {
@@ -365,100 +83,179 @@ impl Engine {
     ) -> std::io::Result<Engine> {
         let (tx, rx) = std::sync::mpsc::channel();
         let workers = settings.arbiters.max(1);
-        let bounces = Arc::new(bounces);
-        let for_classifier = bounces.clone();
         std::thread::Builder::new()
             .name("actors".into())
             .spawn(move || {
                 let system = System::new();
                 let arbiters = system.block_on(async move {
                     let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
-                    let classifier = ClassifierActor::new(for_classifier).start();
-                    let suspensions = SuspensionsActor::default().start();
-                    let _ = tx.send((
-                        arbiters.iter().map(Arbiter::handle).collect::<Vec<_>>(),
-                        classifier,
-                        suspensions,
-                    ));
+                    let handles = arbiters.iter().map(Arbiter::handle).collect();
+                    let _ = tx.send(Engine::build(settings, ports, bounces, handles));
                     arbiters
                 });
                 system.run().ok();
                 drop(arbiters);
             })?;
-        let (arbiters, classifier, suspensions) = rx
-            .recv()
-            .map_err(|_| std::io::Error::other("the actor system did not start"))?;
-        let tenant_limiters = settings
-            .tenant_rates
-            .iter()
-            .map(|(t, r)| {
-                (
-                    t.clone(),
-                    Arc::new(DefaultDirectRateLimiter::direct(r.quota())),
-                )
-            })
-            .collect();
-        let current = RwLock::new((settings.shaping.clone(), settings.rules.clone()));
-        let shared = Arc::new(Shared {
-            current,
-            settings,
-            ports,
-            classifier: classifier.clone(),
-            suspensions: suspensions.clone(),
-            bounces,
-            arbiters,
-            next_arbiter: AtomicUsize::new(0),
-            scheduled_queues: AtomicUsize::new(0),
-            live_ready_queues: AtomicUsize::new(0),
-            ready_queues: Mutex::new(HashMap::new()),
-            tenants: Mutex::new(HashMap::new()),
-            source_suspensions: RwLock::new(HashMap::new()),
-            overrides: RwLock::new(Vec::new()),
-            provider_gates: Mutex::new(HashMap::new()),
-            tenant_limiters,
-        });
-        // Mailboxes keep order: these arrive before anything else is sent to the two.
-        classifier.do_send(crate::classifier::Attach(shared.clone()));
-        suspensions.do_send(Attach(shared.clone()));
-        Ok(Engine { shared })
+        rx.recv()
+            .map_err(|_| std::io::Error::other("the actor system did not start"))
     }
 
-    /// Hand spooled messages to their tenants. Waits while a tenant's mailbox is full.
-    pub async fn submit(&self, batch: Vec<Submission>) {
-        let mut by_tenant: HashMap<Arc<str>, Vec<ForTenant>> = HashMap::new();
-        for s in batch {
-            by_tenant.entry(s.queue.tenant.clone()).or_default().push((
-                s.queue.campaign,
-                s.queue.domain,
-                s.message,
-            ));
+    /// Wire the actors together (on the actor system's thread).
+    fn build(
+        settings: EngineSettings,
+        ports: Ports,
+        bounces: BounceClassifier,
+        handles: Vec<ArbiterHandle>,
+    ) -> Engine {
+        let arbiters = Arc::new(Arbiters::new(handles));
+        let bounces = Arc::new(bounces);
+        let rules = Arc::new(RulesInForce::new(
+            settings.shaping.clone(),
+            settings.rules.clone(),
+        ));
+        let view = Arc::new(SuspensionView::default());
+        // The classifier and the register need what needs them: take their addresses first.
+        let classifier_ctx = Context::<ClassifierActor>::new();
+        let register_ctx = Context::<SuspensionRegister>::new();
+        let ready = Arc::new(ReadyQueues {
+            registry: Registry::new("switchyard_ready_queues"),
+            rules: rules.clone(),
+            view: view.clone(),
+            gates: ProviderGates::default(),
+            kit: Arc::new(ConnectionKit {
+                ports: ports.clone(),
+                bounces: bounces.clone(),
+                rules: rules.clone(),
+                classifier: classifier_ctx.address().recipient(),
+            }),
+            reap_after: settings.reap_after,
+        });
+        let tenants = Arc::new(Tenants {
+            registry: Registry::new("switchyard_tenants"),
+            arbiters: arbiters.clone(),
+            reap_after: settings.reap_after,
+        });
+        let campaigns = Arc::new(Campaigns {
+            registry: Registry::new("switchyard_campaigns"),
+            arbiters: arbiters.clone(),
+            reap_after: settings.reap_after,
+        });
+        let queues = Arc::new(ScheduledQueues {
+            registry: Registry::new("switchyard_scheduled_queues"),
+            ready: ready.clone(),
+            view: view.clone(),
+            ports: ports.clone(),
+            bounces,
+            retry: settings.retry,
+            pools: settings.pools.clone(),
+            tenant_limits: TenantLimits::new(&settings.tenant_rates),
+            reap_after: settings.reap_after,
+            campaign_labels: settings.campaign_labels,
+            arbiters,
+        });
+        let register = register_ctx.run(SuspensionRegister::new(
+            view,
+            tenants.clone(),
+            ready.clone(),
+            ports.clone(),
+        ));
+        classifier_ctx.run(ClassifierActor::new(Effects {
+            rules: rules.clone(),
+            register: register.clone(),
+            ready: ready.clone(),
+            tenants: tenants.clone(),
+            events: ports.events.clone(),
+        }));
+        Engine {
+            tenants,
+            campaigns,
+            queues,
+            ready,
+            rules,
+            register,
+            pools: settings.pools,
         }
-        for (tenant, messages) in by_tenant {
-            let addr = self.shared.tenant(&tenant);
-            if addr.send(EnqueueTenant { messages }).await.is_err() {
-                tracing::error!(%tenant, "tenant actor is gone; its messages wait in the spool for the next start");
+    }
+
+    /// Hand spooled messages to their scheduled queues. Waits only while a queue's mailbox
+    /// is full.
+    pub async fn submit(&self, batch: Vec<Submission>) {
+        let mut by_queue: HashMap<QueueIdentity, Vec<QueuedMessage>> = HashMap::new();
+        for s in batch {
+            by_queue.entry(s.queue).or_default().push(s.message);
+        }
+        for (id, messages) in by_queue {
+            let queue = self.lease_queue(&id);
+            let enqueue = Enqueue { messages };
+            let handed = match queue.try_send(enqueue) {
+                Ok(()) => true,
+                Err(SendError::Full(enqueue)) => queue.send(enqueue).await.is_ok(),
+                Err(SendError::Closed(_)) => false,
+            };
+            if !handed {
+                tracing::error!(queue = %id.name(), "scheduled queue is gone; its messages wait in the spool for the next start");
             }
         }
     }
 
+    /// The scheduled queue of `id`, leased for one Enqueue; a new queue is registered with
+    /// its campaign (and a new campaign with its tenant).
+    fn lease_queue(&self, id: &QueueIdentity) -> Addr<ScheduledQueueActor> {
+        let mut campaign = None;
+        let (queue, started) = self.queues.lease(id, || {
+            let key: CampaignKey = (id.tenant.clone(), id.campaign.clone());
+            let addr = self.lease_campaign(&key);
+            let gone = addr.clone().recipient();
+            campaign = Some(addr);
+            gone
+        });
+        if let (Some(serial), Some(campaign)) = (started, campaign) {
+            // Leased above: the campaign cannot stop before this arrives. One message per
+            // queue started, so this mailbox is bounded by the queues there are.
+            campaign.do_send(QueueStarted {
+                domain: id.domain.clone(),
+                serial,
+                addr: queue.clone(),
+            });
+        }
+        queue
+    }
+
+    /// The campaign of `key`, leased for one QueueStarted.
+    fn lease_campaign(&self, key: &CampaignKey) -> Addr<crate::campaign::CampaignActor> {
+        let mut tenant = None;
+        let (campaign, started) = self.campaigns.lease(key, || {
+            let addr = self.tenants.lease(&key.0);
+            let gone = addr.clone().recipient();
+            tenant = Some(addr);
+            gone
+        });
+        if let (Some(serial), Some(tenant)) = (started, tenant) {
+            tenant.do_send(CampaignStarted {
+                campaign: key.1.clone(),
+                serial,
+                addr: campaign.clone(),
+            });
+        }
+        campaign
+    }
+
     /// Every live scheduled queue and ready queue, for the admin API.
-    pub async fn queues(
-        &self,
-    ) -> (
-        Vec<crate::queue::ScheduledInfo>,
-        Vec<crate::ready_queue::ReadyInfo>,
-    ) {
+    pub async fn queues(&self) -> (Vec<ScheduledInfo>, Vec<ReadyInfo>) {
         let asks = self
-            .tenant_actors()
+            .tenants
+            .registry
+            .all()
             .iter()
-            .map(|t| t.send(crate::queue::QueueInfo))
+            .map(|t| t.send(QueueInfo))
             .collect();
-        let scheduled = crate::queue::gather_infos(asks).await;
+        let scheduled = crate::messages::gather_infos(asks).await;
         let ready = futures::future::join_all(
-            self.shared
-                .ready_queue_list()
+            self.ready
+                .registry
+                .all()
                 .iter()
-                .map(|r| r.send(crate::ready_queue::ReadyQueueInfo)),
+                .map(|r| r.send(ReadyQueueInfo)),
         )
         .await
         .into_iter()
@@ -469,26 +266,64 @@ impl Engine {
 
     /// Bounce queued mail with AdminBounce records: one tenant's (or every tenant's),
     /// optionally one campaign's and one domain's. Returns how many recipients.
-    pub async fn bounce(&self, tenant: Option<&str>, bounce: crate::tenant::AdminBounce) -> usize {
+    pub async fn bounce(&self, tenant: Option<&str>, bounce: AdminBounce) -> usize {
         let tenants = match tenant {
-            Some(t) => vec![self.shared.tenant(t)],
-            None => self.tenant_actors(),
+            Some(t) => self
+                .tenants
+                .registry
+                .get(&Arc::from(t))
+                .into_iter()
+                .collect(),
+            None => self.tenants.registry.all(),
         };
         let asks = tenants.iter().map(|t| t.send(bounce.clone())).collect();
-        crate::queue::sum_counts(asks).await
+        crate::messages::sum_counts(asks).await
     }
 
-    fn tenant_actors(&self) -> Vec<Addr<TenantActor>> {
-        let map = self
-            .shared
-            .tenants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.values().cloned().collect()
+    /// Suspend (or extend); the suspension as stored. `None` if the engine has stopped.
+    pub async fn suspend(&self, s: Suspension) -> Option<Suspension> {
+        self.register.send(Suspend(s)).await.ok()
     }
 
-    /// Shared state (for status and tests).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// Resume a suspension (or end an override) now: `Some(true)` when the id existed.
+    pub async fn resume(&self, id: String) -> Option<bool> {
+        self.register.send(Resume { id }).await.ok()
+    }
+
+    /// Every active suspension, oldest first.
+    pub async fn suspensions(&self) -> Option<Vec<Suspension>> {
+        self.register.send(ListSuspensions).await.ok()
+    }
+
+    /// Put stored suspensions and overrides back into effect (at start).
+    pub async fn restore(
+        &self,
+        suspensions: Vec<Suspension>,
+        overrides: Vec<Override>,
+    ) -> Option<()> {
+        self.register
+            .send(Restore {
+                suspensions,
+                overrides,
+            })
+            .await
+            .ok()
+    }
+
+    /// The egress pools.
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    /// The shaping in force.
+    pub fn shaping(&self) -> Arc<Shaping> {
+        self.rules.shaping()
+    }
+
+    /// Put reloaded shaping and rules in force, and have every ready queue reshape.
+    /// Queues, suspensions and overrides are untouched.
+    pub fn replace_shaping(&self, shaping: Arc<Shaping>, rules: Arc<RuleBook>) {
+        self.rules.replace(shaping, rules);
+        self.ready.reshape(None);
     }
 }

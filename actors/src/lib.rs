@@ -1,22 +1,28 @@
 //! switchyard's actors: where tenants and campaigns are first-class queues.
 //!
-//! A message's way through them (see DESIGN.md):
+//! A message's way through them (see DESIGN.md), each step in its own module:
 //!
-//! - [`engine`] — the door: spooled mail is submitted to its tenant;
-//! - [`tenant`] — TenantActor: the tenant's pool, suspensions and QoS;
-//! - [`campaign`] — CampaignActor: one campaign's scheduled queues, created and reaped;
-//! - [`queue`] — QueueActor: the scheduled queue `campaign:tenant@domain`, retry schedule,
-//!   source choice ([`pool`]), outcomes and their log records;
-//! - [`ready_queue`] — ReadyQueueActor: per (egress source, site), shaping ([`shaping`]) and
-//!   connections;
-//! - [`connection`] — ConnectionActor: one SMTP session;
-//! - [`classifier`] — ClassifierActor: every reply, bounce classes ([`bounce`]) and
-//!   automation rules ([`automation`]);
-//! - [`suspensions`] — SuspensionsActor: the register of suspensions and shaping
-//!   overrides, durable and self-expiring.
+//! - [`engine`] — the door: spooled mail goes straight to its scheduled queue;
+//! - [`scheduled_queue`] — ScheduledQueueActor: the queue `campaign:tenant@domain`, its
+//!   retry schedule and holds, route and source choice ([`pool`]), and settlement;
+//! - [`ready_queue`] — ReadyQueueActor: per (egress source, site), shaping ([`shaping`],
+//!   [`limits`]) and connections;
+//! - [`connection`] — ConnectionActor: one SMTP session, bounce classes ([`bounce`]);
+//! - [`classifier`] — ClassifierActor: every reply, against the automation rules
+//!   ([`automation`]);
+//! - [`suspension_register`] — SuspensionRegister: suspensions and shaping overrides,
+//!   durable and self-expiring, read by the others through [`suspension::SuspensionView`];
+//! - [`tenant`], [`campaign`] — TenantActor, CampaignActor: a tenant's campaigns and a
+//!   campaign's scheduled queues, to which they pass what concerns them all.
 //!
-//! The actors reach spool, log, DNS and network only through the traits of [`ports`], so
-//! they can be run and tested without sockets.
+//! What they say to each other is in [`messages`]; what they are is in [`message`]
+//! (queued messages, replies) and [`record`] (log records); how they find each other is
+//! in [`registry`]. The actors reach spool, log, DNS and network only through the traits
+//! of [`ports`], so they can be run and tested without sockets.
+//!
+//! Modules depend on each other only in the direction of the mail — engine → tenant →
+//! campaign → scheduled queue → ready queue → connection — never back: answers travel as
+//! `Recipient`s of message types. `scripts/module-cycles.py` checks it in CI.
 
 pub mod automation;
 pub mod bounce;
@@ -24,13 +30,16 @@ pub mod campaign;
 pub mod classifier;
 pub mod connection;
 pub mod engine;
+pub mod limits;
 pub mod message;
+pub mod messages;
 pub mod pool;
 pub mod ports;
-pub mod queue;
 pub mod ready_queue;
 pub mod record;
-pub mod schedule;
+pub mod registry;
+pub mod scheduled_queue;
 pub mod shaping;
-pub mod suspensions;
+pub mod suspension;
+pub mod suspension_register;
 pub mod tenant;

@@ -6,6 +6,7 @@
 //! Each scheduled queue keeps its own [`PoolCursor`], so one busy queue does not skew another.
 
 use crate::ports::EgressSource;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A named, weighted set of sources.
@@ -15,6 +16,44 @@ pub struct Pool {
     pub name: Arc<str>,
     /// (source, weight), weight ≥ 1.
     pub members: Vec<(Arc<EgressSource>, u32)>,
+}
+
+/// Every pool, and which tenant uses which.
+#[derive(Debug, Clone, Default)]
+pub struct Pools {
+    /// Pools by name; "default" is used by undeclared tenants.
+    pub pools: HashMap<String, Arc<Pool>>,
+    /// Tenant → pool name, for declared tenants.
+    pub tenant_pools: HashMap<String, String>,
+}
+
+impl Pools {
+    /// The pool of `tenant`: its declared pool, else "default" (an empty pool if even that
+    /// is missing, so its mail waits rather than going out from nowhere).
+    pub fn pool_for(&self, tenant: &str) -> Arc<Pool> {
+        let name = self
+            .tenant_pools
+            .get(tenant)
+            .map(String::as_str)
+            .unwrap_or("default");
+        self.pools
+            .get(name)
+            .or_else(|| self.pools.get("default"))
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(Pool {
+                    name: "default".into(),
+                    members: Vec::new(),
+                })
+            })
+    }
+
+    /// Whether any pool has a source named `source`.
+    pub fn has_source(&self, source: &str) -> bool {
+        self.pools
+            .values()
+            .any(|p| p.members.iter().any(|(s, _)| &*s.name == source))
+    }
 }
 
 /// Per-queue state of the smooth weighted round robin.

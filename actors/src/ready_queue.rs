@@ -6,29 +6,37 @@
 //! an offer beyond that is refused in part, and the scheduled queue keeps the rest (back-
 //! pressure instead of an unbounded pile). A connection that finds the queue empty waits up
 //! to the idle timeout for the next message rather than hanging up at once.
-//! When empty with no connections for a while, the actor removes itself from the registry
-//! and stops; the next offer creates a fresh one.
+//! When empty with no connections for a while, the actor takes itself out of the registry
+//! ([`ReadyQueues`]) and stops; the next offer creates a fresh one (an offer that reached
+//! the stopping one is answered `MailboxError::Closed`, and the scheduled queue asks again).
+//! A ready queue runs on the thread of the scheduled queue that first needed it, and its
+//! connections on the same thread: a message changes threads as little as it can.
 //!
 //! Rates are GCRA limiters (`governor`): `max_message_rate` paces the hand-out of messages
 //! to connections, `max_connection_rate` the opening of connections; a provider's
 //! `provider_connection_limit` and `provider_max_message_rate` are shared by the ready
-//! queues of all its sites ([`crate::engine::ProviderGate`]). SetConfig overrides from
-//! automation are layered over the shaping files' options ([`Reshape`]). After
+//! queues of all its sites ([`crate::limits::ProviderGate`]). SetConfig overrides from
+//! automation, read from the [`SuspensionView`], are layered over the shaping files' options
+//! ([`Reshape`]). After
 //! `consecutive_connection_failures_before_delay` failed connections in a row, every waiting
 //! message is deferred with the last failure. A suspended source ([`SourceSuspension`])
 //! hands its messages back to their scheduled queues, to go out over other sources.
 
-use crate::connection::ConnectionActor;
-use crate::engine::{ProviderGate, Shared};
-use crate::message::{MessageKey, QueueIdentity, QueuedMessage, Reply};
+use crate::automation::RulesInForce;
+use crate::connection::{ConnectionActor, ConnectionKit, ReadyLine};
+use crate::limits::{Limiter, ProviderGate, ProviderGates};
+use crate::message::{MessageKey, QueueIdentity};
+use crate::messages::{
+    BackToSchedule, BounceReady, ConnectResult, ConnectionClosed, DeliveryOutcome, NextMessage,
+    Offer, QueueLine, ReadyInfo, ReadyItem, ReadyQueueInfo, ReadyRoom, Reshape, SourceSuspension,
+    Withdraw,
+};
 use crate::ports::{ConnectTarget, EgressSource, MxHost};
-use crate::queue::{BackToSchedule, DeliveryOutcome, ReadyRoom};
-use crate::shaping::{PathSettings, Rate, ShapingOptions};
+use crate::registry::Registry;
+use crate::shaping::{PathSettings, ShapingOptions};
+use crate::suspension::SuspensionView;
 use actix::prelude::*;
-use governor::clock::Clock;
-use governor::DefaultDirectRateLimiter;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -36,17 +44,67 @@ use tokio::sync::oneshot;
 /// How soon a ready queue held back only by a provider's shared connection limit looks
 /// again (the slot frees in another ready queue, which cannot call this one).
 const PROVIDER_SLOT_RECHECK: Duration = Duration::from_millis(200);
+/// Messages (offers, requests of connections) that may wait in a ready queue's mailbox.
+const MAILBOX: usize = 256;
 
-/// A message handed to a ready queue, with where its outcome goes.
-pub struct ReadyItem {
-    /// The message.
-    pub message: QueuedMessage,
-    /// Its scheduled queue's identity.
-    pub queue: Arc<QueueIdentity>,
-    /// Its scheduled queue.
-    pub outcome_to: Recipient<DeliveryOutcome>,
-    /// Its scheduled queue, for handing it back undelivered.
-    pub back_to: Recipient<BackToSchedule>,
+/// (source name, site) of a ready queue.
+pub type ReadyKey = (Arc<str>, Arc<str>);
+
+/// Every ready queue, and what starting one needs.
+pub struct ReadyQueues {
+    /// The live ones.
+    pub registry: Registry<ReadyKey, ReadyQueueActor>,
+    /// Shaping in force.
+    pub rules: Arc<RulesInForce>,
+    /// Source suspensions and overrides in force.
+    pub view: Arc<SuspensionView>,
+    /// Provider limits shared across sites.
+    pub gates: ProviderGates,
+    /// What every connection shares.
+    pub kit: Arc<ConnectionKit>,
+    /// An idle ready queue stops after this.
+    pub reap_after: Duration,
+}
+
+impl ReadyQueues {
+    /// The ready queue of (source, route's site), started on this thread on demand with the
+    /// shaping of `domain`.
+    pub fn ready_queue(
+        self: &Arc<Self>,
+        source: &Arc<EgressSource>,
+        site: &Arc<str>,
+        hosts: &Arc<[MxHost]>,
+        domain: &Arc<str>,
+    ) -> Addr<ReadyQueueActor> {
+        self.registry
+            .get_or_start(&(source.name.clone(), site.clone()), |serial| {
+                let (source, site, hosts, domain, all) = (
+                    source.clone(),
+                    site.clone(),
+                    hosts.clone(),
+                    domain.clone(),
+                    self.clone(),
+                );
+                ReadyQueueActor::start_in_arbiter(&Arbiter::current(), move |_| {
+                    ReadyQueueActor::new(source, site, hosts, domain, all, serial)
+                })
+            })
+    }
+
+    /// The running ready queue of (source, site), if there is one.
+    pub fn existing(&self, source: &str, site: &str) -> Option<Addr<ReadyQueueActor>> {
+        self.registry.get(&(Arc::from(source), Arc::from(site)))
+    }
+
+    /// Tell every ready queue of `site` (or every one) to recompute its settings.
+    pub fn reshape(&self, site: Option<&str>) {
+        for addr in self
+            .registry
+            .filtered(|(_, s)| site.is_none_or(|site| &**s == site))
+        {
+            addr.do_send(Reshape);
+        }
+    }
 }
 
 /// The ready queue for one (source, site).
@@ -60,15 +118,18 @@ pub struct ReadyQueueActor {
     base: ShapingOptions,
     settings: PathSettings,
     providers: Vec<Arc<ProviderGate>>,
-    message_limiter: Option<(Rate, DefaultDirectRateLimiter)>,
-    connection_limiter: Option<(Rate, DefaultDirectRateLimiter)>,
+    message_limiter: Option<Limiter>,
+    connection_limiter: Option<Limiter>,
     /// A timer to hand out or connect again once a limit allows.
     pace: Option<SpawnHandle>,
     /// The source is suspended towards this site.
     suspended: bool,
     /// Connection attempts that failed in a row.
     failures: usize,
-    shared: Arc<Shared>,
+    all: Arc<ReadyQueues>,
+    serial: u64,
+    /// How its connections reach it (set when it starts).
+    line: Option<ReadyLine>,
     ready: VecDeque<ReadyItem>,
     waiting: VecDeque<oneshot::Sender<ReadyItem>>,
     connections: usize,
@@ -77,7 +138,7 @@ pub struct ReadyQueueActor {
     idle_since: Option<Instant>,
     reaped: bool,
     /// Scheduled queues refused for lack of room, to be called back in order.
-    blocked: VecDeque<(Arc<str>, Recipient<ReadyRoom>)>,
+    blocked: VecDeque<(Arc<str>, Arc<QueueLine>)>,
     blocked_names: HashSet<Arc<str>>,
     ready_gauge: metrics::Gauge,
     connections_gauge: metrics::Gauge,
@@ -90,9 +151,10 @@ impl ReadyQueueActor {
         site: Arc<str>,
         hosts: Arc<[MxHost]>,
         domain: Arc<str>,
-        shared: Arc<Shared>,
+        all: Arc<ReadyQueues>,
+        serial: u64,
     ) -> Self {
-        let path = shared.shaping().path(&domain, &site, &source.name);
+        let path = all.rules.shaping().path(&domain, &site, &source.name);
         let labels = [
             ("source", source.name.to_string()),
             ("site", site.to_string()),
@@ -102,9 +164,9 @@ impl ReadyQueueActor {
         let providers = path
             .providers
             .iter()
-            .map(|p| shared.provider_gate(p, &source.name))
+            .map(|p| all.gates.gate(p, &source.name))
             .collect();
-        let suspended = shared.source_suspended(&source.name, &site).is_some();
+        let suspended = all.view.source_suspended(&source.name, &site).is_some();
         let mut q = ReadyQueueActor {
             domain,
             settings: PathSettings::from_options(&path.options),
@@ -118,7 +180,9 @@ impl ReadyQueueActor {
             source,
             site,
             hosts,
-            shared,
+            all,
+            serial,
+            line: None,
             ready: VecDeque::new(),
             waiting: VecDeque::new(),
             connections: 0,
@@ -137,30 +201,22 @@ impl ReadyQueueActor {
     /// Recompute the settings: the shaping in force with the active overrides on top.
     fn reshape(&mut self) {
         let path = self
-            .shared
+            .all
+            .rules
             .shaping()
             .path(&self.domain, &self.site, &self.source.name);
         self.base = path.options;
         self.providers = path
             .providers
             .iter()
-            .map(|p| self.shared.provider_gate(p, &self.source.name))
+            .map(|p| self.all.gates.gate(p, &self.source.name))
             .collect();
-        let over = self.shared.overrides_for(&self.source.name, &self.site);
+        let over = self.all.view.overrides_for(&self.source.name, &self.site);
         let settings = PathSettings::from_options(&self.base.overlay(&over));
-        fn limiter(
-            old: Option<(Rate, DefaultDirectRateLimiter)>,
-            want: Option<Rate>,
-        ) -> Option<(Rate, DefaultDirectRateLimiter)> {
-            match (old, want) {
-                (Some((r, l)), Some(w)) if r == w => Some((r, l)),
-                (_, Some(w)) => Some((w, DefaultDirectRateLimiter::direct(w.quota()))),
-                (_, None) => None,
-            }
-        }
-        self.message_limiter = limiter(self.message_limiter.take(), settings.max_message_rate);
+        self.message_limiter =
+            Limiter::keep_or_new(self.message_limiter.take(), settings.max_message_rate);
         self.connection_limiter =
-            limiter(self.connection_limiter.take(), settings.max_connection_rate);
+            Limiter::keep_or_new(self.connection_limiter.take(), settings.max_connection_rate);
         if settings != self.settings {
             tracing::info!(source = %self.source.name, site = %self.site, ?settings, "ready queue reshaped");
         }
@@ -169,33 +225,24 @@ impl ReadyQueueActor {
 
     /// May one more message go out now? Otherwise how long until it may.
     fn message_permit(&self) -> Result<(), Duration> {
-        let clock = governor::clock::DefaultClock::default();
         for gate in &self.providers {
-            if let Some(l) = &gate.messages {
-                l.check().map_err(|e| e.wait_time_from(clock.now()))?;
-            }
+            gate.message_permit()?;
         }
-        if let Some((_, l)) = &self.message_limiter {
-            l.check().map_err(|e| e.wait_time_from(clock.now()))?;
+        match &self.message_limiter {
+            Some(l) => l.check(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// May one more connection open now? Otherwise how long until it may.
     fn connection_permit(&self) -> Result<(), Duration> {
-        for gate in &self.providers {
-            if gate
-                .connection_limit
-                .is_some_and(|limit| gate.connections.load(Ordering::Relaxed) >= limit)
-            {
-                return Err(PROVIDER_SLOT_RECHECK);
-            }
+        if self.providers.iter().any(|g| g.full()) {
+            return Err(PROVIDER_SLOT_RECHECK);
         }
-        if let Some((_, l)) = &self.connection_limiter {
-            let clock = governor::clock::DefaultClock::default();
-            l.check().map_err(|e| e.wait_time_from(clock.now()))?;
+        match &self.connection_limiter {
+            Some(l) => l.check(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Dispatch again after `wait`, unless a timer is already set.
@@ -210,19 +257,17 @@ impl ReadyQueueActor {
 
     /// Hand every message back to its scheduled queue (or bounce them all).
     fn hand_back(&mut self, bounce: Option<String>) {
-        let mut by_queue: HashMap<
-            *const QueueIdentity,
-            (Recipient<BackToSchedule>, Vec<MessageKey>),
-        > = HashMap::new();
+        let mut by_queue: HashMap<*const QueueIdentity, (Arc<QueueLine>, Vec<MessageKey>)> =
+            HashMap::new();
         for item in self.ready.drain(..) {
             by_queue
                 .entry(Arc::as_ptr(&item.queue))
-                .or_insert_with(|| (item.back_to.clone(), Vec::new()))
+                .or_insert_with(|| (item.to.clone(), Vec::new()))
                 .1
                 .push(item.message.key);
         }
         for (_, (to, keys)) in by_queue {
-            to.do_send(BackToSchedule {
+            to.back.do_send(BackToSchedule {
                 keys,
                 bounce: bounce.clone(),
             });
@@ -248,7 +293,7 @@ impl ReadyQueueActor {
                 break;
             };
             self.blocked_names.remove(&name);
-            room.do_send(ReadyRoom);
+            room.room.do_send(ReadyRoom);
         }
     }
 
@@ -285,7 +330,7 @@ impl ReadyQueueActor {
             self.connections += 1;
             self.starting += 1;
             for gate in &self.providers {
-                gate.connections.fetch_add(1, Ordering::Relaxed);
+                gate.opened();
             }
             let target = ConnectTarget {
                 source: self.source.clone(),
@@ -295,10 +340,12 @@ impl ReadyQueueActor {
                 timeouts: self.settings.timeouts,
                 remember_broken_tls: self.settings.remember_broken_tls,
             };
+            let Some(line) = self.line.clone() else {
+                break;
+            };
             ConnectionActor {
-                ready: ctx.address(),
-                classifier: self.shared.classifier.clone(),
-                ports: self.shared.ports.clone(),
+                ready: line,
+                kit: self.all.kit.clone(),
                 target,
                 site: self.site.clone(),
                 max_deliveries: self.settings.max_deliveries_per_connection,
@@ -314,19 +361,25 @@ impl Actor for ReadyQueueActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.shared.count_ready_queue(1);
+        ctx.set_mailbox_capacity(MAILBOX);
+        let me = ctx.address();
+        self.line = Some(ReadyLine {
+            next: me.clone().recipient(),
+            connected: me.clone().recipient(),
+            closed: me.recipient(),
+        });
         ctx.run_interval(
-            crate::engine::gauge_refresh(self.shared.settings.reap_after),
+            crate::registry::gauge_refresh(self.all.reap_after),
             |act, ctx| {
                 act.publish();
                 let idle_long = !act.suspended
                     && act
                         .idle_since
-                        .is_some_and(|t| t.elapsed() >= act.shared.settings.reap_after);
+                        .is_some_and(|t| t.elapsed() >= act.all.reap_after);
                 if idle_long && !act.reaped {
                     act.reaped = true;
-                    act.shared
-                        .forget_ready_queue(&act.source.name, &act.site, &ctx.address());
+                    let key = (act.source.name.clone(), act.site.clone());
+                    act.all.registry.retire(&key, act.serial, 0);
                     ctx.stop();
                 }
             },
@@ -334,27 +387,12 @@ impl Actor for ReadyQueueActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.shared.count_ready_queue(-1);
         self.ready_gauge.set(0.0);
         self.connections_gauge.set(0.0);
         for (_, room) in self.blocked.drain(..) {
-            room.do_send(ReadyRoom);
+            room.room.do_send(ReadyRoom);
         }
     }
-}
-
-/// Messages offered by a scheduled queue; the reply is how many (from the front) were taken.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct Offer {
-    /// The messages, in order.
-    pub items: Vec<ReadyItem>,
-    /// The site's current hosts.
-    pub hosts: Arc<[MxHost]>,
-    /// The offering scheduled queue's name.
-    pub queue: Arc<str>,
-    /// Where to say there is room again after refusing part of the offer.
-    pub room_to: Recipient<ReadyRoom>,
 }
 
 impl Handler<Offer> for ReadyQueueActor {
@@ -362,6 +400,8 @@ impl Handler<Offer> for ReadyQueueActor {
 
     fn handle(&mut self, offer: Offer, ctx: &mut Context<Self>) -> usize {
         if self.reaped {
+            // Out of the registry already: the queue asks again and gets a fresh one.
+            offer.from.room.do_send(ReadyRoom);
             return 0;
         }
         self.hosts = offer.hosts;
@@ -372,20 +412,12 @@ impl Handler<Offer> for ReadyQueueActor {
         };
         let taken = offer.items.len().min(room);
         if taken < offer.items.len() && self.blocked_names.insert(offer.queue.clone()) {
-            self.blocked.push_back((offer.queue, offer.room_to));
+            self.blocked.push_back((offer.queue, offer.from));
         }
         self.ready.extend(offer.items.into_iter().take(taken));
         self.dispatch(ctx);
         taken
     }
-}
-
-/// A connection asks for its next message; `None` after the idle timeout.
-#[derive(Message)]
-#[rtype(result = "Option<ReadyItem>")]
-pub struct NextMessage {
-    /// The connection's first request (it was counted as starting).
-    pub first: bool,
 }
 
 impl Handler<NextMessage> for ReadyQueueActor {
@@ -426,29 +458,17 @@ impl Handler<NextMessage> for ReadyQueueActor {
     }
 }
 
-/// A connection ended.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ConnectionClosed;
-
 impl Handler<ConnectionClosed> for ReadyQueueActor {
     type Result = ();
 
     fn handle(&mut self, _: ConnectionClosed, ctx: &mut Context<Self>) {
         self.connections = self.connections.saturating_sub(1);
         for gate in &self.providers {
-            let _ = gate
-                .connections
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            gate.closed();
         }
         self.dispatch(ctx);
     }
 }
-
-/// A connection attempt's result: `None` when it connected, else the failure's reply.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ConnectResult(pub Option<Reply>);
 
 impl Handler<ConnectResult> for ReadyQueueActor {
     type Result = ();
@@ -465,7 +485,7 @@ impl Handler<ConnectResult> for ReadyQueueActor {
         self.failures = 0;
         tracing::info!(source = %self.source.name, site = %self.site, waiting = self.ready.len(), "connections keep failing; deferring the ready queue");
         for item in self.ready.drain(..) {
-            item.outcome_to.do_send(DeliveryOutcome {
+            item.to.outcome.do_send(DeliveryOutcome {
                 key: item.message.key,
                 reply: reply.clone(),
                 peer: None,
@@ -479,14 +499,6 @@ impl Handler<ConnectResult> for ReadyQueueActor {
         self.wake_blocked();
         self.publish();
     }
-}
-
-/// Give back the messages of one scheduled queue (it is held by a suspension).
-#[derive(Message)]
-#[rtype(result = "Vec<MessageKey>")]
-pub struct Withdraw {
-    /// Whose messages.
-    pub queue: Arc<QueueIdentity>,
 }
 
 impl Handler<Withdraw> for ReadyQueueActor {
@@ -507,15 +519,6 @@ impl Handler<Withdraw> for ReadyQueueActor {
     }
 }
 
-/// The source was suspended towards this site (hand everything back, take nothing), or
-/// the suspension ended.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SourceSuspension {
-    /// Suspended now.
-    pub suspended: bool,
-}
-
 impl Handler<SourceSuspension> for ReadyQueueActor {
     type Result = ();
 
@@ -532,14 +535,6 @@ impl Handler<SourceSuspension> for ReadyQueueActor {
     }
 }
 
-/// Bounce everything waiting here (a `Bounce` rule fired for this source and site).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct BounceReady {
-    /// Why.
-    pub reason: String,
-}
-
 impl Handler<BounceReady> for ReadyQueueActor {
     type Result = ();
 
@@ -547,12 +542,6 @@ impl Handler<BounceReady> for ReadyQueueActor {
         self.hand_back(Some(msg.reason));
     }
 }
-
-/// The overrides for this site, or the shaping files (reload), changed: recompute the
-/// settings.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Reshape;
 
 impl Handler<Reshape> for ReadyQueueActor {
     type Result = ();
@@ -562,28 +551,6 @@ impl Handler<Reshape> for ReadyQueueActor {
         self.dispatch(ctx);
     }
 }
-
-/// What a ready queue holds, for `GET /api/v1/queues`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ReadyInfo {
-    /// `source->site`.
-    pub name: String,
-    /// Egress source.
-    pub source: String,
-    /// Site.
-    pub site: String,
-    /// Messages waiting for a connection.
-    pub messages: usize,
-    /// Open connections.
-    pub connections: usize,
-    /// The source is suspended towards the site.
-    pub suspended: bool,
-}
-
-/// Describe the ready queue.
-#[derive(Message)]
-#[rtype(result = "ReadyInfo")]
-pub struct ReadyQueueInfo;
 
 impl Handler<ReadyQueueInfo> for ReadyQueueActor {
     type Result = MessageResult<ReadyQueueInfo>;

@@ -28,13 +28,38 @@ impl From<&crate::message::Reply> for Response {
     }
 }
 
+/// What a record is about: its `type` in the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+pub enum RecordKind {
+    /// A message was accepted (ingress).
+    #[default]
+    Reception,
+    /// A recipient was delivered.
+    Delivery,
+    /// An attempt failed for now; a retry is scheduled.
+    TransientFailure,
+    /// A recipient failed for good.
+    Bounce,
+    /// A recipient was still undelivered at `max_age`.
+    Expiration,
+    /// A recipient was bounced by an operator or a Bounce rule.
+    AdminBounce,
+    /// A message was refused at ingress.
+    Rejection,
+    /// A suspension began (or was extended).
+    Suspension,
+    /// A suspension ended.
+    Resume,
+    /// An automation rule fired.
+    AutomationFired,
+}
+
 /// One event. Fields that do not apply stay `None` and are left out of the line.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LogRecord {
-    /// Reception, Delivery, TransientFailure, Bounce, Expiration, AdminBounce, Rejection,
-    /// Suspension, Resume or AutomationFired.
+    /// What it is about.
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: RecordKind,
     /// RFC 3339 time of the event.
     pub timestamp: String,
     /// Message id.
@@ -101,7 +126,7 @@ pub struct LogRecord {
 
 impl LogRecord {
     /// A record of `kind` stamped now.
-    pub fn new(kind: &'static str) -> Self {
+    pub fn new(kind: RecordKind) -> Self {
         LogRecord {
             kind,
             timestamp: rfc3339(SystemTime::now()),

@@ -1,140 +1,134 @@
-//! TenantActor: state about one sending customer — its egress pool, its suspensions and its
-//! campaigns.
+//! TenantActor: one sending customer, and its campaigns.
 //!
-//! Mail for a tenant enters here and is passed to the CampaignActor of its campaign (created
-//! on demand). Suspensions of the tenant (or of one of its campaigns) arrive from the
-//! SuspensionsActor as [`Hold`] and leave as [`Release`]; the tenant keeps them and passes
-//! them to its campaigns, which pass them to their scheduled queues — so a provider's verdict
-//! on one tenant holds that tenant's mail and nobody else's. Administrative bounces of the
-//! tenant's mail ([`AdminBounce`]) travel the same way.
+//! Like the campaign, it is not on the way of every message. Its campaigns register here
+//! when they start ([`CampaignStarted`]) and leave when reaped ([`CampaignGone`]). The
+//! suspension register tells the tenant when the suspensions in force change
+//! ([`Recheck`]); the tenant passes it to its campaigns, which pass it to their scheduled
+//! queues, and each queue reads the register's view to see whether it is held — so a
+//! provider's verdict on one tenant holds that tenant's mail and nobody else's.
+//! Administrative bounces of the tenant's mail ([`AdminBounce`]) travel the same way. With
+//! no campaigns left for `reap_after`, the tenant is reaped (see [`crate::registry`]).
 
-use crate::campaign::{CampaignActor, EnqueueCampaign};
-use crate::engine::Shared;
-use crate::message::{ForCampaign, ForTenant};
-use crate::pool::Pool;
-use crate::queue::{gather_infos, sum_counts, QueueInfo, ScheduledInfo};
-use crate::suspensions::{Suspension, SuspensionKind};
+use crate::campaign::CampaignActor;
+use crate::messages::{
+    gather_infos, sum_counts, AdminBounce, CampaignGone, QueueInfo, Recheck, ScheduledInfo,
+};
+use crate::registry::{gauge_refresh, Arbiters, Registry};
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Every tenant actor, and what starting one needs.
+pub struct Tenants {
+    /// The live ones.
+    pub registry: Registry<Arc<str>, TenantActor>,
+    /// Threads to spread them over.
+    pub arbiters: Arc<Arbiters>,
+    /// An idle tenant is reaped after this.
+    pub reap_after: Duration,
+}
+
+impl Tenants {
+    /// The tenant actor of `tenant` for one [`CampaignStarted`] (leased), started when
+    /// there is none.
+    pub fn lease(self: &Arc<Self>, tenant: &Arc<str>) -> Addr<TenantActor> {
+        self.registry
+            .lease(tenant, |serial| {
+                let (tenant, all) = (tenant.clone(), self.clone());
+                TenantActor::start_in_arbiter(&self.arbiters.next(), move |_| TenantActor {
+                    tenant,
+                    all,
+                    serial,
+                    campaigns: HashMap::new(),
+                    registrations: 0,
+                    idle_since: Some(Instant::now()),
+                })
+            })
+            .0
+    }
+}
 
 /// One tenant.
 pub struct TenantActor {
     tenant: Arc<str>,
-    shared: Arc<Shared>,
-    pool: Arc<Pool>,
-    campaigns: HashMap<Option<Arc<str>>, Addr<CampaignActor>>,
-    holds: Vec<Arc<Suspension>>,
-}
-
-impl TenantActor {
-    /// A tenant using `pool`.
-    pub fn new(tenant: Arc<str>, shared: Arc<Shared>, pool: Arc<Pool>) -> Self {
-        TenantActor {
-            tenant,
-            shared,
-            pool,
-            campaigns: HashMap::new(),
-            holds: Vec::new(),
-        }
-    }
-}
-
-/// Whether suspension `s` concerns the campaign `campaign` of its tenant.
-pub fn concerns(s: &Suspension, campaign: Option<&str>) -> bool {
-    s.kind != SuspensionKind::Campaign || s.campaign.as_deref() == campaign
+    all: Arc<Tenants>,
+    serial: u64,
+    /// Its live campaigns, with their serial numbers.
+    campaigns: HashMap<Option<Arc<str>>, (Addr<CampaignActor>, u64)>,
+    /// CampaignStarted messages received (each was leased).
+    registrations: u64,
+    idle_since: Option<Instant>,
 }
 
 impl Actor for TenantActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(gauge_refresh(self.all.reap_after), |act, ctx| {
+            let idle_long = act
+                .idle_since
+                .is_some_and(|t| t.elapsed() >= act.all.reap_after);
+            if idle_long
+                && act
+                    .all
+                    .registry
+                    .retire(&act.tenant, act.serial, act.registrations)
+            {
+                ctx.stop();
+            }
+        });
+    }
 }
 
-/// New messages for this tenant: (campaign, domain, message).
+/// A campaign of this tenant started.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct EnqueueTenant {
-    /// The messages.
-    pub messages: Vec<ForTenant>,
+pub struct CampaignStarted {
+    /// Its campaign.
+    pub campaign: Option<Arc<str>>,
+    /// Its serial number.
+    pub serial: u64,
+    /// The campaign actor.
+    pub addr: Addr<CampaignActor>,
 }
 
-impl Handler<EnqueueTenant> for TenantActor {
+impl Handler<CampaignStarted> for TenantActor {
     type Result = ();
 
-    fn handle(&mut self, msg: EnqueueTenant, _: &mut Context<Self>) {
-        let mut by_campaign: HashMap<Option<Arc<str>>, Vec<ForCampaign>> = HashMap::new();
-        for (campaign, domain, m) in msg.messages {
-            by_campaign.entry(campaign).or_default().push((domain, m));
+    fn handle(&mut self, c: CampaignStarted, _: &mut Context<Self>) {
+        self.registrations += 1;
+        self.idle_since = None;
+        c.addr.do_send(Recheck);
+        self.campaigns.insert(c.campaign, (c.addr, c.serial));
+    }
+}
+
+impl Handler<CampaignGone> for TenantActor {
+    type Result = ();
+
+    fn handle(&mut self, gone: CampaignGone, _: &mut Context<Self>) {
+        if self
+            .campaigns
+            .get(&gone.campaign)
+            .is_some_and(|(_, serial)| *serial == gone.serial)
+        {
+            self.campaigns.remove(&gone.campaign);
         }
-        for (campaign, messages) in by_campaign {
-            let addr = self.campaigns.entry(campaign.clone()).or_insert_with(|| {
-                let (tenant, shared, pool) =
-                    (self.tenant.clone(), self.shared.clone(), self.pool.clone());
-                let holds: Vec<Arc<Suspension>> = self
-                    .holds
-                    .iter()
-                    .filter(|s| concerns(s, campaign.as_deref()))
-                    .cloned()
-                    .collect();
-                CampaignActor::start_in_arbiter(&self.shared.arbiter(), move |_| {
-                    CampaignActor::new(tenant, campaign, shared, pool, holds)
-                })
-            });
-            addr.do_send(EnqueueCampaign { messages });
+        if self.campaigns.is_empty() {
+            self.idle_since = Some(Instant::now());
         }
     }
 }
 
-/// A suspension now holds (some of) this tenant's mail.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct Hold(pub Arc<Suspension>);
-
-impl Handler<Hold> for TenantActor {
+impl Handler<Recheck> for TenantActor {
     type Result = ();
 
-    fn handle(&mut self, hold: Hold, _: &mut Context<Self>) {
-        self.holds.retain(|s| s.id != hold.0.id);
-        self.holds.push(hold.0.clone());
-        for (campaign, addr) in &self.campaigns {
-            if concerns(&hold.0, campaign.as_deref()) {
-                addr.do_send(hold.clone());
-            }
+    fn handle(&mut self, _: Recheck, _: &mut Context<Self>) {
+        for (addr, _) in self.campaigns.values() {
+            addr.do_send(Recheck);
         }
     }
-}
-
-/// A suspension has ended: its held mail is due now.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct Release {
-    /// The suspension's id.
-    pub id: String,
-}
-
-impl Handler<Release> for TenantActor {
-    type Result = ();
-
-    fn handle(&mut self, release: Release, _: &mut Context<Self>) {
-        self.holds.retain(|s| s.id != release.id);
-        for addr in self.campaigns.values() {
-            addr.do_send(release.clone());
-        }
-    }
-}
-
-/// Bounce this tenant's queued mail (optionally only one campaign's, one domain's or one
-/// site's) with AdminBounce records; the reply is how many recipients were bounced.
-#[derive(Message, Clone)]
-#[rtype(result = "usize")]
-pub struct AdminBounce {
-    /// Only this campaign (`Some(None)`: only mail without a campaign).
-    pub campaign: Option<Option<String>>,
-    /// Only mail to this domain.
-    pub domain: Option<String>,
-    /// Only mail routed to this site.
-    pub site: Option<String>,
-    /// Why, for the records.
-    pub reason: String,
 }
 
 impl Handler<AdminBounce> for TenantActor {
@@ -149,7 +143,7 @@ impl Handler<AdminBounce> for TenantActor {
                     .as_ref()
                     .is_none_or(|want| want.as_deref() == c.as_deref())
             })
-            .map(|(_, addr)| addr.send(msg.clone()))
+            .map(|(_, (addr, _))| addr.send(msg.clone()))
             .collect();
         Box::pin(sum_counts(sends))
     }
@@ -159,7 +153,7 @@ impl Handler<QueueInfo> for TenantActor {
     type Result = ResponseFuture<Vec<ScheduledInfo>>;
 
     fn handle(&mut self, msg: QueueInfo, _: &mut Context<Self>) -> Self::Result {
-        let asks: Vec<_> = self.campaigns.values().map(|a| a.send(msg)).collect();
+        let asks: Vec<_> = self.campaigns.values().map(|(a, _)| a.send(msg)).collect();
         Box::pin(gather_infos(asks))
     }
 }

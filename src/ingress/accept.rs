@@ -3,7 +3,7 @@
 //! injection (`POST /api/v1/inject`).
 
 use super::Ingress;
-use crate::logs::LogRecord;
+use crate::logs::{LogRecord, RecordKind};
 use crate::spool::{queue_name, Envelope, MessageId, NewMessage, QueueEntry, SpoolError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +38,8 @@ impl Ingress {
     /// Spool (fsynced before this returns), hand to the engine, count and log the Reception.
     /// On failure nothing was stored; the error comes back with the sender for the log.
     pub async fn store(&self, id: MessageId, a: Accepted) -> Result<(), (SpoolError, String)> {
+        // New work waits while the event log is far behind (its writes never block).
+        self.log.room().await;
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
@@ -76,7 +78,7 @@ impl Ingress {
             recipients: Some(envelope.recipients.clone()),
             client: Some(a.client),
             size: Some(size),
-            ..LogRecord::new("Reception")
+            ..LogRecord::new(RecordKind::Reception)
         };
         let tenant = envelope.tenant.clone();
         let sender = envelope.sender.clone();

@@ -83,14 +83,26 @@ impl DataReader {
     /// Feed bytes; returns `Some(n)` when the end mark ended at `input[n - 1]` (the bytes from
     /// `n` on belong to the next command), `None` when more data is needed.
     pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
-        for (i, &b) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
+            if self.state == State::Text {
+                // The common case: the rest of a line, copied in one go up to its CR or LF.
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+                if run > 0 {
+                    self.text_run(&input[i..i + run]);
+                    i += run;
+                    continue;
+                }
+            }
+            let b = input[i];
+            i += 1;
             self.state = match (self.state, b) {
                 (State::LineStart, b'.') => {
                     self.count_line(1);
                     State::Dot
                 }
                 (State::Dot, b'\r') => State::DotCr,
-                (State::DotCr, b'\n') => return Some(i + 1),
+                (State::DotCr, b'\n') => return Some(i),
                 // ".X": a stuffed dot; the dot itself is dropped.
                 (State::Dot, _) => self.text_byte(b),
                 (State::DotCr, _) => {
@@ -107,6 +119,26 @@ impl DataReader {
             };
         }
         None
+    }
+
+    /// Text bytes with no CR or LF among them: the same as pushing and counting each, with
+    /// the same first problem (a full body wins over a long line at the same byte).
+    fn text_run(&mut self, run: &[u8]) {
+        self.total += run.len() as u64;
+        if self.problem.is_none() {
+            let full_at = self.max_size.saturating_sub(self.body.len());
+            let long_at = MAX_TEXT_LINE.saturating_sub(self.line_len);
+            if full_at < run.len() && full_at <= long_at {
+                self.problem = Some(DataProblem::TooBig);
+                self.body = Vec::new();
+            } else if long_at < run.len() {
+                self.problem = Some(DataProblem::LineTooLong);
+                self.body = Vec::new();
+            } else {
+                self.body.extend_from_slice(run);
+            }
+        }
+        self.line_len += run.len();
     }
 
     fn text_byte(&mut self, b: u8) -> State {
@@ -192,6 +224,25 @@ mod tests {
         let (end, body) = read(&input, 10);
         assert_eq!(end, Some(input.len()));
         assert_eq!(body, Err(DataProblem::TooBig));
+    }
+
+    #[test]
+    fn feeding_byte_by_byte_reads_the_same() {
+        let mut input = b"Subject: x\r\n\r\n..dot\r\nbare\nlf\r\n.\nx\r".to_vec();
+        input.extend(vec![b'y'; 990]);
+        input.extend_from_slice(b"\r\n.\r\nNEXT");
+        for max in [10, 40, 1030, 1 << 20] {
+            let whole = read(&input, max);
+            let mut r = DataReader::new(max);
+            let mut end = None;
+            for (i, b) in input.iter().enumerate() {
+                if let Some(n) = r.feed(std::slice::from_ref(b)) {
+                    end = Some(i + n);
+                    break;
+                }
+            }
+            assert_eq!((end, r.finish()), whole, "max {max}");
+        }
     }
 
     #[test]

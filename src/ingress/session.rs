@@ -12,7 +12,7 @@ use super::auth::{decode_b64, encode_b64, parse_plain};
 use super::data::{DataProblem, DataReader};
 use super::tenancy::{check_name, take_headers};
 use super::Ingress;
-use crate::logs::LogRecord;
+use crate::logs::{LogRecord, RecordKind};
 use crate::spool::MessageId;
 use smtp_proto::{Error as ParseError, Request, AUTH_LOGIN, AUTH_PLAIN};
 use std::net::SocketAddr;
@@ -636,7 +636,7 @@ impl Session {
                 enhanced: Some(enhanced.to_string()),
                 text: text.to_string(),
             }),
-            ..LogRecord::new("Rejection")
+            ..LogRecord::new(RecordKind::Rejection)
         });
     }
 }

@@ -107,10 +107,12 @@ pub fn path_with_sbin() -> String {
 /// The capabilities a swaks command line uses.
 pub fn swaks_needs(args: &[&str]) -> Vec<Tool> {
     let mut needs = vec![Tool::Swaks];
-    if args
-        .iter()
-        .any(|a| matches!(*a, "-tls" | "--tls" | "-tlsc" | "--tlsc" | "-tlso" | "--tlso"))
-    {
+    if args.iter().any(|a| {
+        matches!(
+            *a,
+            "-tls" | "--tls" | "-tlsc" | "--tlsc" | "-tlso" | "--tlso"
+        )
+    }) {
         needs.push(Tool::SwaksTls);
     }
     if args

@@ -1,0 +1,168 @@
+//! Where actors that come and go are found: tenants, campaigns, scheduled queues and ready
+//! queues are started on demand and reaped when idle, and a [`Registry`] maps each one's key
+//! to its address meanwhile. [`Arbiters`] spreads them over the worker threads.
+//!
+//! Reaping must never lose a message that is on its way. A sender that gets an address with
+//! [`Registry::lease`] counts one message towards that actor; the actor counts what it
+//! received, and [`Registry::retire`] takes it out only when the two counts agree. So an
+//! actor never stops with a leased message in its mailbox, and a sender holding a lease can
+//! hand its message over without fear of it being dropped. Messages that are answered
+//! (`send().await`) need no lease: a stopped actor answers them with `MailboxError::Closed`,
+//! and the sender asks the registry again.
+
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// The worker arbiters (threads), handed out round robin.
+pub struct Arbiters {
+    handles: Vec<ArbiterHandle>,
+    next: AtomicUsize,
+}
+
+impl Arbiters {
+    /// Over these arbiters (at least one).
+    pub fn new(handles: Vec<ArbiterHandle>) -> Arbiters {
+        Arbiters {
+            handles,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next arbiter, round robin; the current thread's when there are none.
+    pub fn next(&self) -> ArbiterHandle {
+        if self.handles.is_empty() {
+            return Arbiter::current();
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        self.handles[i].clone()
+    }
+}
+
+struct Entry<A: Actor> {
+    addr: Addr<A>,
+    serial: u64,
+    leased: u64,
+}
+
+/// Live actors of one kind, by key.
+pub struct Registry<K, A: Actor> {
+    map: Mutex<HashMap<K, Entry<A>>>,
+    serials: AtomicU64,
+    /// `switchyard_{name}` gauge of how many are live.
+    gauge: &'static str,
+}
+
+impl<K: Eq + Hash + Clone, A: Actor> Registry<K, A> {
+    /// An empty registry whose size is published as the gauge `gauge`.
+    pub fn new(gauge: &'static str) -> Self {
+        Registry {
+            map: Mutex::new(HashMap::new()),
+            serials: AtomicU64::new(0),
+            gauge,
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<K, Entry<A>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The actor of `key`, started by `start(serial)` when there is none. Counts one leased
+    /// message: the caller must hand the actor exactly one message that the actor counts
+    /// towards [`Registry::retire`]. Returns the address and whether it was just started.
+    pub fn lease(&self, key: &K, start: impl FnOnce(u64) -> Addr<A>) -> (Addr<A>, bool) {
+        let mut map = self.map();
+        if let Some(e) = map.get_mut(key) {
+            e.leased += 1;
+            return (e.addr.clone(), false);
+        }
+        let serial = self.serials.fetch_add(1, Ordering::Relaxed) + 1;
+        let addr = start(serial);
+        map.insert(
+            key.clone(),
+            Entry {
+                addr: addr.clone(),
+                serial,
+                leased: 1,
+            },
+        );
+        metrics::gauge!(self.gauge).set(map.len() as f64);
+        (addr, true)
+    }
+
+    /// The actor of `key`, if one is live (no lease).
+    pub fn get(&self, key: &K) -> Option<Addr<A>> {
+        self.map().get(key).map(|e| e.addr.clone())
+    }
+
+    /// The actor of `key`, started by `start(serial)` when there is none (no lease: for
+    /// answered messages, whose senders ask again on `MailboxError::Closed`).
+    pub fn get_or_start(&self, key: &K, start: impl FnOnce(u64) -> Addr<A>) -> Addr<A> {
+        let mut map = self.map();
+        if let Some(e) = map.get(key) {
+            return e.addr.clone();
+        }
+        let serial = self.serials.fetch_add(1, Ordering::Relaxed) + 1;
+        let addr = start(serial);
+        map.insert(
+            key.clone(),
+            Entry {
+                addr: addr.clone(),
+                serial,
+                leased: 0,
+            },
+        );
+        metrics::gauge!(self.gauge).set(map.len() as f64);
+        addr
+    }
+
+    /// Take the actor `serial` of `key` out, if every message leased to it has been
+    /// received (`received`). `true`: it is out, no sender can reach it any more, and it
+    /// must stop now.
+    pub fn retire(&self, key: &K, serial: u64, received: u64) -> bool {
+        let mut map = self.map();
+        let quiet = map
+            .get(key)
+            .is_some_and(|e| e.serial == serial && e.leased == received);
+        if quiet {
+            map.remove(key);
+            metrics::gauge!(self.gauge).set(map.len() as f64);
+        }
+        quiet
+    }
+
+    /// Every live actor.
+    pub fn all(&self) -> Vec<Addr<A>> {
+        self.map().values().map(|e| e.addr.clone()).collect()
+    }
+
+    /// Every live actor whose key passes `f`.
+    pub fn filtered(&self, f: impl Fn(&K) -> bool) -> Vec<Addr<A>> {
+        self.map()
+            .iter()
+            .filter(|(k, _)| f(k))
+            .map(|(_, e)| e.addr.clone())
+            .collect()
+    }
+
+    /// How many are live.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// None live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How often a live actor republishes its gauges and looks whether it is idle long enough
+/// to be reaped (gauges not set for ten minutes vanish from /metrics).
+pub fn gauge_refresh(reap_after: std::time::Duration) -> std::time::Duration {
+    (reap_after / 4).clamp(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_secs(60),
+    )
+}

@@ -1,0 +1,239 @@
+//! Where a scheduled queue's due messages go: the domain's route, an egress source, and an
+//! offer to that (source, site)'s ready queue.
+//!
+//! The route (site and MX hosts) comes from the resolver and is kept until its TTL runs
+//! out; a failed lookup settles every due message with the lookup's reply (bounce or
+//! deferral). Sources are picked from the tenant's pool by smooth weighted round robin,
+//! skipping those suspended towards the site; with none left the queue waits for the first
+//! suspension to end. A tenant with a QoS rate paces how fast its queues release messages.
+//!
+//! Offers are bounded: a pump hands out at most [`PUMP_BATCH`] messages and the next pump
+//! waits until every ready queue has answered. A ready queue that is full takes only part
+//! of an offer; the rest goes back to the schedule, and the queue waits for that ready
+//! queue's [`crate::messages::ReadyRoom`] call (or, if none comes, a fallback timer).
+
+use super::{Pump, ScheduledQueueActor};
+use crate::message::{now_ms, MessageKey, QueuedMessage};
+use crate::messages::{Offer, ReadyItem};
+use crate::ports::{EgressSource, Route, RouteError};
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most messages moved to ready queues in one pump.
+pub(super) const PUMP_BATCH: usize = 512;
+/// A queue refused by a full ready queue waits for that queue's `ReadyRoom` call; if none
+/// comes (the ready queue went away), it offers again after this long anyway.
+const READY_FULL_FALLBACK: Duration = Duration::from_secs(30);
+/// With every source of the pool suspended towards the site, look again after at most this.
+const ALL_SOURCES_SUSPENDED_RECHECK: Duration = Duration::from_secs(5);
+
+impl ScheduledQueueActor {
+    /// Move due messages towards their ready queues.
+    pub(super) fn pump(&mut self, ctx: &mut Context<Self>) {
+        let now = now_ms();
+        let Some(&(first_due, _)) = self.scheduled.keys().next() else {
+            return self.publish();
+        };
+        if first_due > now {
+            self.wake_at(first_due, ctx);
+            return self.publish();
+        }
+        if self.offers_out > 0 {
+            // The answers pump again.
+            return self.publish();
+        }
+        if let Some(until) = self.blocked_until {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                // Whatever woke us, the fallback must stay armed.
+                self.wake_at(now + left.as_millis() as u64 + 1, ctx);
+                return self.publish();
+            }
+            self.blocked_until = None;
+        }
+        let route = match &self.route {
+            Some(r) if self.fresh_route || r.expires > Instant::now() => r.clone(),
+            _ => return self.resolve(ctx),
+        };
+        self.fresh_route = false;
+        if self.held(&route.site) {
+            // Released by a Recheck, not by a timer.
+            self.enter_hold(ctx);
+            return self.publish();
+        }
+        let all = self.all.clone();
+        let mut by_source: HashMap<Arc<str>, (Arc<EgressSource>, Vec<QueuedMessage>)> =
+            HashMap::new();
+        let mut wait: Option<Duration> = None;
+        for _ in 0..PUMP_BATCH {
+            let Some(entry) = self.scheduled.first_entry() else {
+                break;
+            };
+            if entry.key().0 > now {
+                break;
+            }
+            if let Some(limiter) = &self.tenant_limiter {
+                if let Err(not_yet) = limiter.check() {
+                    wait = Some(not_yet);
+                    break;
+                }
+            }
+            let picked = self.cursor.pick(&self.pool, |s| {
+                all.view.source_suspended(&s.name, &route.site).is_none()
+            });
+            match picked {
+                Some(source) => {
+                    let m = entry.remove();
+                    by_source
+                        .entry(source.name.clone())
+                        .or_insert_with(|| (source.clone(), Vec::new()))
+                        .1
+                        .push(m)
+                }
+                None => {
+                    // Every source is suspended towards this site (or the pool is empty):
+                    // wait for the first suspension to end.
+                    let until = self
+                        .pool
+                        .members
+                        .iter()
+                        .filter_map(|(s, _)| all.view.source_suspended(&s.name, &route.site))
+                        .min()
+                        .map(|t| Duration::from_millis(t.saturating_sub(now) + 1))
+                        .unwrap_or(ALL_SOURCES_SUSPENDED_RECHECK);
+                    wait = Some(until.min(ALL_SOURCES_SUSPENDED_RECHECK));
+                    break;
+                }
+            }
+        }
+        for (_, (source, messages)) in by_source {
+            self.offer(source, &route, messages, ctx);
+        }
+        match (self.scheduled.keys().next(), wait) {
+            (Some(_), Some(wait)) => self.wake_at(now + wait.as_millis() as u64 + 1, ctx),
+            (Some(&(due, _)), None) if due <= now && self.offers_out == 0 => ctx.notify(Pump),
+            (Some(&(due, _)), None) if due > now => self.wake_at(due, ctx),
+            _ => {}
+        }
+        self.publish();
+    }
+
+    /// Offer `messages` to the ready queue of (`source`, the route's site).
+    fn offer(
+        &mut self,
+        source: Arc<EgressSource>,
+        route: &Route,
+        messages: Vec<QueuedMessage>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(line) = self.line.clone() else {
+            for m in messages {
+                self.schedule(m);
+            }
+            return;
+        };
+        let ready = self
+            .all
+            .ready
+            .ready_queue(&source, &route.site, &route.hosts, &self.id.domain);
+        self.offered_to.insert(source.name.clone(), ready.clone());
+        let keys: Vec<MessageKey> = messages.iter().map(|m| m.key).collect();
+        let items = messages
+            .iter()
+            .map(|m| ReadyItem {
+                message: m.clone(),
+                queue: self.id.clone(),
+                to: line.clone(),
+            })
+            .collect();
+        for m in messages {
+            self.in_flight.insert(m.key, m);
+        }
+        let offer = Offer {
+            items,
+            hosts: route.hosts.clone(),
+            queue: self.name.as_str().into(),
+            from: line,
+        };
+        let calls_before = self.room_calls;
+        let (source_name, site) = (source.name.clone(), route.site.clone());
+        self.offers_out += 1;
+        ctx.spawn(
+            ready
+                .send(offer)
+                .into_actor(self)
+                .map(move |answer, act, ctx| {
+                    act.offers_out -= 1;
+                    let gone = answer.is_err();
+                    let taken = answer.unwrap_or(0);
+                    if taken < keys.len() {
+                        // Back to the schedule, due now; offered again when the ready queue
+                        // says it has room (or after the fallback), not polled.
+                        for key in &keys[taken..] {
+                            if let Some(m) = act.in_flight.remove(key) {
+                                act.schedule(m);
+                            }
+                        }
+                        let suspended =
+                            act.all.view.source_suspended(&source_name, &site).is_some();
+                        if gone || suspended || act.room_calls != calls_before {
+                            // The ready queue went away (the registry starts a new one),
+                            // refused for a suspended source (pick another), or made room
+                            // meanwhile: go again now.
+                            if gone {
+                                act.offered_to.remove(&source_name);
+                            }
+                        } else {
+                            act.blocked_until = Some(Instant::now() + READY_FULL_FALLBACK);
+                            act.wake_at(now_ms() + READY_FULL_FALLBACK.as_millis() as u64, ctx);
+                        }
+                    }
+                    act.pump(ctx);
+                }),
+        );
+    }
+
+    /// Look the domain's route up; on failure every due message shares its fate.
+    pub(super) fn resolve(&mut self, ctx: &mut Context<Self>) {
+        if self.resolving {
+            return;
+        }
+        self.resolving = true;
+        let lookup = self.all.ports.resolver.resolve(self.id.domain.clone());
+        ctx.spawn(lookup.into_actor(self).map(|result, act, ctx| {
+            act.resolving = false;
+            match result {
+                Ok(route) => {
+                    act.route = Some(route);
+                    act.fresh_route = true;
+                    act.pump(ctx);
+                }
+                Err(RouteError::Permanent(reply)) | Err(RouteError::Transient(reply)) => {
+                    // Every due message shares the domain's fate; each counts an attempt.
+                    let now = now_ms();
+                    let mut due = Vec::new();
+                    while let Some(entry) = act.scheduled.first_entry() {
+                        if entry.key().0 > now {
+                            break;
+                        }
+                        due.push(entry.remove());
+                    }
+                    let class = act.all.bounces.classify(&reply.match_text()).to_string();
+                    for m in due {
+                        act.settle(
+                            m,
+                            &reply,
+                            super::Settlement {
+                                bounce_class: Some(class.clone()),
+                                ..Default::default()
+                            },
+                        );
+                    }
+                    act.pump(ctx);
+                }
+            }
+        }));
+    }
+}

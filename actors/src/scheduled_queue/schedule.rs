@@ -1,0 +1,196 @@
+//! When a scheduled queue's messages are due: the retry schedule (exponential backoff with
+//! jitter, capped, and expiry at `max_age`), the queue's wake-up timer, and holds.
+//!
+//! A hold is a tenant or campaign suspension that covers this queue's domain or the site its
+//! route goes to; the [`crate::suspension::SuspensionView`] says which are in force. While
+//! held, nothing is offered, messages already with ready queues are pulled back (attempts
+//! unchanged), and the held time is added to each message's `held_ms`, which `max_age` does
+//! not count. When the hold ends every held message is due at once.
+
+use super::ScheduledQueueActor;
+use crate::message::{now_ms, MessageKey, QueuedMessage};
+use crate::messages::Withdraw;
+use crate::ready_queue::ReadyQueueActor;
+use actix::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Retry settings (`[queue]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Delay before the first retry.
+    pub retry_interval: Duration,
+    /// Cap on the delay.
+    pub max_retry_interval: Duration,
+    /// A message whose next retry would fall after this age expires instead.
+    pub max_age: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay after the `attempts`-th failed attempt: `retry_interval × 2^(attempts-1)`,
+    /// capped at `max_retry_interval`, then ±10 % jitter (`jitter` in [-1, 1]) so messages
+    /// deferred together do not all come back in the same instant.
+    pub fn delay(&self, attempts: u32, jitter: f64) -> Duration {
+        let base = self.retry_interval.as_secs_f64()
+            * 2f64.powi(attempts.saturating_sub(1).min(30) as i32);
+        let capped = base.min(self.max_retry_interval.as_secs_f64());
+        Duration::from_secs_f64((capped * (1.0 + 0.1 * jitter.clamp(-1.0, 1.0))).max(0.0))
+    }
+
+    /// Next due time after a failure at `now_ms`, or `None` when that would be past `max_age`
+    /// (counting from `created_ms`, less `held_ms` spent held by a suspension).
+    pub fn next_due(
+        &self,
+        attempts: u32,
+        now_ms: u64,
+        created_ms: u64,
+        held_ms: u64,
+        jitter: f64,
+    ) -> Option<u64> {
+        let due = now_ms + self.delay(attempts, jitter).as_millis() as u64;
+        let age_then = due.saturating_sub(created_ms).saturating_sub(held_ms);
+        (age_then <= self.max_age.as_millis() as u64).then_some(due)
+    }
+}
+
+impl ScheduledQueueActor {
+    /// Keep `m` until it is due.
+    pub(super) fn schedule(&mut self, m: QueuedMessage) {
+        self.scheduled.insert((m.due_ms, m.key), m);
+    }
+
+    /// Arrange a pump at `due_ms` unless one is already set for then or earlier.
+    pub(super) fn wake_at(&mut self, due_ms: u64, ctx: &mut Context<Self>) {
+        if let Some((at, handle)) = self.wake {
+            if at <= due_ms {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let delay = Duration::from_millis(due_ms.saturating_sub(now_ms()));
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.wake = None;
+            act.pump(ctx);
+        });
+        self.wake = Some((due_ms, handle));
+    }
+
+    /// Whether a suspension holds the queue while its route goes to `site` (looked up
+    /// again only when the suspensions in force have changed).
+    pub(super) fn held(&mut self, site: &Arc<str>) -> bool {
+        let version = self.all.view.version();
+        if let Some((v, s, held)) = &self.hold_seen {
+            if *v == version && Arc::ptr_eq(s, site) {
+                return *held;
+            }
+        }
+        let held = self
+            .all
+            .view
+            .hold_for(
+                &self.id.tenant,
+                self.id.campaign.as_deref(),
+                &self.id.domain,
+                site,
+            )
+            .is_some();
+        self.hold_seen = Some((version, site.clone(), held));
+        held
+    }
+
+    /// A suspension now holds the queue: stop, and pull back what ready queues still have.
+    pub(super) fn enter_hold(&mut self, ctx: &mut Context<Self>) {
+        if self.held_since.is_some() {
+            return;
+        }
+        self.held_since = Some(now_ms());
+        if let Some((_, handle)) = self.wake.take() {
+            ctx.cancel_future(handle);
+        }
+        self.withdraw_all(ctx);
+    }
+
+    /// Ask every ready queue for this queue's messages back; they return to the schedule,
+    /// attempts unchanged.
+    fn withdraw_all(&mut self, ctx: &mut Context<Self>) {
+        let readies: Vec<Addr<ReadyQueueActor>> = self.offered_to.drain().map(|(_, r)| r).collect();
+        for ready in readies {
+            ctx.spawn(
+                ready
+                    .send(Withdraw {
+                        queue: self.id.clone(),
+                    })
+                    .into_actor(self)
+                    .map(move |keys, act, ctx| act.take_back(keys.unwrap_or_default(), None, ctx)),
+            );
+        }
+    }
+
+    /// Messages handed back by a ready queue: rescheduled due now, or bounced.
+    pub(super) fn take_back(
+        &mut self,
+        keys: Vec<MessageKey>,
+        bounce: Option<&str>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = now_ms();
+        for key in keys {
+            let Some(mut m) = self.in_flight.remove(&key) else {
+                continue;
+            };
+            match bounce {
+                Some(reason) => self.admin_bounce(m, reason),
+                None => {
+                    m.due_ms = m.due_ms.min(now);
+                    self.schedule(m);
+                }
+            }
+        }
+        self.pump(ctx);
+    }
+
+    /// The hold is gone: count the held time and make every held message due now.
+    pub(super) fn leave_hold(&mut self, ctx: &mut Context<Self>) {
+        let Some(since) = self.held_since.take() else {
+            return;
+        };
+        let now = now_ms();
+        let held: Vec<QueuedMessage> = std::mem::take(&mut self.scheduled).into_values().collect();
+        for mut m in held {
+            m.held_ms += now.saturating_sub(since.max(m.created_ms));
+            m.due_ms = now;
+            self.all
+                .ports
+                .spool
+                .reschedule(m.key, m.attempts, m.due_ms, m.held_ms);
+            self.schedule(m);
+        }
+        self.pump(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: RetryPolicy = RetryPolicy {
+        retry_interval: Duration::from_secs(60),
+        max_retry_interval: Duration::from_secs(600),
+        max_age: Duration::from_secs(3600),
+    };
+
+    #[test]
+    fn doubles_and_caps() {
+        let secs: Vec<u64> = (1..=6).map(|a| P.delay(a, 0.0).as_secs()).collect();
+        assert_eq!(secs, vec![60, 120, 240, 480, 600, 600]);
+        assert_eq!(P.delay(1, 1.0).as_secs(), 66);
+        assert_eq!(P.delay(1, -1.0).as_secs(), 54);
+    }
+
+    #[test]
+    fn expires_past_max_age_not_counting_held_time() {
+        assert_eq!(P.next_due(1, 1000, 0, 0, 0.0), Some(61_000));
+        assert_eq!(P.next_due(5, 3_100_000, 0, 0, 0.0), None);
+        assert_eq!(P.next_due(5, 3_100_000, 0, 1_000_000, 0.0), Some(3_700_000));
+    }
+}

@@ -1,0 +1,270 @@
+//! SuspensionRegister: the register of suspensions and shaping overrides, each with its
+//! expiry — the one owner of that state.
+//!
+//! A suspension is created by an automation rule (through the ClassifierActor) or by
+//! MailOps (`POST /api/v1/suspensions`). The register gives it an id, stores it durably in
+//! the spool's `state` keyspace, logs a `Suspension` record, sets its gauge, and puts it
+//! into the [`SuspensionView`] that the actors acting on it read:
+//!
+//! - a tenant or campaign suspension: the tenant's actor is told to [`Recheck`], and passes
+//!   it down to its campaigns and scheduled queues; a held queue sends nothing to the
+//!   suspended site and pulls back what it had handed to ready queues;
+//! - a source suspension (source × site): scheduled queues skip the source when picking
+//!   one, and its ReadyQueueActor hands its waiting messages back to be routed over the
+//!   pool's other sources.
+//!
+//! When a suspension expires (or is resumed) it logs `Resume`, clears the gauge, deletes the
+//! state entry, takes it out of the view and tells the same actors; held mail is then due at
+//! once. The same target suspended again while active is extended, not duplicated.
+//! SetConfig overrides work alike: kept here with their expiry, applied by the ready queues
+//! of their site.
+
+use crate::message::now_ms;
+use crate::messages::{
+    ListSuspensions, Recheck, Restore, Resume, SetOverride, SourceSuspension, Suspend,
+};
+use crate::ports::Ports;
+use crate::ready_queue::ReadyQueues;
+use crate::record::RecordKind;
+use crate::suspension::{new_id, rfc3339_ms, Override, Suspension, SuspensionKind, SuspensionView};
+use crate::tenant::Tenants;
+use actix::prelude::*;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The register.
+pub struct SuspensionRegister {
+    view: Arc<SuspensionView>,
+    tenants: Arc<Tenants>,
+    ready: Arc<ReadyQueues>,
+    ports: Ports,
+    suspensions: HashMap<String, Suspension>,
+    overrides: HashMap<String, Override>,
+    timers: HashMap<String, SpawnHandle>,
+}
+
+impl SuspensionRegister {
+    /// An empty register writing `view`.
+    pub fn new(
+        view: Arc<SuspensionView>,
+        tenants: Arc<Tenants>,
+        ready: Arc<ReadyQueues>,
+        ports: Ports,
+    ) -> Self {
+        SuspensionRegister {
+            view,
+            tenants,
+            ready,
+            ports,
+            suspensions: HashMap::new(),
+            overrides: HashMap::new(),
+            timers: HashMap::new(),
+        }
+    }
+
+    fn arm(&mut self, id: &str, expires_ms: u64, ctx: &mut Context<Self>) {
+        if let Some(old) = self.timers.remove(id) {
+            ctx.cancel_future(old);
+        }
+        let delay = Duration::from_millis(expires_ms.saturating_sub(now_ms()));
+        let key = id.to_string();
+        let handle = ctx.run_later(delay, move |act, ctx| {
+            act.timers.remove(&key);
+            act.end(&key, "expired", ctx);
+        });
+        self.timers.insert(id.to_string(), handle);
+    }
+
+    fn set_gauge(&self, s: &Suspension) {
+        s.publish_expiry(self.suspensions.contains_key(&s.id));
+        let (name, labels) = s.gauge_labels();
+        let active = self
+            .suspensions
+            .values()
+            .any(|o| o.kind == s.kind && o.gauge_labels().1 == labels);
+        metrics::gauge!(name, &labels).set(if active { 1.0 } else { 0.0 });
+    }
+
+    /// Put a suspension into effect (new, extended or restored).
+    fn apply(&self, s: &Suspension) {
+        match s.kind {
+            SuspensionKind::Tenant | SuspensionKind::Campaign => {
+                self.view.put_hold(Arc::new(s.clone()));
+                self.recheck(s);
+            }
+            SuspensionKind::Source => {
+                if let (Some(source), Some(site)) = (&s.source, &s.site) {
+                    self.view.set_source(source, site, Some(s.expires_ms));
+                    if let Some(ready) = self.ready.existing(source, site) {
+                        ready.do_send(SourceSuspension { suspended: true });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take an ended suspension out of effect.
+    fn lift(&self, s: &Suspension) {
+        match s.kind {
+            SuspensionKind::Tenant | SuspensionKind::Campaign => {
+                self.view.remove_hold(s);
+                self.recheck(s);
+            }
+            SuspensionKind::Source => {
+                if let (Some(source), Some(site)) = (&s.source, &s.site) {
+                    self.view.set_source(source, site, None);
+                    if let Some(ready) = self.ready.existing(source, site) {
+                        ready.do_send(SourceSuspension { suspended: false });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tell the suspension's tenant to look again (a tenant with no actor has no queues:
+    /// its next ones read the view when they start).
+    fn recheck(&self, s: &Suspension) {
+        if let Some(tenant) = s.tenant.as_deref() {
+            if let Some(addr) = self.tenants.registry.get(&Arc::from(tenant)) {
+                addr.do_send(Recheck);
+            }
+        }
+    }
+
+    /// Put the overrides in force and have the ready queues of `site` reshape.
+    fn publish_overrides(&self, site: &str) {
+        self.view
+            .set_overrides(self.overrides.values().cloned().collect());
+        self.ready.reshape(Some(site));
+    }
+
+    fn persist<T: Serialize>(&self, key: String, value: &T) {
+        if let Ok(v) = serde_json::to_vec(value) {
+            self.ports.spool.put_state(key, v);
+        }
+    }
+
+    /// End a suspension or override by id.
+    fn end(&mut self, id: &str, why: &str, ctx: &mut Context<Self>) -> bool {
+        if let Some(handle) = self.timers.remove(id) {
+            ctx.cancel_future(handle);
+        }
+        if let Some(s) = self.suspensions.remove(id) {
+            self.ports.spool.delete_state(format!("suspension/{id}"));
+            self.set_gauge(&s);
+            self.lift(&s);
+            let mut r = s.record(RecordKind::Resume);
+            r.reason = Some(why.to_string());
+            self.ports.events.write(r);
+            tracing::info!(id, kind = ?s.kind, tenant = ?s.tenant, source = ?s.source, site = ?s.site, why, "suspension ended");
+            return true;
+        }
+        if let Some(o) = self.overrides.remove(id) {
+            self.ports.spool.delete_state(format!("override/{id}"));
+            self.publish_overrides(&o.site);
+            tracing::info!(id, site = %o.site, option = %o.name, why, "shaping override ended");
+            return true;
+        }
+        false
+    }
+}
+
+impl Actor for SuspensionRegister {
+    type Context = Context<Self>;
+}
+
+impl Handler<Suspend> for SuspensionRegister {
+    type Result = MessageResult<Suspend>;
+
+    fn handle(&mut self, Suspend(mut s): Suspend, ctx: &mut Context<Self>) -> Self::Result {
+        let existing = self
+            .suspensions
+            .values_mut()
+            .find(|o| o.same_target(&s))
+            .map(|o| {
+                o.expires_ms = o.expires_ms.max(s.expires_ms);
+                o.reason = s.reason.clone();
+                o.clone()
+            });
+        let s = match existing {
+            Some(extended) => {
+                self.apply(&extended);
+                extended
+            }
+            None => {
+                s.id = new_id();
+                if s.created_ms == 0 {
+                    s.created_ms = now_ms();
+                }
+                self.suspensions.insert(s.id.clone(), s.clone());
+                self.apply(&s);
+                s
+            }
+        };
+        self.persist(format!("suspension/{}", s.id), &s);
+        self.set_gauge(&s);
+        self.ports.events.write(s.record(RecordKind::Suspension));
+        tracing::info!(id = %s.id, kind = ?s.kind, tenant = ?s.tenant, campaign = ?s.campaign, source = ?s.source, site = ?s.site, rule = ?s.rule, "suspended until {}", rfc3339_ms(s.expires_ms));
+        self.arm(&s.id.clone(), s.expires_ms, ctx);
+        MessageResult(s)
+    }
+}
+
+impl Handler<Resume> for SuspensionRegister {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) -> bool {
+        self.end(&msg.id, "resumed", ctx)
+    }
+}
+
+impl Handler<ListSuspensions> for SuspensionRegister {
+    type Result = MessageResult<ListSuspensions>;
+
+    fn handle(&mut self, _: ListSuspensions, _: &mut Context<Self>) -> Self::Result {
+        let mut all: Vec<Suspension> = self.suspensions.values().cloned().collect();
+        all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        MessageResult(all)
+    }
+}
+
+impl Handler<SetOverride> for SuspensionRegister {
+    type Result = ();
+
+    fn handle(&mut self, SetOverride(mut o): SetOverride, ctx: &mut Context<Self>) {
+        if let Some(existing) = self.overrides.values_mut().find(|x| x.same_target(&o)) {
+            existing.expires_ms = existing.expires_ms.max(o.expires_ms);
+            existing.value = o.value.clone();
+            o = existing.clone();
+        } else {
+            o.id = new_id();
+            self.overrides.insert(o.id.clone(), o.clone());
+        }
+        self.persist(format!("override/{}", o.id), &o);
+        self.publish_overrides(&o.site);
+        self.arm(&o.id.clone(), o.expires_ms, ctx);
+    }
+}
+
+impl Handler<Restore> for SuspensionRegister {
+    type Result = ();
+
+    fn handle(&mut self, msg: Restore, ctx: &mut Context<Self>) {
+        for s in msg.suspensions {
+            self.suspensions.insert(s.id.clone(), s.clone());
+            self.apply(&s);
+            self.set_gauge(&s);
+            self.arm(&s.id, s.expires_ms, ctx);
+        }
+        for o in msg.overrides {
+            self.overrides.insert(o.id.clone(), o.clone());
+            self.arm(&o.id, o.expires_ms, ctx);
+        }
+        let sites: HashSet<String> = self.overrides.values().map(|o| o.site.clone()).collect();
+        for site in sites {
+            self.publish_overrides(&site);
+        }
+    }
+}
