@@ -108,6 +108,14 @@ pub struct Envelope {
     pub client_addr: String,
     /// The client's EHLO/HELO name.
     pub helo: String,
+    /// The body is stored in wire form (dot-stuffed, ending in CRLF); records from before
+    /// that was done are not.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dot_stuffed: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Scheduling state of one recipient of one message.
@@ -154,6 +162,7 @@ impl QueueEntry {
                 due_ms: self.due_ms,
                 created_ms: self.created_ms,
                 held_ms: self.held_ms,
+                hot: None,
             },
         }
     }
@@ -174,8 +183,8 @@ pub struct NewMessage {
     pub id: MessageId,
     /// Its envelope.
     pub envelope: Envelope,
-    /// The RFC 5322 content as it will be sent.
-    pub body: Vec<u8>,
+    /// The RFC 5322 content as it will be sent (shared with the hot copy, not copied).
+    pub body: bytes::Bytes,
     /// One entry per recipient, in envelope order.
     pub entries: Vec<QueueEntry>,
 }
@@ -211,7 +220,8 @@ fn encode_message(envelope: &Envelope, body: &[u8]) -> Vec<u8> {
     v
 }
 
-fn decode_message(v: &[u8]) -> Result<(Envelope, Vec<u8>), SpoolError> {
+/// The envelope of a stored record, and where its body starts.
+fn decode_envelope(v: &[u8]) -> Result<(Envelope, usize), SpoolError> {
     let corrupt = |m: &str| SpoolError::Corrupt(m.to_string());
     let len: [u8; 4] = v
         .get(..4)
@@ -223,7 +233,12 @@ fn decode_message(v: &[u8]) -> Result<(Envelope, Vec<u8>), SpoolError> {
         .get(4..4 + len)
         .ok_or_else(|| corrupt("truncated envelope"))?;
     let envelope = serde_json::from_slice(head).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
-    Ok((envelope, v[4 + len..].to_vec()))
+    Ok((envelope, 4 + len))
+}
+
+fn decode_message(v: &[u8]) -> Result<(Envelope, Vec<u8>), SpoolError> {
+    let (envelope, at) = decode_envelope(v)?;
+    Ok((envelope, v[at..].to_vec()))
 }
 
 enum WriteOp {
@@ -450,15 +465,23 @@ impl Spool {
         }
     }
 
-    /// Sender and body of the message a recipient entry belongs to.
-    pub fn load(&self, key: &MessageKey) -> Result<(String, Vec<u8>), SpoolError> {
+    /// Sender and content of the message a recipient entry belongs to.
+    pub fn load(
+        &self,
+        key: &MessageKey,
+    ) -> Result<switchyard_actors::message::LoadedMessage, SpoolError> {
         let id = MessageId(uuid::Uuid::from_bytes(
             key[..16].try_into().unwrap_or_default(),
         ));
-        match self.read_message(id)? {
-            Some((envelope, body)) => Ok((envelope.sender, body)),
-            None => Err(SpoolError::Corrupt(format!("message {id} is missing"))),
-        }
+        let Some(v) = self.inner.messages.get(id.key())? else {
+            return Err(SpoolError::Corrupt(format!("message {id} is missing")));
+        };
+        let (envelope, at) = decode_envelope(&v)?;
+        Ok(switchyard_actors::message::LoadedMessage {
+            sender: envelope.sender,
+            body: bytes::Bytes::copy_from_slice(&v[at..]),
+            stuffed: envelope.dot_stuffed,
+        })
     }
 
     /// Every recipient entry in the spool, oldest first.
@@ -643,11 +666,7 @@ impl switchyard_actors::ports::SpoolPort for Spool {
     }
 
     fn load(&self, key: &MessageKey) -> Result<switchyard_actors::ports::LoadedMessage, String> {
-        let (sender, body) = Spool::load(self, key).map_err(|e| e.to_string())?;
-        Ok(switchyard_actors::ports::LoadedMessage {
-            sender,
-            body: body.into(),
-        })
+        Spool::load(self, key).map_err(|e| e.to_string())
     }
 }
 
@@ -667,8 +686,9 @@ mod tests {
                 received_ms: 1,
                 client_addr: "127.0.0.1:1".into(),
                 helo: "client".into(),
+                dot_stuffed: false,
             },
-            body: b"Subject: hi\r\n\r\nhello\r\n".to_vec(),
+            body: bytes::Bytes::from_static(b"Subject: hi\r\n\r\nhello\r\n"),
             entries: rcpts
                 .iter()
                 .map(|r| QueueEntry {

@@ -3,20 +3,23 @@
 //! It asks its ReadyQueueActor for a message, connects (trying the site's hosts in order),
 //! then sends message after message over the same session — RSET between them is the
 //! session's business — up to `max_deliveries_per_connection`, waiting up to the idle
-//! timeout for more. Each reply's bounce class is worked out here, where the reply is read
+//! timeout for more. Each message goes to all its recipients waiting here at once, in one
+//! transaction, and each recipient is settled by its own reply. Each reply's bounce class is worked out here, where the reply is read
 //! (the rules are pure and shared); the outcome goes to the message's scheduled queue, and
 //! while automation rules are in force the reply is reported to the ClassifierActor without
-//! waiting for it. Only a full mailbox makes the connection wait: that is the bound. A body is
-//! read from the spool only now, on the blocking pool.
+//! waiting for it. Only a full mailbox makes the connection wait: that is the bound. A fresh
+//! message's content came along from ingress; a retried one's is read from the spool now,
+//! on the blocking pool.
 //!
 //! It runs on its ready queue's thread and knows the ready queue only by the [`ReadyLine`]
 //! of messages it sends there.
 
 use crate::automation::RulesInForce;
 use crate::bounce::BounceClassifier;
-use crate::message::{Peer, Reply};
+use crate::message::{LoadedMessage, Peer, Reply};
 use crate::messages::{
-    tell, ConnectResult, ConnectionClosed, DeliveryOutcome, NextMessage, ReadyItem, ReplySeen,
+    tell, Batch, ConnectResult, ConnectionClosed, DeliveryOutcome, NextMessage, ReadyItem,
+    ReplySeen,
 };
 use crate::ports::{ConnectTarget, Ports};
 use actix::prelude::*;
@@ -79,8 +82,31 @@ impl Actor for ConnectionActor {
     }
 }
 
-async fn next(ready: &ReadyLine, first: bool) -> Option<ReadyItem> {
+async fn next(ready: &ReadyLine, first: bool) -> Option<Batch> {
     ready.next.send(NextMessage { first }).await.ok().flatten()
+}
+
+/// The content of a batch's message: carried from ingress when it is fresh, else read from
+/// the spool on the blocking pool.
+async fn content(kit: &ConnectionKit, batch: &Batch) -> Result<LoadedMessage, Reply> {
+    if let Some(hot) = batch.first().and_then(|i| i.message.hot.as_ref()) {
+        return Ok(hot.content.clone());
+    }
+    let key = batch.first().map(|i| i.message.key).unwrap_or_default();
+    let spool = kit.ports.spool.clone();
+    match tokio::task::spawn_blocking(move || spool.load(&key)).await {
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(e)) => Err(Reply::internal(
+            451,
+            "4.3.0",
+            format!("cannot read the message from the spool: {e}"),
+        )),
+        Err(e) => Err(Reply::internal(
+            451,
+            "4.3.0",
+            format!("spool reader failed: {e}"),
+        )),
+    }
 }
 
 async fn deliver_loop(
@@ -101,51 +127,42 @@ async fn deliver_loop(
         }
         Err(failure) => {
             let _ = tell(&ready.connected, ConnectResult(Some(failure.reply.clone()))).await;
+            for item in first {
+                let (reply, peer) = (failure.reply.clone(), failure.peer.clone());
+                report(&kit, &source, &site, item, reply, peer, None).await;
+            }
+            return;
+        }
+    };
+    let mut batch = Some(first);
+    let mut sent = 0;
+    while let Some(items) = batch.take() {
+        let (replies, sent_as) = match content(&kit, &items).await {
+            Ok(m) => {
+                let recipients: Vec<&str> = items.iter().map(|i| &*i.message.recipient).collect();
+                let replies = session.send(&m.sender, &recipients, &m).await;
+                (replies, Some((m.sender.clone(), m.body.len() as u64)))
+            }
+            Err(reply) => (vec![reply; items.len()], None),
+        };
+        let peer = Some(session.peer().clone());
+        for (item, reply) in items.into_iter().zip(replies) {
             report(
                 &kit,
                 &source,
                 &site,
-                first,
-                failure.reply,
-                failure.peer,
-                None,
+                item,
+                reply,
+                peer.clone(),
+                sent_as.clone(),
             )
             .await;
-            return;
         }
-    };
-    let mut item = Some(first);
-    let mut sent = 0;
-    while let Some(it) = item.take() {
-        let spool = kit.ports.spool.clone();
-        let key = it.message.key;
-        let loaded = tokio::task::spawn_blocking(move || spool.load(&key)).await;
-        let (reply, sent_as) = match loaded {
-            Ok(Ok(m)) => {
-                let size = m.body.len() as u64;
-                let reply = session.send(&m.sender, &it.message.recipient, m.body).await;
-                (reply, Some((m.sender, size)))
-            }
-            Ok(Err(e)) => (
-                Reply::internal(
-                    451,
-                    "4.3.0",
-                    format!("cannot read the message from the spool: {e}"),
-                ),
-                None,
-            ),
-            Err(e) => (
-                Reply::internal(451, "4.3.0", format!("spool reader failed: {e}")),
-                None,
-            ),
-        };
-        let peer = Some(session.peer().clone());
-        report(&kit, &source, &site, it, reply, peer, sent_as).await;
         sent += 1;
         if sent >= max_deliveries || !session.usable() {
             break;
         }
-        item = next(&ready, false).await;
+        batch = next(&ready, false).await;
     }
     session.close().await;
 }

@@ -1,11 +1,18 @@
-//! What travels between the actors: queued messages, SMTP replies and delivery outcomes.
+//! What the actors handle: queued messages (and, on their first way out, their content),
+//! SMTP replies, peers.
 
 use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Spool key of one recipient of one message: 16 bytes of message id (UUIDv7, time-ordered)
 /// then the recipient's index, big-endian.
 pub type MessageKey = [u8; 20];
+
+/// The message-id part of a key: the same for every recipient of one message.
+pub fn message_id(key: &MessageKey) -> &[u8] {
+    &key[..16]
+}
 
 /// Hex of the message-id part of a key, as printed in logs and `250 ... queued as`.
 pub fn message_id_hex(key: &MessageKey) -> String {
@@ -20,11 +27,95 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A message on its way to a campaign: (destination domain, message).
-pub type ForCampaign = (Arc<str>, QueuedMessage);
+/// What a connection needs of a message to send it.
+#[derive(Debug, Clone)]
+pub struct LoadedMessage {
+    /// Envelope sender (MAIL FROM).
+    pub sender: String,
+    /// Content as stored (with our Received header); shared, never copied on its way.
+    pub body: bytes::Bytes,
+    /// The content is already in its wire form: dot-stuffed and ending in CRLF, so it goes
+    /// to the socket as it is, followed by the end mark.
+    pub stuffed: bool,
+}
 
-/// A message on its way to a tenant: (campaign, destination domain, message).
-pub type ForTenant = (Option<Arc<str>>, Arc<str>, QueuedMessage);
+/// How many bytes of content may be kept in memory for messages on their first way out.
+pub struct HotBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl HotBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<HotBudget> {
+        Arc::new(HotBudget {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Keep `content` in memory if the budget allows; `None` when it is spent (the
+    /// connection then reads the content from the spool, as for any retry).
+    pub fn keep(self: &Arc<Self>, content: LoadedMessage) -> Option<Arc<HotContent>> {
+        let n = content.body.len();
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used + n > self.limit {
+                return None;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => used = now,
+            }
+        }
+        Some(Arc::new(HotContent {
+            content,
+            budget: self.clone(),
+        }))
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// A fresh message's content, kept from ingress to its first attempt so that the
+/// connection need not read back what was just written: the bytes go from DATA to the
+/// socket without another copy. Its bytes return to the budget when the last recipient
+/// lets go of it (delivered, deferred or held).
+pub struct HotContent {
+    /// The content.
+    pub content: LoadedMessage,
+    budget: Arc<HotBudget>,
+}
+
+impl Drop for HotContent {
+    fn drop(&mut self) {
+        self.budget
+            .used
+            .fetch_sub(self.content.body.len(), Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for HotContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HotContent({} bytes)", self.content.body.len())
+    }
+}
+
+impl PartialEq for HotContent {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for HotContent {}
 
 /// One recipient waiting in a scheduled queue. Only metadata: the body stays in the spool
 /// until a connection sends it.
@@ -42,6 +133,8 @@ pub struct QueuedMessage {
     pub created_ms: u64,
     /// Time spent held by suspensions (ms); `max_age` does not count it.
     pub held_ms: u64,
+    /// Its content, while it is on its first way out (see [`HotContent`]).
+    pub hot: Option<Arc<HotContent>>,
 }
 
 /// Which scheduled queue a message belongs to.

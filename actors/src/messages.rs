@@ -92,9 +92,14 @@ pub struct BackToSchedule {
     pub bounce: Option<String>,
 }
 
-/// A connection asks for its next message; `None` after the idle timeout.
+/// Recipients of one message at one site, sent in one transaction (up to
+/// `max_recipients_per_batch`); never empty.
+pub type Batch = Vec<ReadyItem>;
+
+/// A connection asks for its next message (a batch of its recipients); `None` after the
+/// idle timeout.
 #[derive(Message)]
-#[rtype(result = "Option<ReadyItem>")]
+#[rtype(result = "Option<Batch>")]
 pub struct NextMessage {
     /// The connection's first request (it was counted as starting).
     pub first: bool,

@@ -5,21 +5,13 @@
 //! threads, so no method blocks except [`SpoolPort::load`], which the connection calls on the
 //! blocking pool.
 
+pub use crate::message::LoadedMessage;
 use crate::message::{MessageKey, Peer, Reply};
 use crate::record::LogRecord;
 use futures::future::BoxFuture;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// What a connection needs of a message to send it.
-#[derive(Debug, Clone)]
-pub struct LoadedMessage {
-    /// Envelope sender (MAIL FROM).
-    pub sender: String,
-    /// Content as stored (with our Received header).
-    pub body: Arc<[u8]>,
-}
 
 /// Durable changes to the spool; each is queued to the group-commit writer.
 pub trait SpoolPort: Send + Sync + 'static {
@@ -151,14 +143,16 @@ pub struct ConnectFailure {
 pub trait SmtpSession: Send {
     /// Who we are talking to.
     fn peer(&self) -> &Peer;
-    /// Send one message to one recipient; the reply that decides its fate. After a transport
-    /// error the reply is synthetic and [`SmtpSession::usable`] turns false.
+    /// Send one message to several recipients in one transaction; one reply per
+    /// recipient, in order: its RCPT reply if that refused it, else the reply that decided
+    /// the message (MAIL, DATA or the final dot). After a transport error the replies are
+    /// synthetic and [`SmtpSession::usable`] turns false.
     fn send<'a>(
         &'a mut self,
         sender: &'a str,
-        recipient: &'a str,
-        body: Arc<[u8]>,
-    ) -> BoxFuture<'a, Reply>;
+        recipients: &'a [&'a str],
+        content: &'a LoadedMessage,
+    ) -> BoxFuture<'a, Vec<Reply>>;
     /// Whether another message may be sent on this session.
     fn usable(&self) -> bool;
     /// QUIT and close.

@@ -2,7 +2,9 @@
 //! that carry them.
 //!
 //! Traffic shaping applies here: at most `connection_limit` ConnectionActors, each carrying
-//! up to `max_deliveries_per_connection` messages; at most `max_ready` messages waiting —
+//! up to `max_deliveries_per_connection` messages, and the recipients of one message that
+//! wait here side by side leave together in one transaction (up to
+//! `max_recipients_per_batch`); at most `max_ready` messages waiting —
 //! an offer beyond that is refused in part, and the scheduled queue keeps the rest (back-
 //! pressure instead of an unbounded pile). A connection that finds the queue empty waits up
 //! to the idle timeout for the next message rather than hanging up at once.
@@ -25,11 +27,11 @@
 use crate::automation::RulesInForce;
 use crate::connection::{ConnectionActor, ConnectionKit, ReadyLine};
 use crate::limits::{Limiter, ProviderGate, ProviderGates};
-use crate::message::{MessageKey, QueueIdentity};
+use crate::message::{message_id, MessageKey, QueueIdentity};
 use crate::messages::{
-    BackToSchedule, BounceReady, ConnectResult, ConnectionClosed, DeliveryOutcome, NextMessage,
-    Offer, QueueLine, ReadyInfo, ReadyItem, ReadyQueueInfo, ReadyRoom, Reshape, SourceSuspension,
-    Withdraw,
+    BackToSchedule, Batch, BounceReady, ConnectResult, ConnectionClosed, DeliveryOutcome,
+    NextMessage, Offer, QueueLine, ReadyInfo, ReadyItem, ReadyQueueInfo, ReadyRoom, Reshape,
+    SourceSuspension, Withdraw,
 };
 use crate::ports::{ConnectTarget, EgressSource, MxHost};
 use crate::registry::Registry;
@@ -131,7 +133,7 @@ pub struct ReadyQueueActor {
     /// How its connections reach it (set when it starts).
     line: Option<ReadyLine>,
     ready: VecDeque<ReadyItem>,
-    waiting: VecDeque<oneshot::Sender<ReadyItem>>,
+    waiting: VecDeque<oneshot::Sender<Batch>>,
     connections: usize,
     /// Connections started that have not yet asked for their first message.
     starting: usize,
@@ -297,6 +299,24 @@ impl ReadyQueueActor {
         }
     }
 
+    /// The next message: the front item and the items right behind it that are other
+    /// recipients of the same message (its offer put them side by side).
+    fn pop_batch(&mut self) -> Option<Batch> {
+        let first = self.ready.pop_front()?;
+        let key = first.message.key;
+        let id = message_id(&key);
+        let mut batch = vec![first];
+        while batch.len() < self.settings.max_recipients_per_batch
+            && self
+                .ready
+                .front()
+                .is_some_and(|next| message_id(&next.message.key) == id)
+        {
+            batch.extend(self.ready.pop_front());
+        }
+        Some(batch)
+    }
+
     /// Hand waiting connections their next message, then open connections while there is
     /// more mail than connections and the limit allows.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
@@ -309,11 +329,13 @@ impl ReadyQueueActor {
                 self.pace_after(wait, ctx);
                 break;
             }
-            let (Some(item), Some(w)) = (self.ready.pop_front(), self.waiting.pop_front()) else {
+            let (Some(batch), Some(w)) = (self.pop_batch(), self.waiting.pop_front()) else {
                 break;
             };
-            if let Err(item) = w.send(item) {
-                self.ready.push_front(item);
+            if let Err(batch) = w.send(batch) {
+                for item in batch.into_iter().rev() {
+                    self.ready.push_front(item);
+                }
             }
         }
         self.wake_blocked();
@@ -421,7 +443,7 @@ impl Handler<Offer> for ReadyQueueActor {
 }
 
 impl Handler<NextMessage> for ReadyQueueActor {
-    type Result = ResponseFuture<Option<ReadyItem>>;
+    type Result = ResponseFuture<Option<Batch>>;
 
     fn handle(&mut self, ask: NextMessage, ctx: &mut Context<Self>) -> Self::Result {
         if ask.first {
@@ -433,10 +455,10 @@ impl Handler<NextMessage> for ReadyQueueActor {
         if !self.ready.is_empty() && self.waiting.is_empty() {
             match self.message_permit() {
                 Ok(()) => {
-                    let item = self.ready.pop_front();
+                    let batch = self.pop_batch();
                     self.wake_blocked();
                     self.publish();
-                    return Box::pin(async move { item });
+                    return Box::pin(async move { batch });
                 }
                 Err(wait) => self.pace_after(wait, ctx),
             }

@@ -130,6 +130,8 @@ pub struct ShapingOptions {
     pub consecutive_connection_failures_before_delay: Option<usize>,
     /// How long a host whose STARTTLS failed is sent to in plain text (Opportunistic only).
     pub remember_broken_tls: Option<Duration>,
+    /// Recipients of one message sent in one transaction.
+    pub max_recipients_per_batch: Option<usize>,
 }
 
 impl ShapingOptions {
@@ -152,7 +154,8 @@ impl ShapingOptions {
             data_timeout,
             data_dot_timeout,
             consecutive_connection_failures_before_delay,
-            remember_broken_tls
+            remember_broken_tls,
+            max_recipients_per_batch
         )
     }
 
@@ -185,6 +188,7 @@ impl ShapingOptions {
                 self.consecutive_connection_failures_before_delay = Some(count(name, value)?)
             }
             "remember_broken_tls" => self.remember_broken_tls = Some(duration(name, value)?),
+            "max_recipients_per_batch" => self.max_recipients_per_batch = Some(count(name, value)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -269,6 +273,8 @@ pub struct PathSettings {
     pub consecutive_connection_failures_before_delay: usize,
     /// How long a broken STARTTLS host is remembered.
     pub remember_broken_tls: Option<Duration>,
+    /// Recipients of one message sent in one transaction.
+    pub max_recipients_per_batch: usize,
 }
 
 impl PathSettings {
@@ -294,6 +300,7 @@ impl PathSettings {
                 .unwrap_or(100)
                 .max(1),
             remember_broken_tls: o.remember_broken_tls,
+            max_recipients_per_batch: o.max_recipients_per_batch.unwrap_or(100).max(1),
         }
     }
 }

@@ -6,6 +6,7 @@ use super::Ingress;
 use crate::logs::{LogRecord, RecordKind};
 use crate::spool::{queue_name, Envelope, MessageId, NewMessage, QueueEntry, SpoolError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use switchyard_actors::message::LoadedMessage;
 
 /// A message ready to be stored: envelope, tenancy and the content as it will be sent
 /// (tenancy headers removed, our Received header first).
@@ -59,7 +60,9 @@ impl Ingress {
                 held_ms: 0,
             })
             .collect();
-        let size = a.message.len() as u64;
+        // Stored in wire form, so that no attempt copies it to stuff dots.
+        let body = bytes::Bytes::from(super::data::wire_form(a.message));
+        let size = body.len() as u64;
         let envelope = Envelope {
             sender: a.sender,
             recipients: a.recipients.into_iter().map(|(r, _)| r).collect(),
@@ -68,6 +71,7 @@ impl Ingress {
             received_ms: now_ms,
             client_addr: a.client.clone(),
             helo: a.helo,
+            dot_stuffed: true,
         };
         let record = LogRecord {
             id: Some(id.to_string()),
@@ -82,16 +86,26 @@ impl Ingress {
         };
         let tenant = envelope.tenant.clone();
         let sender = envelope.sender.clone();
+        // The content rides along to the first attempt (within the budget).
+        let hot = self.hot.keep(LoadedMessage {
+            sender: sender.clone(),
+            body: body.clone(),
+            stuffed: true,
+        });
         let submissions: Vec<_> = entries
             .iter()
             .enumerate()
-            .map(|(i, e)| e.submission(crate::spool::entry_key(id, i as u32)))
+            .map(|(i, e)| {
+                let mut s = e.submission(crate::spool::entry_key(id, i as u32));
+                s.message.hot = hot.clone();
+                s
+            })
             .collect();
         self.spool
             .store(NewMessage {
                 id,
                 envelope,
-                body: a.message,
+                body,
                 entries,
             })
             .await

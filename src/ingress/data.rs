@@ -178,6 +178,30 @@ impl DataReader {
     }
 }
 
+/// `body` in its wire form (RFC 5321 §4.5.2): every line that starts with "." gets another
+/// one, and the text ends in CRLF; the end mark is not added. The common body has no such
+/// line and comes back as it is, without a copy.
+pub fn wire_form(mut body: Vec<u8>) -> Vec<u8> {
+    let dots =
+        usize::from(body.first() == Some(&b'.')) + memchr::memmem::find_iter(&body, b"\n.").count();
+    if dots > 0 {
+        let mut out = Vec::with_capacity(body.len() + dots + 2);
+        let mut line_start = true;
+        for &b in &body {
+            if line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            line_start = b == b'\n';
+        }
+        body = out;
+    }
+    if !body.ends_with(b"\r\n") {
+        body.extend_from_slice(b"\r\n");
+    }
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +248,24 @@ mod tests {
         let (end, body) = read(&input, 10);
         assert_eq!(end, Some(input.len()));
         assert_eq!(body, Err(DataProblem::TooBig));
+    }
+
+    #[test]
+    fn wire_form_stuffs_what_reading_unstuffs() {
+        let body = b".lead\r\nmid\r\n.\r\n..two\r\nend".to_vec();
+        let wire = wire_form(body.clone());
+        assert_eq!(wire, b"..lead\r\nmid\r\n..\r\n...two\r\nend\r\n");
+        let mut r = DataReader::new(1 << 20);
+        let mut input = wire.clone();
+        input.extend_from_slice(b".\r\n");
+        assert_eq!(r.feed(&input), Some(input.len()));
+        let mut expected = body;
+        expected.extend_from_slice(b"\r\n");
+        assert_eq!(r.finish().unwrap(), expected);
+        let plain = b"Subject: x\r\n\r\nno dots\r\n".to_vec();
+        let ptr = plain.as_ptr();
+        let same = wire_form(plain);
+        assert_eq!(same.as_ptr(), ptr, "nothing to stuff: no copy");
     }
 
     #[test]

@@ -21,10 +21,15 @@ use session::{Ended, Session};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_actors::message::HotBudget;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+
+/// Bytes of fresh messages' content kept in memory for their first attempt (beyond it,
+/// connections read the content back from the spool).
+const HOT_CONTENT_BUDGET: usize = 64 << 20;
 
 /// Time a client has to finish the TLS handshake after STARTTLS.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,6 +52,8 @@ pub struct Ingress {
     pub log: EventLog,
     /// Where spooled mail goes next.
     pub engine: Arc<switchyard_actors::engine::Engine>,
+    /// Memory for fresh messages' content on its way to the first attempt.
+    pub hot: Arc<HotBudget>,
     sessions: Arc<Semaphore>,
 }
 
@@ -75,6 +82,7 @@ impl Ingress {
             spool,
             log,
             engine,
+            hot: HotBudget::new(HOT_CONTENT_BUDGET),
             sessions: Arc::new(Semaphore::new(c.smtp.max_connections)),
         }))
     }

@@ -1,17 +1,21 @@
 //! One outbound SMTP session: banner, EHLO (HELO fallback), STARTTLS, and messages.
 //!
-//! Replies are parsed by smtp-proto. With PIPELINING the envelope (MAIL, RCPT, DATA) goes in
-//! one write; RSET separates messages on a reused session; the peer's SIZE is respected
-//! before anything is sent. Every wait has its timeout, and any transport error turns into a
+//! Replies are parsed by smtp-proto. One transaction carries one message to every recipient
+//! of a batch; with PIPELINING the envelope (MAIL, each RCPT, DATA) goes in one write, and
+//! every reply of the group is read and judged on its own (RFC 2920): a recipient refused
+//! at RCPT keeps its own reply, the others get the one that decided the message. A DATA
+//! answered `354` when no recipient was accepted gets a lone end mark, so the session stays
+//! in step. RSET separates messages on a reused session; the peer's SIZE is respected before
+//! anything is sent. Content stored in wire form (dot-stuffed at ingress) is written as it
+//! is, without a copy. Every wait has its timeout, and any transport error turns into a
 //! synthetic `451 4.4.2` reply (a transient failure) and makes the session unusable.
 
 use super::stream::Stream;
 use futures::future::BoxFuture;
 use smtp_proto::response::parser::ResponseReceiver;
 use smtp_proto::{EhloResponse, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS};
-use std::sync::Arc;
 use std::time::Duration;
-use switchyard_actors::message::{Peer, Reply};
+use switchyard_actors::message::{LoadedMessage, Peer, Reply};
 use switchyard_actors::ports::{SmtpSession, Timeouts};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -164,23 +168,26 @@ impl Client {
         self.extensions & EXT_START_TLS != 0
     }
 
+    /// One message to `recipients`: one reply each (see the module doc).
     async fn transaction(
         &mut self,
         sender: &str,
-        recipient: &str,
-        body: &[u8],
-    ) -> Result<Reply, TransportError> {
+        recipients: &[&str],
+        content: &LoadedMessage,
+    ) -> Result<Vec<Reply>, TransportError> {
         let t = self.timeouts.command;
+        let all = |r: &Reply| vec![r.clone(); recipients.len()];
         if self.need_rset {
             let r = self.command("RSET").await?;
             if !r.is_success() {
                 self.usable = false;
-                return Ok(r);
+                return Ok(all(&r));
             }
         }
         self.need_rset = true;
+        let body = &content.body;
         if self.size_limit > 0 && body.len() > self.size_limit {
-            return Ok(Reply::internal(
+            return Ok(all(&Reply::internal(
                 552,
                 "5.3.4",
                 format!(
@@ -188,61 +195,91 @@ impl Client {
                     body.len(),
                     self.size_limit
                 ),
-            ));
+            )));
         }
         let mail = format!("MAIL FROM:<{sender}>\r\n");
-        let rcpt = format!("RCPT TO:<{recipient}>\r\n");
-        let (mail_reply, rcpt_reply, data_reply) = if self.extensions & EXT_PIPELINING != 0 {
-            self.write(format!("{mail}{rcpt}DATA\r\n").as_bytes(), t)
-                .await?;
-            (
-                self.reply(t).await?,
-                self.reply(t).await?,
-                self.reply(t).await?,
-            )
+        let rcpt = |r: &str| format!("RCPT TO:<{r}>\r\n");
+        let (mail_reply, rcpt_replies, data_reply) = if self.extensions & EXT_PIPELINING != 0 {
+            let mut envelope = mail;
+            for r in recipients {
+                envelope.push_str(&rcpt(r));
+            }
+            envelope.push_str("DATA\r\n");
+            self.write(envelope.as_bytes(), t).await?;
+            let m = self.reply(t).await?;
+            let mut rs = Vec::with_capacity(recipients.len());
+            for _ in recipients {
+                rs.push(self.reply(t).await?);
+            }
+            (m, rs, Some(self.reply(t).await?))
         } else {
             self.write(mail.as_bytes(), t).await?;
             let m = self.reply(t).await?;
             if !m.is_success() {
-                return Ok(m);
+                return Ok(all(&m));
             }
-            self.write(rcpt.as_bytes(), t).await?;
-            let r = self.reply(t).await?;
-            if !r.is_success() {
-                return Ok(r);
+            let mut rs = Vec::with_capacity(recipients.len());
+            for r in recipients {
+                self.write(rcpt(r).as_bytes(), t).await?;
+                rs.push(self.reply(t).await?);
             }
-            (m, r, self.command("DATA").await?)
+            let data = if rs.iter().any(Reply::is_success) {
+                Some(self.command("DATA").await?)
+            } else {
+                None
+            };
+            (m, rs, data)
         };
+        let accepted = mail_reply.is_success() && rcpt_replies.iter().any(Reply::is_success);
+        if data_reply.as_ref().is_some_and(|d| d.code == 354) && !accepted {
+            // RFC 2920 §3.1: DATA went ahead of the refusals; close it with nothing in it.
+            self.write(b".\r\n", self.timeouts.data).await?;
+            self.reply(self.timeouts.data_dot).await?;
+        }
         if !mail_reply.is_success() {
-            return Ok(mail_reply);
+            return Ok(all(&mail_reply));
         }
-        if !rcpt_reply.is_success() {
-            return Ok(rcpt_reply);
+        let decided = match data_reply {
+            _ if !accepted => None,
+            Some(d) if d.code == 354 => {
+                if content.stuffed {
+                    self.write_all_then_dot(body).await?;
+                } else {
+                    self.write(&dot_stuff(body), self.timeouts.data).await?;
+                }
+                Some(self.reply(self.timeouts.data_dot).await?)
+            }
+            other => other,
+        };
+        Ok(rcpt_replies
+            .into_iter()
+            .map(|r| match (&decided, r.is_success()) {
+                (Some(d), true) => d.clone(),
+                _ => r,
+            })
+            .collect())
+    }
+
+    /// Write content already in wire form, then the end mark.
+    async fn write_all_then_dot(&mut self, body: &[u8]) -> Result<(), TransportError> {
+        let w = async {
+            let s = self.io.get_mut();
+            s.write_all(body).await?;
+            s.write_all(b".\r\n").await?;
+            s.flush().await
+        };
+        match tokio::time::timeout(self.timeouts.data, w).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(TransportError(e.to_string())),
+            Err(_) => Err(TransportError("timed out writing to the peer".into())),
         }
-        if data_reply.code != 354 {
-            return Ok(data_reply);
-        }
-        let payload = dot_stuff(body);
-        self.write(&payload, self.timeouts.data).await?;
-        self.reply(self.timeouts.data_dot).await
     }
 }
 
-/// The message as it goes on the wire after DATA: lines starting with "." get another one,
-/// a final CRLF if missing, then the end mark.
+/// The message as it goes on the wire after DATA, for content stored before ingress kept
+/// it in wire form: dot-stuffed, a final CRLF if missing, then the end mark.
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
-    let mut line_start = true;
-    for &b in body {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        line_start = b == b'\n';
-    }
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
+    let mut out = crate::ingress::data::wire_form(body.to_vec());
     out.extend_from_slice(b".\r\n");
     out
 }
@@ -255,15 +292,15 @@ impl SmtpSession for Client {
     fn send<'a>(
         &'a mut self,
         sender: &'a str,
-        recipient: &'a str,
-        body: Arc<[u8]>,
-    ) -> BoxFuture<'a, Reply> {
+        recipients: &'a [&'a str],
+        content: &'a LoadedMessage,
+    ) -> BoxFuture<'a, Vec<Reply>> {
         Box::pin(async move {
-            match self.transaction(sender, recipient, &body).await {
+            match self.transaction(sender, recipients, content).await {
                 Ok(r) => r,
                 Err(e) => {
                     self.usable = false;
-                    e.reply()
+                    vec![e.reply(); recipients.len()]
                 }
             }
         })

@@ -104,6 +104,10 @@ impl ScheduledQueueActor {
             return;
         }
         self.held_since = Some(now_ms());
+        // Held mail may wait long: its content waits in the spool, not in memory.
+        for m in self.scheduled.values_mut() {
+            m.hot = None;
+        }
         if let Some((_, handle)) = self.wake.take() {
             ctx.cancel_future(handle);
         }

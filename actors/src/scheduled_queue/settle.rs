@@ -179,6 +179,8 @@ impl ScheduledQueueActor {
         self.all.ports.events.write(record);
         match next_due {
             Some(due) => {
+                // A retry is minutes away: its content waits in the spool, not in memory.
+                m.hot = None;
                 m.due_ms = due;
                 self.all
                     .ports
