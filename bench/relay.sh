@@ -3,16 +3,33 @@
 # same machine, same run, same sink program.
 #
 #   bench/relay.sh [MESSAGES] [SESSIONS] [BYTES]     defaults: 20000 20 5120
+#   RECONNECT=1 bench/relay.sh ...   a new connection per message (as many injecting
+#                                    applications do) instead of smtp-source -d
+#   PROFILE=FILE bench/relay.sh ...  perf record -g of the switchyard daemon's run
 #
 # The clock runs from the first injected message until the MTA has handed the last one to
 # the sink (switchyard: switchyard_delivery_total{outcome="delivered"}; Postfix: its queue
-# is empty again). Both fsync each message before accepting it.
+# is empty again). Both fsync each message before accepting it. CPU: user+system seconds of
+# the MTA's own processes (switchyard's daemon; Postfix's master, its children and what
+# they left behind) per 1,000 messages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 . bench/postfix.sh
 
 N=${1:-20000}; S=${2:-20}; L=${3:-5120}
+keep=-d
+[ "${RECONNECT:-0}" = 1 ] && keep=
+tick=$(getconf CLK_TCK)
+# user+system clock ticks of one process (with its reaped children when $2 = all).
+ticks() { awk -v all="${2:-}" '{ t = $14 + $15; if (all) t += $16 + $17; print t }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+pf_ticks() {
+  local master; master=$(head -1 "$work/postfix/spool/pid/master.pid" 2>/dev/null | tr -d ' ')
+  [ -n "$master" ] || { echo 0; return; }
+  local total; total=$(ticks "$master" all)
+  for child in $(pgrep -P "$master"); do total=$((total + $(ticks "$child"))); done
+  echo "$total"
+}
 work=$(mktemp -d /var/tmp/switchyard-relay.XXXXXX)
 chmod 755 "$work"  # Postfix runs as user postfix and must reach its queue
 base=$((20000 + RANDOM % 10000))
@@ -55,26 +72,35 @@ pf_queued() {
        "$work/postfix/spool/maildrop" -type f 2>/dev/null | wc -l
 }
 
+if [ -n "${PROFILE:-}" ]; then
+  perf record -g -o "$PROFILE" -p "$sy_pid" 2>/dev/null &
+  perf_pid=$!
+fi
+cpu0=$(ticks "$sy_pid")
 start=$(now)
-smtp-source -d -s "$S" -m "$N" -l "$L" -f bench@example.com -t rcpt@example.org "127.0.0.1:$sy_port"
+smtp-source $keep -s "$S" -m "$N" -l "$L" -f bench@example.com -t rcpt@example.org "127.0.0.1:$sy_port"
 injected=$(now)
 until [ "$(sy_delivered)" -ge "$N" ]; do sleep 0.05; done
 sy_end=$(now)
+sy_cpu=$(echo "($(ticks "$sy_pid") - $cpu0) / $tick * 1000 / $N" | bc -l)
+if [ -n "${perf_pid:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
 sy_rate=$(echo "$N / ($sy_end - $start)" | bc -l)
 sy_inject=$(echo "$N / ($injected - $start)" | bc -l)
 
+cpu0=$(pf_ticks)
 start=$(now)
-smtp-source -d -s "$S" -m "$N" -l "$L" -f bench@example.com -t rcpt@example.org "127.0.0.1:$pf_port"
+smtp-source $keep -s "$S" -m "$N" -l "$L" -f bench@example.com -t rcpt@example.org "127.0.0.1:$pf_port"
 injected=$(now)
 sleep 0.5
 until [ "$(pf_queued)" -eq 0 ]; do sleep 0.05; done
 pf_end=$(now)
+pf_cpu=$(echo "($(pf_ticks) - $cpu0) / $tick * 1000 / $N" | bc -l)
 pf_rate=$(echo "$N / ($pf_end - $start)" | bc -l)
 pf_inject=$(echo "$N / ($injected - $start)" | bc -l)
 pf_deferred=$(grep -c "status=deferred" "$work/postfix/maillog" || true)
 sy_other=$(curl -s "127.0.0.1:$sy_http/metrics" | awk '/^switchyard_delivery_total\{.*outcome="(transient|bounced)"/{s+=$2} END{print s+0}')
 
-printf 'messages=%s sessions=%s bytes=%s\n' "$N" "$S" "$L"
-printf 'switchyard: %.0f msg/s end to end (injection alone %.0f msg/s; %s deferred/bounced)\n' "$sy_rate" "$sy_inject" "$sy_other"
-printf 'postfix:    %.0f msg/s end to end (injection alone %.0f msg/s; %s deferred)\n' "$pf_rate" "$pf_inject" "$pf_deferred"
-printf 'ratio:      %.2fx\n' "$(echo "$sy_rate / $pf_rate" | bc -l)"
+printf 'messages=%s sessions=%s bytes=%s connections=%s\n' "$N" "$S" "$L" "$([ -n "$keep" ] && echo kept || echo per-message)"
+printf 'switchyard: %.0f msg/s end to end (injection alone %.0f msg/s; %s deferred/bounced); %.3f CPU s per 1000\n' "$sy_rate" "$sy_inject" "$sy_other" "$sy_cpu"
+printf 'postfix:    %.0f msg/s end to end (injection alone %.0f msg/s; %s deferred); %.3f CPU s per 1000\n' "$pf_rate" "$pf_inject" "$pf_deferred" "$pf_cpu"
+printf 'ratio:      %.2fx (CPU per message: postfix/switchyard %.1fx)\n' "$(echo "$sy_rate / $pf_rate" | bc -l)" "$(echo "$pf_cpu / $sy_cpu" | bc -l)"

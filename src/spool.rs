@@ -14,7 +14,8 @@
 //! Durability: all writes go through one writer thread that does *group commit*: it takes
 //! every write waiting in its channel — new messages from ingress, and removals and
 //! reschedulings from the scheduled queues — puts them into one fjall batch and commits it
-//! with `PersistMode::SyncAll`, then answers each new-message request. Many concurrent SMTP sessions thus
+//! with `PersistMode::SyncAll`, then answers each new-message request. (A batch holding only
+//! settlements is not fsynced on its own: see `Writer::commit_ops`.) Many concurrent SMTP sessions thus
 //! cost one fsync per batch, not one per message, and no caller hears "stored" before the
 //! fsync returned. Before a batch the writer checks the filesystem's free space against
 //! `[spool] min_free_space`, so a nearly full disk refuses mail cleanly (`452 4.3.1`)
@@ -565,8 +566,23 @@ impl Writer {
         self.commit_ops(ops.iter())
     }
 
-    fn commit_ops<'a>(&self, ops: impl Iterator<Item = &'a WriteOp>) -> Result<(), SpoolError> {
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+    fn commit_ops<'a>(
+        &self,
+        ops: impl Iterator<Item = &'a WriteOp> + Clone,
+    ) -> Result<(), SpoolError> {
+        // New messages and state are fsynced before anyone hears of them. A batch of
+        // settlements alone is only handed to the OS: the next fsync (the journal is one
+        // sequential file) makes it durable too, and if a crash comes first the worst case
+        // is a recipient delivered once more — never a message lost.
+        let must_sync = ops
+            .clone()
+            .any(|op| !matches!(op, WriteOp::Remove(_) | WriteOp::Reschedule { .. }));
+        let mode = if must_sync {
+            PersistMode::SyncAll
+        } else {
+            PersistMode::Buffer
+        };
+        let mut batch = self.db.batch().durability(Some(mode));
         let (mut added, mut added_bytes) = (0u64, 0u64);
         let mut removed_ids = Vec::new();
         for op in ops {
