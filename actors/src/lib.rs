@@ -30,6 +30,7 @@ pub mod campaign;
 pub mod classifier;
 pub mod connection;
 pub mod engine;
+pub mod hops;
 pub mod limits;
 pub mod message;
 pub mod messages;

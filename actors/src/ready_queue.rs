@@ -433,6 +433,9 @@ impl Handler<Offer> for ReadyQueueActor {
             self.settings.max_ready.saturating_sub(self.ready.len())
         };
         let taken = offer.items.len().min(room);
+        for item in offer.items.iter().take(taken) {
+            crate::hops::record(&item.message.key, "ready-queue");
+        }
         if taken < offer.items.len() && self.blocked_names.insert(offer.queue.clone()) {
             self.blocked.push_back((offer.queue, offer.from));
         }

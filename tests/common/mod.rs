@@ -83,7 +83,13 @@ impl Daemon {
 
     /// Start the process (again) on the same config and data.
     pub fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    /// Start the process (again) with extra environment variables.
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
         let child = Command::new(BIN)
+            .envs(env.iter().copied())
             .args(["serve", "--config"])
             .arg(&self.config)
             .current_dir(self.dir.path())

@@ -231,6 +231,7 @@ impl Handler<Enqueue> for ScheduledQueueActor {
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
         self.batches_received += 1;
         for m in msg.messages {
+            crate::hops::record(&m.key, "scheduled-queue");
             self.schedule(m);
         }
         self.pump(ctx);

@@ -174,6 +174,7 @@ impl ScheduledQueueActor {
                 s.bounce_class
             },
             size: s.size,
+            hops: crate::hops::trace(&m.key),
             ..LogRecord::new(fate.record())
         };
         self.all.ports.events.write(record);
