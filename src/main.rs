@@ -253,7 +253,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    switchyard_actors::hops::enable_from_env();
+    switchyard_actors::test_hooks::enable_from_env();
     match cli.command {
         Command::Check { config } => match load(config.as_deref()) {
             Some(c) => {

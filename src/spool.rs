@@ -588,7 +588,7 @@ impl Writer {
         for op in ops {
             match op {
                 WriteOp::Store { message: m, .. } => {
-                    switchyard_actors::hops::record(m.id.0.as_bytes(), "spool-commit");
+                    switchyard_actors::test_hooks::hop(m.id.0.as_bytes(), "spool-commit");
                     let record = encode_message(&m.envelope, &m.body);
                     added += 1;
                     added_bytes += record.len() as u64;

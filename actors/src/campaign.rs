@@ -12,7 +12,7 @@ use crate::messages::{
     gather_infos, sum_counts, AdminBounce, CampaignGone, QueueGone, QueueInfo, Recheck,
     ScheduledInfo,
 };
-use crate::registry::{gauge_refresh, Arbiters, Registry};
+use crate::registry::{gauge_refresh, Arbiters, Lease, Registry};
 use crate::scheduled_queue::ScheduledQueueActor;
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -34,15 +34,13 @@ pub struct Campaigns {
 
 impl Campaigns {
     /// The campaign of `key` for one [`QueueStarted`] (leased), started when there is none;
-    /// `parent` gives the tenant to tell when it goes. The serial is `Some` when it started.
+    /// `parent` gives the tenant to tell when it goes.
     pub fn lease(
         self: &Arc<Self>,
         key: &CampaignKey,
         parent: impl FnOnce() -> Recipient<CampaignGone>,
-    ) -> (Addr<CampaignActor>, Option<u64>) {
-        let mut started = None;
-        let (addr, _) = self.registry.lease(key, |serial| {
-            started = Some(serial);
+    ) -> Lease<CampaignActor> {
+        self.registry.lease(key, |serial| {
             let (key, all, parent) = (key.clone(), self.clone(), parent());
             CampaignActor::start_in_arbiter(&self.arbiters.next(), move |_| CampaignActor {
                 key,
@@ -53,8 +51,7 @@ impl Campaigns {
                 registrations: 0,
                 idle_since: Some(Instant::now()),
             })
-        });
-        (addr, started)
+        })
     }
 }
 

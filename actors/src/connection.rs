@@ -140,9 +140,9 @@ async fn deliver_loop(
         let (replies, sent_as) = match content(&kit, &items).await {
             Ok(m) => {
                 let recipients: Vec<&str> = items.iter().map(|i| &*i.message.recipient).collect();
-                crate::hops::record(&items[0].message.key, "connection-send");
+                crate::test_hooks::hop(&items[0].message.key, "connection-send");
                 let replies = session.send(&m.sender, &recipients, &m).await;
-                crate::hops::record(&items[0].message.key, "remote-reply");
+                crate::test_hooks::hop(&items[0].message.key, "remote-reply");
                 (replies, Some((m.sender.clone(), m.body.len() as u64)))
             }
             Err(reply) => (vec![reply; items.len()], None),

@@ -21,7 +21,7 @@ use crate::messages::{
 use crate::pool::Pools;
 use crate::ports::Ports;
 use crate::ready_queue::ReadyQueues;
-use crate::registry::{Arbiters, Registry};
+use crate::registry::{Arbiters, Lease, Registry};
 use crate::scheduled_queue::schedule::RetryPolicy;
 use crate::scheduled_queue::{ScheduledQueueActor, ScheduledQueues};
 use crate::shaping::{Rate, Shaping};
@@ -118,7 +118,7 @@ impl Engine {
         let classifier_ctx = Context::<ClassifierActor>::new();
         let register_ctx = Context::<SuspensionRegister>::new();
         let ready = Arc::new(ReadyQueues {
-            registry: Registry::new("switchyard_ready_queues"),
+            registry: Registry::new("switchyard_ready_queues", 1),
             rules: rules.clone(),
             view: view.clone(),
             gates: ProviderGates::default(),
@@ -131,17 +131,20 @@ impl Engine {
             reap_after: settings.reap_after,
         });
         let tenants = Arc::new(Tenants {
-            registry: Registry::new("switchyard_tenants"),
+            registry: Registry::new("switchyard_tenants", 1),
             arbiters: arbiters.clone(),
             reap_after: settings.reap_after,
         });
         let campaigns = Arc::new(Campaigns {
-            registry: Registry::new("switchyard_campaigns"),
+            registry: Registry::new("switchyard_campaigns", 1),
             arbiters: arbiters.clone(),
             reap_after: settings.reap_after,
         });
         let queues = Arc::new(ScheduledQueues {
-            registry: Registry::new("switchyard_scheduled_queues"),
+            registry: Registry::new(
+                "switchyard_scheduled_queues",
+                crate::scheduled_queue::ENQUEUE_ROOM,
+            ),
             ready: ready.clone(),
             view: view.clone(),
             ports: ports.clone(),
@@ -185,14 +188,14 @@ impl Engine {
             by_queue.entry(s.queue).or_default().push(s.message);
         }
         for (id, messages) in by_queue {
-            let queue = self.lease_queue(&id);
-            let enqueue = Enqueue { messages };
-            let handed = match queue.try_send(enqueue) {
-                Ok(()) => true,
-                Err(SendError::Full(enqueue)) => queue.send(enqueue).await.is_ok(),
-                Err(SendError::Closed(_)) => false,
-            };
-            if !handed {
+            let lease = self.lease_queue(&id);
+            // Wait for room among the batches waiting for this queue: the bound on new mail.
+            let room = lease.room.acquire_owned().await.ok();
+            let enqueue = Enqueue { messages, room };
+            // Leased and within its room: the queue cannot stop before this arrives, and
+            // the mailbox holds at most ENQUEUE_ROOM of these.
+            // (A fresh address never refuses as full: actix queues past the capacity.)
+            if lease.addr.try_send(enqueue).is_err() {
                 tracing::error!(queue = %id.name(), "scheduled queue is gone; its messages wait in the spool for the next start");
             }
         }
@@ -200,44 +203,44 @@ impl Engine {
 
     /// The scheduled queue of `id`, leased for one Enqueue; a new queue is registered with
     /// its campaign (and a new campaign with its tenant).
-    fn lease_queue(&self, id: &QueueIdentity) -> Addr<ScheduledQueueActor> {
+    fn lease_queue(&self, id: &QueueIdentity) -> Lease<ScheduledQueueActor> {
         let mut campaign = None;
-        let (queue, started) = self.queues.lease(id, || {
+        let lease = self.queues.lease(id, || {
             let key: CampaignKey = (id.tenant.clone(), id.campaign.clone());
             let addr = self.lease_campaign(&key);
             let gone = addr.clone().recipient();
             campaign = Some(addr);
             gone
         });
-        if let (Some(serial), Some(campaign)) = (started, campaign) {
+        if let (Some(serial), Some(campaign)) = (lease.started, campaign) {
             // Leased above: the campaign cannot stop before this arrives. One message per
             // queue started, so this mailbox is bounded by the queues there are.
             campaign.do_send(QueueStarted {
                 domain: id.domain.clone(),
                 serial,
-                addr: queue.clone(),
+                addr: lease.addr.clone(),
             });
         }
-        queue
+        lease
     }
 
     /// The campaign of `key`, leased for one QueueStarted.
     fn lease_campaign(&self, key: &CampaignKey) -> Addr<crate::campaign::CampaignActor> {
         let mut tenant = None;
-        let (campaign, started) = self.campaigns.lease(key, || {
+        let lease = self.campaigns.lease(key, || {
             let addr = self.tenants.lease(&key.0);
             let gone = addr.clone().recipient();
             tenant = Some(addr);
             gone
         });
-        if let (Some(serial), Some(tenant)) = (started, tenant) {
+        if let (Some(serial), Some(tenant)) = (lease.started, tenant) {
             tenant.do_send(CampaignStarted {
                 campaign: key.1.clone(),
                 serial,
-                addr: campaign.clone(),
+                addr: lease.addr.clone(),
             });
         }
-        campaign
+        lease.addr
     }
 
     /// Every live scheduled queue and ready queue, for the admin API.

@@ -31,6 +31,9 @@ use std::sync::Arc;
 pub struct Enqueue {
     /// The messages.
     pub messages: Vec<QueuedMessage>,
+    /// The sender's place among the batches waiting for the queue (see
+    /// [`crate::registry::Lease`]); given back when the queue has taken the messages.
+    pub room: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// How ready queues and connections reach a scheduled queue (one per queue, shared by

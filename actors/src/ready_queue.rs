@@ -434,7 +434,7 @@ impl Handler<Offer> for ReadyQueueActor {
         };
         let taken = offer.items.len().min(room);
         for item in offer.items.iter().take(taken) {
-            crate::hops::record(&item.message.key, "ready-queue");
+            crate::test_hooks::hop(&item.message.key, "ready-queue");
         }
         if taken < offer.items.len() && self.blocked_names.insert(offer.queue.clone()) {
             self.blocked.push_back((offer.queue, offer.from));

@@ -123,7 +123,7 @@ pub struct LogRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     /// Threads the message visited from DATA's end to the remote reply (test-only trace,
-    /// `SWITCHYARD_TRACE_HOPS=1`; see `hops.rs`).
+    /// `SWITCHYARD_TRACE_HOPS=1`; see `test_hooks.rs`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hops: Option<Vec<String>>,
 }

@@ -9,12 +9,19 @@
 //! hand its message over without fear of it being dropped. Messages that are answered
 //! (`send().await`) need no lease: a stopped actor answers them with `MailboxError::Closed`,
 //! and the sender asks the registry again.
+//!
+//! A lease also carries the actor's [`Lease::room`]: a semaphore of as many permits as
+//! leased messages may wait for the actor at once. The sender waits for a permit and sends
+//! it along; the actor drops it when it has handled the message. This, not the actix
+//! mailbox, is what bounds the hand-off: actix lets every clone of an address put one more
+//! message into a full mailbox, so its capacity does not hold against many senders.
 
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
 
 /// The worker arbiters (threads), handed out round robin.
 pub struct Arbiters {
@@ -45,6 +52,17 @@ struct Entry<A: Actor> {
     addr: Addr<A>,
     serial: u64,
     leased: u64,
+    room: Arc<Semaphore>,
+}
+
+/// An actor's address for one leased message, and the room to wait for before sending it.
+pub struct Lease<A: Actor> {
+    /// The actor.
+    pub addr: Addr<A>,
+    /// Permits for messages waiting for the actor (see the module doc).
+    pub room: Arc<Semaphore>,
+    /// Its serial number, when this lease started it.
+    pub started: Option<u64>,
 }
 
 /// Live actors of one kind, by key.
@@ -53,15 +71,19 @@ pub struct Registry<K, A: Actor> {
     serials: AtomicU64,
     /// `switchyard_{name}` gauge of how many are live.
     gauge: &'static str,
+    /// Leased messages that may wait for one actor.
+    room: usize,
 }
 
 impl<K: Eq + Hash + Clone, A: Actor> Registry<K, A> {
-    /// An empty registry whose size is published as the gauge `gauge`.
-    pub fn new(gauge: &'static str) -> Self {
+    /// An empty registry whose size is published as the gauge `gauge`; at most `room`
+    /// leased messages wait for one actor.
+    pub fn new(gauge: &'static str, room: usize) -> Self {
         Registry {
             map: Mutex::new(HashMap::new()),
             serials: AtomicU64::new(0),
             gauge,
+            room: room.max(1),
         }
     }
 
@@ -71,25 +93,35 @@ impl<K: Eq + Hash + Clone, A: Actor> Registry<K, A> {
 
     /// The actor of `key`, started by `start(serial)` when there is none. Counts one leased
     /// message: the caller must hand the actor exactly one message that the actor counts
-    /// towards [`Registry::retire`]. Returns the address and whether it was just started.
-    pub fn lease(&self, key: &K, start: impl FnOnce(u64) -> Addr<A>) -> (Addr<A>, bool) {
+    /// towards [`Registry::retire`].
+    pub fn lease(&self, key: &K, start: impl FnOnce(u64) -> Addr<A>) -> Lease<A> {
         let mut map = self.map();
         if let Some(e) = map.get_mut(key) {
             e.leased += 1;
-            return (e.addr.clone(), false);
+            return Lease {
+                addr: e.addr.clone(),
+                room: e.room.clone(),
+                started: None,
+            };
         }
         let serial = self.serials.fetch_add(1, Ordering::Relaxed) + 1;
         let addr = start(serial);
+        let room = Arc::new(Semaphore::new(self.room));
         map.insert(
             key.clone(),
             Entry {
                 addr: addr.clone(),
                 serial,
                 leased: 1,
+                room: room.clone(),
             },
         );
         metrics::gauge!(self.gauge).set(map.len() as f64);
-        (addr, true)
+        Lease {
+            addr,
+            room,
+            started: Some(serial),
+        }
     }
 
     /// The actor of `key`, if one is live (no lease).
@@ -112,6 +144,7 @@ impl<K: Eq + Hash + Clone, A: Actor> Registry<K, A> {
                 addr: addr.clone(),
                 serial,
                 leased: 0,
+                room: Arc::new(Semaphore::new(self.room)),
             },
         );
         metrics::gauge!(self.gauge).set(map.len() as f64);

@@ -45,7 +45,7 @@ impl Tenants {
                     idle_since: Some(Instant::now()),
                 })
             })
-            .0
+            .addr
     }
 }
 

@@ -110,7 +110,7 @@ impl Ingress {
             })
             .await
             .map_err(|e| (e, sender))?;
-        switchyard_actors::hops::record(id.0.as_bytes(), "spooled");
+        switchyard_actors::test_hooks::hop(id.0.as_bytes(), "spooled");
         self.engine.submit(submissions).await;
         metrics::counter!("switchyard_received_total", "tenant" => tenant).increment(1);
         self.log.write(record);

@@ -574,7 +574,7 @@ impl Session {
         }
         let campaign = headers.campaign;
         let id = MessageId::new();
-        switchyard_actors::hops::record(id.0.as_bytes(), "data-dot");
+        switchyard_actors::test_hooks::hop(id.0.as_bytes(), "data-dot");
         let helo = self.helo.clone().unwrap_or_default();
         let mut message = self.received_header(&id, &helo, SystemTime::now());
         message.extend_from_slice(&body);

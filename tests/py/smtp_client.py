@@ -4,15 +4,18 @@
   send HOST PORT --count N --rcpt A [--rcpt B ...] [--tenant T] [--campaign C]
       one session, N messages with send_message(); prints one JSON line per message
   inject HOST PORT --count N --threads K --out FILE [--tenant-prefix P] [--campaign C]
-      K sessions in parallel, N messages in all, one transaction each; after every 250
-      appends "message-id tenant campaign" to FILE (flushed), so a test can SIGKILL the
-      daemon mid-stream and know exactly which messages were acknowledged.
+         [--rcpt ADDR] [--seconds S] [--timeout T]
+      K sessions in parallel, N messages in all (or as many as fit in S seconds), one
+      transaction each; after every 250 appends "message-id tenant campaign" to FILE
+      (flushed), so a test can SIGKILL the daemon mid-stream and know exactly which
+      messages were acknowledged. Any reply but 250 is an error (exit 1).
 """
 import argparse
 import json
 import smtplib
 import sys
 import threading
+import time
 from email.message import EmailMessage
 from email.utils import make_msgid
 
@@ -46,16 +49,19 @@ def cmd_inject(a):
     out = open(a.out, "a", buffering=1)
     per = [a.count // a.threads + (1 if t < a.count % a.threads else 0) for t in range(a.threads)]
     errors = []
+    deadline = time.monotonic() + a.seconds if a.seconds else None
 
     def worker(t):
         tenant = f"{a.tenant_prefix}{t}"
         try:
-            with smtplib.SMTP(a.host, a.port, timeout=30) as s:
+            with smtplib.SMTP(a.host, a.port, timeout=a.timeout) as s:
                 s.ehlo("client.test")
                 for i in range(per[t]):
-                    m = make(i, ["rcpt@example.net"], tenant, a.campaign, a.size)
+                    if deadline and time.monotonic() > deadline:
+                        break
+                    m = make(i, [a.rcpt], tenant, a.campaign, a.size)
                     s.mail("sender@example.com")
-                    s.rcpt("rcpt@example.net")
+                    s.rcpt(a.rcpt)
                     code, text = s.data(m.as_bytes())
                     if code != 250:
                         raise RuntimeError(f"DATA got {code} {text!r}")
@@ -96,6 +102,9 @@ def main():
     i.add_argument("--tenant-prefix", default="tenant")
     i.add_argument("--campaign", default="camp")
     i.add_argument("--size", type=int, default=0)
+    i.add_argument("--rcpt", default="rcpt@example.net")
+    i.add_argument("--seconds", type=float, default=0)
+    i.add_argument("--timeout", type=float, default=30)
     a = p.parse_args()
     return cmd_send(a) if a.cmd == "send" else cmd_inject(a)
 

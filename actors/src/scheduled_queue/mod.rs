@@ -33,7 +33,7 @@ use crate::messages::{
 use crate::pool::{Pool, PoolCursor, Pools};
 use crate::ports::{Ports, Route};
 use crate::ready_queue::{ReadyQueueActor, ReadyQueues};
-use crate::registry::{Arbiters, Registry};
+use crate::registry::{Arbiters, Lease, Registry};
 use crate::suspension::SuspensionView;
 use actix::prelude::*;
 use schedule::RetryPolicy;
@@ -42,8 +42,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Messages that may wait in a scheduled queue's mailbox before senders wait for room.
+/// Messages (outcomes, answers) that may wait in a scheduled queue's mailbox before senders
+/// wait for room; new mail is bounded by the registry's room instead.
 const MAILBOX: usize = 256;
+
+/// Batches of new mail that may wait for one scheduled queue; ingress waits beyond that.
+pub const ENQUEUE_ROOM: usize = 64;
 
 /// Every scheduled queue, and what starting one needs.
 pub struct ScheduledQueues {
@@ -78,16 +82,13 @@ impl ScheduledQueues {
         self: &Arc<Self>,
         id: &QueueIdentity,
         parent: impl FnOnce() -> Recipient<QueueGone>,
-    ) -> (Addr<ScheduledQueueActor>, Option<u64>) {
-        let mut started = None;
-        let (addr, _) = self.registry.lease(id, |serial| {
-            started = Some(serial);
+    ) -> Lease<ScheduledQueueActor> {
+        self.registry.lease(id, |serial| {
             let (id, all, parent) = (Arc::new(id.clone()), self.clone(), parent());
             ScheduledQueueActor::start_in_arbiter(&self.arbiters.next(), move |_| {
                 ScheduledQueueActor::new(id, all, parent, serial)
             })
-        });
-        (addr, started)
+        })
     }
 }
 
@@ -229,9 +230,11 @@ impl Handler<Enqueue> for ScheduledQueueActor {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
+        // The sender's permit (msg.room) is given back when this returns.
         self.batches_received += 1;
+        crate::test_hooks::slow_enqueue();
         for m in msg.messages {
-            crate::hops::record(&m.key, "scheduled-queue");
+            crate::test_hooks::hop(&m.key, "scheduled-queue");
             self.schedule(m);
         }
         self.pump(ctx);
