@@ -313,6 +313,16 @@ impl Engine {
             .ok()
     }
 
+    /// Live actors: (tenants, campaigns, scheduled queues, ready queues).
+    pub fn live(&self) -> (usize, usize, usize, usize) {
+        (
+            self.tenants.registry.len(),
+            self.campaigns.registry.len(),
+            self.queues.registry.len(),
+            self.ready.registry.len(),
+        )
+    }
+
     /// The egress pools.
     pub fn pools(&self) -> &Pools {
         &self.pools

@@ -18,7 +18,8 @@
 //! What they say to each other is in [`messages`]; what they are is in [`message`]
 //! (queued messages, replies) and [`record`] (log records); how they find each other is
 //! in [`registry`]. The actors reach spool, log, DNS and network only through the traits
-//! of [`ports`], so they can be run and tested without sockets.
+//! of [`ports`], so they can be run and tested without sockets ([`memory`] has in-memory
+//! ports; `actors/tests/` uses them).
 //!
 //! Modules depend on each other only in the direction of the mail — engine → tenant →
 //! campaign → scheduled queue → ready queue → connection — never back: answers travel as
@@ -31,6 +32,7 @@ pub mod classifier;
 pub mod connection;
 pub mod engine;
 pub mod limits;
+pub mod memory;
 pub mod message;
 pub mod messages;
 pub mod pool;

@@ -35,6 +35,12 @@ pub fn enable_from_env() {
     }
 }
 
+/// Make every scheduled queue block its thread `ms` per batch (as the environment variable
+/// does), for a test in its own process.
+pub fn set_slow_enqueue_ms(ms: u64) {
+    SLOW_ENQUEUE_MS.store(ms, Ordering::Relaxed);
+}
+
 /// Block this thread as long as `SWITCHYARD_TEST_SLOW_ENQUEUE_MS` says (normally not at all).
 pub fn slow_enqueue() {
     let ms = SLOW_ENQUEUE_MS.load(Ordering::Relaxed);
