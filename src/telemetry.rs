@@ -141,4 +141,28 @@ fn describe() {
     describe_gauge!("switchyard_ready_queues", "Live ready-queue actors.");
     describe_gauge!("switchyard_tenants", "Live tenant actors.");
     describe_gauge!("switchyard_campaigns", "Live campaign actors.");
+    describe_gauge!(
+        "switchyard_tenant_campaigns",
+        "Live campaigns of a tenant (its tenant actor's series)."
+    );
+    describe_gauge!(
+        "switchyard_campaign_queues",
+        "Live scheduled queues of a campaign (its campaign actor's series)."
+    );
+    describe_counter!(
+        "switchyard_connection_sessions_total",
+        "Outbound SMTP sessions opened, by source, site and MX host."
+    );
+    describe_counter!(
+        "switchyard_connection_replies_total",
+        "Replies to recipients on outbound sessions, by source, site, MX host and class."
+    );
+    describe_counter!(
+        "switchyard_connection_failures_total",
+        "Outbound connections that failed (no session), by source and site."
+    );
+    describe_counter!(
+        "switchyard_classifier_matches_total",
+        "Replies an automation rule matched (before its trigger decides), by rule."
+    );
 }

@@ -168,6 +168,53 @@ fn promtool_accepts_metrics_and_every_dashboard_query_returns_series() {
 
     // promtool lints the exposition.
     let (_, metrics) = d.get("/metrics");
+    // Each actor exports the series of its own identity.
+    for (name, labels, value) in [
+        ("switchyard_tenant_campaigns", vec!["tenant=\"acme\""], None),
+        (
+            "switchyard_campaign_queues",
+            vec!["tenant=\"beta\"", "campaign=\"spring\""],
+            Some(1.0),
+        ),
+        (
+            "switchyard_connection_sessions_total",
+            vec![
+                "source=\"ip-1\"",
+                "site=\"mx.ok.test\"",
+                "mx=\"mx.ok.test\"",
+            ],
+            None,
+        ),
+        (
+            "switchyard_connection_replies_total",
+            vec!["site=\"mx.bounce.test\"", "class=\"5xx\""],
+            Some(2.0),
+        ),
+        (
+            "switchyard_connection_replies_total",
+            vec!["site=\"mx.ok.test\"", "class=\"2xx\""],
+            Some(5.0),
+        ),
+        (
+            "switchyard_classifier_matches_total",
+            vec!["rule=\"gmail-auth\""],
+            Some(2.0),
+        ),
+        (
+            "switchyard_tenant_suspended",
+            vec!["tenant=\"acme\"", "site=\"*\""],
+            Some(1.0),
+        ),
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+            .unwrap_or_else(|| panic!("no {name} with {labels:?} in /metrics"));
+        if let Some(want) = value {
+            let got: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert_eq!(got, want, "{line}");
+        }
+    }
     for name in [
         "switchyard_received_total",
         "switchyard_delivery_total",

@@ -5,8 +5,9 @@
 //! queue. A queue registers here when it starts ([`QueueStarted`]) and leaves when it is
 //! reaped ([`QueueGone`]); the campaign passes on what concerns all its queues — a change of
 //! the suspensions in force ([`Recheck`]), an administrative bounce, a request for the queue
-//! list — and registers itself with its tenant in turn. With no queues left for
-//! `reap_after`, it is reaped the same way queues are (see [`crate::registry`]).
+//! list — and registers itself with its tenant in turn. It exports
+//! `switchyard_campaign_queues{tenant,campaign}`, its live scheduled queues. With no queues
+//! left for `reap_after`, it is reaped the same way queues are (see [`crate::registry`]).
 
 use crate::messages::{
     gather_infos, sum_counts, AdminBounce, CampaignGone, QueueGone, QueueInfo, Recheck,
@@ -42,7 +43,13 @@ impl Campaigns {
     ) -> Lease<CampaignActor> {
         self.registry.lease(key, |serial| {
             let (key, all, parent) = (key.clone(), self.clone(), parent());
+            let queues_gauge = metrics::gauge!(
+                "switchyard_campaign_queues",
+                "tenant" => key.0.to_string(),
+                "campaign" => key.1.as_deref().unwrap_or("").to_string()
+            );
             CampaignActor::start_in_arbiter(&self.arbiters.next(), move |_| CampaignActor {
+                queues_gauge,
                 key,
                 all,
                 parent,
@@ -66,6 +73,7 @@ pub struct CampaignActor {
     /// QueueStarted messages received (each was leased).
     registrations: u64,
     idle_since: Option<Instant>,
+    queues_gauge: metrics::Gauge,
 }
 
 impl Actor for CampaignActor {
@@ -90,6 +98,10 @@ impl Actor for CampaignActor {
             }
         });
     }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.queues_gauge.set(0.0);
+    }
 }
 
 /// A scheduled queue of this campaign started.
@@ -113,6 +125,7 @@ impl Handler<QueueStarted> for CampaignActor {
         // A suspension may have begun between the queue's start and now.
         q.addr.do_send(Recheck);
         self.queues.insert(q.domain, (q.addr, q.serial));
+        self.queues_gauge.set(self.queues.len() as f64);
     }
 }
 
@@ -130,6 +143,7 @@ impl Handler<QueueGone> for CampaignActor {
         if self.queues.is_empty() {
             self.idle_since = Some(Instant::now());
         }
+        self.queues_gauge.set(self.queues.len() as f64);
     }
 }
 

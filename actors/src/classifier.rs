@@ -16,7 +16,8 @@
 //!   TenantActor.
 //!
 //! Each firing writes an `AutomationFired` record and counts in
-//! `switchyard_automation_fired_total{rule, action}`. The reply itself keeps its normal
+//! `switchyard_automation_fired_total{rule, action}`; every match, fired or not (a threshold
+//! counts several), counts in the classifier's own `switchyard_classifier_matches_total{rule}`. The reply itself keeps its normal
 //! outcome: the connection reports it to the message's scheduled queue as usual.
 
 use crate::automation::{Action, RuleBook, RulesInForce, ThresholdWindow, Trigger};
@@ -66,6 +67,8 @@ pub struct ClassifierActor {
     windows: HashMap<(usize, Arc<str>, Arc<str>), ThresholdWindow>,
     /// The rules the cache and windows belong to.
     book: Arc<RuleBook>,
+    /// `switchyard_classifier_matches_total` by rule index of `book`.
+    matches: HashMap<usize, metrics::Counter>,
 }
 
 impl ClassifierActor {
@@ -76,6 +79,7 @@ impl ClassifierActor {
             scopes: HashMap::new(),
             windows: HashMap::new(),
             book: Arc::new(RuleBook::default()),
+            matches: HashMap::new(),
         }
     }
 
@@ -86,6 +90,7 @@ impl ClassifierActor {
             self.book = rules.clone();
             self.scopes.clear();
             self.windows.clear();
+            self.matches.clear();
         }
         if rules.rules().is_empty() {
             return;
@@ -108,6 +113,12 @@ impl ClassifierActor {
         let now = Instant::now();
         for r in matched {
             let rule = &rules.rules()[r];
+            self.matches
+                .entry(r)
+                .or_insert_with(|| {
+                    metrics::counter!("switchyard_classifier_matches_total", "rule" => rule.name.to_string())
+                })
+                .increment(1);
             if let Trigger::Threshold { count, period } = rule.trigger {
                 if self.windows.len() >= WINDOW_SWEEP_AT {
                     self.windows.retain(|(i, _, _), w| {

@@ -12,7 +12,10 @@
 //! on the blocking pool.
 //!
 //! It runs on its ready queue's thread and knows the ready queue only by the [`ReadyLine`]
-//! of messages it sends there.
+//! of messages it sends there. It exports its own series, by source, site and MX host:
+//! `switchyard_connection_sessions_total` (sessions opened),
+//! `switchyard_connection_replies_total{class="2xx|4xx|5xx"}`, and
+//! `switchyard_connection_failures_total{source,site}` (connections that failed).
 
 use crate::automation::RulesInForce;
 use crate::bounce::BounceClassifier;
@@ -126,6 +129,7 @@ async fn deliver_loop(
             s
         }
         Err(failure) => {
+            metrics::counter!("switchyard_connection_failures_total", "source" => source.to_string(), "site" => site.to_string()).increment(1);
             let _ = tell(&ready.connected, ConnectResult(Some(failure.reply.clone()))).await;
             for item in first {
                 let (reply, peer) = (failure.reply.clone(), failure.peer.clone());
@@ -134,6 +138,7 @@ async fn deliver_loop(
             return;
         }
     };
+    let counters = SessionCounters::new(&source, &site, &session.peer().host);
     let mut batch = Some(first);
     let mut sent = 0;
     while let Some(items) = batch.take() {
@@ -149,6 +154,7 @@ async fn deliver_loop(
         };
         let peer = Some(session.peer().clone());
         for (item, reply) in items.into_iter().zip(replies) {
+            counters.count(&reply);
             report(
                 &kit,
                 &source,
@@ -167,6 +173,40 @@ async fn deliver_loop(
         batch = next(&ready, false).await;
     }
     session.close().await;
+}
+
+/// A session's own counters, built once for it.
+struct SessionCounters {
+    ok: metrics::Counter,
+    transient: metrics::Counter,
+    permanent: metrics::Counter,
+}
+
+impl SessionCounters {
+    fn new(source: &str, site: &str, mx: &str) -> SessionCounters {
+        let labels = |class: &'static str| {
+            [
+                ("source", source.to_string()),
+                ("site", site.to_string()),
+                ("mx", mx.to_string()),
+                ("class", class.to_string()),
+            ]
+        };
+        metrics::counter!("switchyard_connection_sessions_total", "source" => source.to_string(), "site" => site.to_string(), "mx" => mx.to_string()).increment(1);
+        SessionCounters {
+            ok: metrics::counter!("switchyard_connection_replies_total", &labels("2xx")),
+            transient: metrics::counter!("switchyard_connection_replies_total", &labels("4xx")),
+            permanent: metrics::counter!("switchyard_connection_replies_total", &labels("5xx")),
+        }
+    }
+
+    fn count(&self, reply: &Reply) {
+        match reply.code {
+            200..=299 => self.ok.increment(1),
+            500.. => self.permanent.increment(1),
+            _ => self.transient.increment(1),
+        }
+    }
 }
 
 /// Classify the reply, tell the classifier (while rules are in force) and the message's

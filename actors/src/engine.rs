@@ -134,6 +134,7 @@ impl Engine {
             registry: Registry::new("switchyard_tenants", 1),
             arbiters: arbiters.clone(),
             reap_after: settings.reap_after,
+            view: view.clone(),
         });
         let campaigns = Arc::new(Campaigns {
             registry: Registry::new("switchyard_campaigns", 1),

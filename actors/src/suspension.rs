@@ -107,7 +107,10 @@ impl Suspension {
             .unwrap_or_else(|| "*".into())
     }
 
-    pub(crate) fn gauge_labels(&self) -> (&'static str, Vec<(&'static str, String)>) {
+    /// Its gauge: `switchyard_tenant_suspended{tenant,site}`,
+    /// `switchyard_campaign_suspended{tenant,campaign,site}` (set by the tenant's actor) or
+    /// `switchyard_source_suspended{source,site}` (set by the register).
+    pub fn gauge_labels(&self) -> (&'static str, Vec<(&'static str, String)>) {
         let s = |o: &Option<String>| o.clone().unwrap_or_default();
         match self.kind {
             SuspensionKind::Tenant => (
@@ -264,6 +267,11 @@ impl SuspensionView {
             .iter()
             .find(|s| s.holds(tenant, campaign, domain, site))
             .cloned()
+    }
+
+    /// Every tenant and campaign suspension of `tenant` in force.
+    pub fn holds_of(&self, tenant: &str) -> Vec<Arc<Suspension>> {
+        self.read().holds.get(tenant).cloned().unwrap_or_default()
     }
 
     /// Until when `source` is suspended towards `site` (ms since the epoch), if it is.

@@ -77,8 +77,13 @@ impl SuspensionRegister {
         self.timers.insert(id.to_string(), handle);
     }
 
+    /// Its expiry series; for a source suspension also `switchyard_source_suspended` (a
+    /// tenant's or campaign's gauge is its tenant actor's).
     fn set_gauge(&self, s: &Suspension) {
         s.publish_expiry(self.suspensions.contains_key(&s.id));
+        if s.kind != SuspensionKind::Source {
+            return;
+        }
         let (name, labels) = s.gauge_labels();
         let active = self
             .suspensions
@@ -123,13 +128,13 @@ impl SuspensionRegister {
         }
     }
 
-    /// Tell the suspension's tenant to look again (a tenant with no actor has no queues:
-    /// its next ones read the view when they start).
+    /// Tell the suspension's tenant to look again (started for it if need be: it shows
+    /// the suspension in its gauges).
     fn recheck(&self, s: &Suspension) {
         if let Some(tenant) = s.tenant.as_deref() {
-            if let Some(addr) = self.tenants.registry.get(&Arc::from(tenant)) {
-                addr.do_send(Recheck);
-            }
+            self.tenants
+                .get_or_start(&Arc::from(tenant))
+                .do_send(Recheck);
         }
     }
 

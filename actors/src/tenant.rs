@@ -3,19 +3,26 @@
 //! Like the campaign, it is not on the way of every message. Its campaigns register here
 //! when they start ([`CampaignStarted`]) and leave when reaped ([`CampaignGone`]). The
 //! suspension register tells the tenant when the suspensions in force change
-//! ([`Recheck`]); the tenant passes it to its campaigns, which pass it to their scheduled
-//! queues, and each queue reads the register's view to see whether it is held — so a
-//! provider's verdict on one tenant holds that tenant's mail and nobody else's.
-//! Administrative bounces of the tenant's mail ([`AdminBounce`]) travel the same way. With
-//! no campaigns left for `reap_after`, the tenant is reaped (see [`crate::registry`]).
+//! ([`Recheck`]; the tenant is started for it if need be); the tenant passes it to its
+//! campaigns, which pass it to their scheduled queues, and each queue reads the register's
+//! view to see whether it is held — so a provider's verdict on one tenant holds that
+//! tenant's mail and nobody else's. Administrative bounces of the tenant's mail
+//! ([`AdminBounce`]) travel the same way.
+//!
+//! It exports its own series: `switchyard_tenant_suspended{tenant,site}` and
+//! `switchyard_campaign_suspended{tenant,campaign,site}` (1 while a suspension of the
+//! tenant, or of one of its campaigns, is in force) and `switchyard_tenant_campaigns`.
+//! With no campaigns and no suspension left for `reap_after`, the tenant is reaped (see
+//! [`crate::registry`]).
 
 use crate::campaign::CampaignActor;
 use crate::messages::{
     gather_infos, sum_counts, AdminBounce, CampaignGone, QueueInfo, Recheck, ScheduledInfo,
 };
 use crate::registry::{gauge_refresh, Arbiters, Registry};
+use crate::suspension::SuspensionView;
 use actix::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +34,8 @@ pub struct Tenants {
     pub arbiters: Arc<Arbiters>,
     /// An idle tenant is reaped after this.
     pub reap_after: Duration,
+    /// The suspensions in force.
+    pub view: Arc<SuspensionView>,
 }
 
 impl Tenants {
@@ -34,18 +43,28 @@ impl Tenants {
     /// there is none.
     pub fn lease(self: &Arc<Self>, tenant: &Arc<str>) -> Addr<TenantActor> {
         self.registry
-            .lease(tenant, |serial| {
-                let (tenant, all) = (tenant.clone(), self.clone());
-                TenantActor::start_in_arbiter(&self.arbiters.next(), move |_| TenantActor {
-                    tenant,
-                    all,
-                    serial,
-                    campaigns: HashMap::new(),
-                    registrations: 0,
-                    idle_since: Some(Instant::now()),
-                })
-            })
+            .lease(tenant, |serial| self.start(tenant, serial))
             .addr
+    }
+
+    /// The tenant actor of `tenant`, started when there is none (for a [`Recheck`]).
+    pub fn get_or_start(self: &Arc<Self>, tenant: &Arc<str>) -> Addr<TenantActor> {
+        self.registry
+            .get_or_start(tenant, |serial| self.start(tenant, serial))
+    }
+
+    fn start(self: &Arc<Self>, tenant: &Arc<str>, serial: u64) -> Addr<TenantActor> {
+        let (tenant, all) = (tenant.clone(), self.clone());
+        TenantActor::start_in_arbiter(&self.arbiters.next(), move |_| TenantActor {
+            campaigns_gauge: metrics::gauge!("switchyard_tenant_campaigns", "tenant" => tenant.to_string()),
+            tenant,
+            all,
+            serial,
+            campaigns: HashMap::new(),
+            registrations: 0,
+            idle_since: Some(Instant::now()),
+            suspended: HashSet::new(),
+        })
     }
 }
 
@@ -59,16 +78,43 @@ pub struct TenantActor {
     /// CampaignStarted messages received (each was leased).
     registrations: u64,
     idle_since: Option<Instant>,
+    /// The suspension gauges it has set to 1: (metric, labels).
+    suspended: HashSet<(&'static str, Vec<(&'static str, String)>)>,
+    campaigns_gauge: metrics::Gauge,
+}
+
+impl TenantActor {
+    /// Set its suspension gauges from the suspensions in force.
+    fn publish(&mut self) {
+        let now: HashSet<_> = self
+            .all
+            .view
+            .holds_of(&self.tenant)
+            .iter()
+            .map(|s| s.gauge_labels())
+            .collect();
+        for (name, labels) in self.suspended.difference(&now) {
+            metrics::gauge!(*name, labels).set(0.0);
+        }
+        for (name, labels) in &now {
+            metrics::gauge!(*name, labels).set(1.0);
+        }
+        self.suspended = now;
+        self.campaigns_gauge.set(self.campaigns.len() as f64);
+    }
 }
 
 impl Actor for TenantActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.publish();
         ctx.run_interval(gauge_refresh(self.all.reap_after), |act, ctx| {
-            let idle_long = act
-                .idle_since
-                .is_some_and(|t| t.elapsed() >= act.all.reap_after);
+            act.publish();
+            let idle_long = act.suspended.is_empty()
+                && act
+                    .idle_since
+                    .is_some_and(|t| t.elapsed() >= act.all.reap_after);
             if idle_long
                 && act
                     .all
@@ -78,6 +124,10 @@ impl Actor for TenantActor {
                 ctx.stop();
             }
         });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.campaigns_gauge.set(0.0);
     }
 }
 
@@ -101,6 +151,7 @@ impl Handler<CampaignStarted> for TenantActor {
         self.idle_since = None;
         c.addr.do_send(Recheck);
         self.campaigns.insert(c.campaign, (c.addr, c.serial));
+        self.campaigns_gauge.set(self.campaigns.len() as f64);
     }
 }
 
@@ -118,6 +169,7 @@ impl Handler<CampaignGone> for TenantActor {
         if self.campaigns.is_empty() {
             self.idle_since = Some(Instant::now());
         }
+        self.campaigns_gauge.set(self.campaigns.len() as f64);
     }
 }
 
@@ -125,6 +177,7 @@ impl Handler<Recheck> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, _: Recheck, _: &mut Context<Self>) {
+        self.publish();
         for (addr, _) in self.campaigns.values() {
             addr.do_send(Recheck);
         }
