@@ -13,12 +13,11 @@ use crate::messages::{
     gather_infos, sum_counts, AdminBounce, CampaignGone, QueueGone, QueueInfo, Recheck,
     ScheduledInfo,
 };
-use crate::registry::{gauge_refresh, Arbiters, Lease, Registry};
+use crate::registry::{gauge_refresh, Arbiters, Children, Lease, Registry};
 use crate::scheduled_queue::ScheduledQueueActor;
 use actix::prelude::*;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// (tenant, campaign) of a campaign actor.
 pub type CampaignKey = (Arc<str>, Option<Arc<str>>);
@@ -43,20 +42,17 @@ impl Campaigns {
     ) -> Lease<CampaignActor> {
         self.registry.lease(key, |serial| {
             let (key, all, parent) = (key.clone(), self.clone(), parent());
-            let queues_gauge = metrics::gauge!(
+            let gauge = metrics::gauge!(
                 "switchyard_campaign_queues",
                 "tenant" => key.0.to_string(),
                 "campaign" => key.1.as_deref().unwrap_or("").to_string()
             );
             CampaignActor::start_in_arbiter(&self.arbiters.next(), move |_| CampaignActor {
-                queues_gauge,
                 key,
                 all,
                 parent,
                 serial,
-                queues: HashMap::new(),
-                registrations: 0,
-                idle_since: Some(Instant::now()),
+                queues: Children::new(gauge),
             })
         })
     }
@@ -68,12 +64,8 @@ pub struct CampaignActor {
     all: Arc<Campaigns>,
     parent: Recipient<CampaignGone>,
     serial: u64,
-    /// Its live scheduled queues by domain, with their serial numbers.
-    queues: HashMap<Arc<str>, (Addr<ScheduledQueueActor>, u64)>,
-    /// QueueStarted messages received (each was leased).
-    registrations: u64,
-    idle_since: Option<Instant>,
-    queues_gauge: metrics::Gauge,
+    /// Its live scheduled queues, by domain.
+    queues: Children<Arc<str>, ScheduledQueueActor>,
 }
 
 impl Actor for CampaignActor {
@@ -81,14 +73,11 @@ impl Actor for CampaignActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(gauge_refresh(self.all.reap_after), |act, ctx| {
-            let idle_long = act
-                .idle_since
-                .is_some_and(|t| t.elapsed() >= act.all.reap_after);
-            if idle_long
+            if act.queues.idle_for(act.all.reap_after)
                 && act
                     .all
                     .registry
-                    .retire(&act.key, act.serial, act.registrations)
+                    .retire(&act.key, act.serial, act.queues.registrations)
             {
                 act.parent.do_send(CampaignGone {
                     campaign: act.key.1.clone(),
@@ -100,7 +89,7 @@ impl Actor for CampaignActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.queues_gauge.set(0.0);
+        self.queues.clear_gauge();
     }
 }
 
@@ -120,12 +109,9 @@ impl Handler<QueueStarted> for CampaignActor {
     type Result = ();
 
     fn handle(&mut self, q: QueueStarted, _: &mut Context<Self>) {
-        self.registrations += 1;
-        self.idle_since = None;
         // A suspension may have begun between the queue's start and now.
         q.addr.do_send(Recheck);
-        self.queues.insert(q.domain, (q.addr, q.serial));
-        self.queues_gauge.set(self.queues.len() as f64);
+        self.queues.started(q.domain, q.addr, q.serial);
     }
 }
 
@@ -133,17 +119,7 @@ impl Handler<QueueGone> for CampaignActor {
     type Result = ();
 
     fn handle(&mut self, gone: QueueGone, _: &mut Context<Self>) {
-        if self
-            .queues
-            .get(&gone.domain)
-            .is_some_and(|(_, serial)| *serial == gone.serial)
-        {
-            self.queues.remove(&gone.domain);
-        }
-        if self.queues.is_empty() {
-            self.idle_since = Some(Instant::now());
-        }
-        self.queues_gauge.set(self.queues.len() as f64);
+        self.queues.gone(&gone.domain, gone.serial);
     }
 }
 
@@ -151,9 +127,7 @@ impl Handler<Recheck> for CampaignActor {
     type Result = ();
 
     fn handle(&mut self, _: Recheck, _: &mut Context<Self>) {
-        for (addr, _) in self.queues.values() {
-            addr.do_send(Recheck);
-        }
+        self.queues.tell(Recheck);
     }
 }
 
@@ -165,7 +139,7 @@ impl Handler<AdminBounce> for CampaignActor {
             .queues
             .iter()
             .filter(|(d, _)| msg.domain.as_deref().is_none_or(|want| want == &***d))
-            .map(|(_, (addr, _))| addr.send(msg.clone()))
+            .map(|(_, addr)| addr.send(msg.clone()))
             .collect();
         Box::pin(sum_counts(sends))
     }
@@ -175,7 +149,7 @@ impl Handler<QueueInfo> for CampaignActor {
     type Result = ResponseFuture<Vec<ScheduledInfo>>;
 
     fn handle(&mut self, msg: QueueInfo, _: &mut Context<Self>) -> Self::Result {
-        let asks: Vec<_> = self.queues.values().map(|(a, _)| a.send(msg)).collect();
+        let asks: Vec<_> = self.queues.iter().map(|(_, a)| a.send(msg)).collect();
         Box::pin(gather_infos(asks))
     }
 }

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// The worker arbiters (threads), handed out round robin.
@@ -188,6 +189,86 @@ impl<K: Eq + Hash + Clone, A: Actor> Registry<K, A> {
     /// None live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The live children of a tenant (its campaigns) or of a campaign (its scheduled queues):
+/// each registered by its start message and forgotten by its "gone" message, with a gauge
+/// of how many there are and since when there have been none.
+pub struct Children<K, A: Actor> {
+    live: HashMap<K, (Addr<A>, u64)>,
+    /// Start messages received (each was leased: see [`Registry::retire`]).
+    pub registrations: u64,
+    idle_since: Option<Instant>,
+    gauge: metrics::Gauge,
+}
+
+impl<K: Eq + Hash, A: Actor> Children<K, A> {
+    /// None yet; `gauge` counts them.
+    pub fn new(gauge: metrics::Gauge) -> Self {
+        Children {
+            live: HashMap::new(),
+            registrations: 0,
+            idle_since: Some(Instant::now()),
+            gauge,
+        }
+    }
+
+    /// Child `serial` of `key` started.
+    pub fn started(&mut self, key: K, addr: Addr<A>, serial: u64) {
+        self.registrations += 1;
+        self.idle_since = None;
+        self.live.insert(key, (addr, serial));
+        self.gauge.set(self.live.len() as f64);
+    }
+
+    /// Child `serial` of `key` went away (a newer one for the same key stays).
+    pub fn gone(&mut self, key: &K, serial: u64) {
+        if self.live.get(key).is_some_and(|(_, s)| *s == serial) {
+            self.live.remove(key);
+        }
+        if self.live.is_empty() {
+            self.idle_since = Some(Instant::now());
+        }
+        self.gauge.set(self.live.len() as f64);
+    }
+
+    /// None for at least `period`.
+    pub fn idle_for(&self, period: Duration) -> bool {
+        self.idle_since.is_some_and(|t| t.elapsed() >= period)
+    }
+
+    /// The live ones, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &Addr<A>)> {
+        self.live.iter().map(|(k, (a, _))| (k, a))
+    }
+
+    /// Tell every live one.
+    pub fn tell<M>(&self, msg: M)
+    where
+        M: Message + Send + Clone + 'static,
+        M::Result: Send,
+        A: Handler<M>,
+        A::Context: actix::dev::ToEnvelope<A, M>,
+    {
+        for (addr, _) in self.live.values() {
+            addr.do_send(msg.clone());
+        }
+    }
+
+    /// How many are live.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// None live.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The gauge, set to 0 (the parent is going).
+    pub fn clear_gauge(&self) {
+        self.gauge.set(0.0);
     }
 }
 

@@ -19,12 +19,12 @@ use crate::campaign::CampaignActor;
 use crate::messages::{
     gather_infos, sum_counts, AdminBounce, CampaignGone, QueueInfo, Recheck, ScheduledInfo,
 };
-use crate::registry::{gauge_refresh, Arbiters, Registry};
+use crate::registry::{gauge_refresh, Arbiters, Children, Registry};
 use crate::suspension::SuspensionView;
 use actix::prelude::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Every tenant actor, and what starting one needs.
 pub struct Tenants {
@@ -55,14 +55,12 @@ impl Tenants {
 
     fn start(self: &Arc<Self>, tenant: &Arc<str>, serial: u64) -> Addr<TenantActor> {
         let (tenant, all) = (tenant.clone(), self.clone());
+        let gauge = metrics::gauge!("switchyard_tenant_campaigns", "tenant" => tenant.to_string());
         TenantActor::start_in_arbiter(&self.arbiters.next(), move |_| TenantActor {
-            campaigns_gauge: metrics::gauge!("switchyard_tenant_campaigns", "tenant" => tenant.to_string()),
             tenant,
             all,
             serial,
-            campaigns: HashMap::new(),
-            registrations: 0,
-            idle_since: Some(Instant::now()),
+            campaigns: Children::new(gauge),
             suspended: HashSet::new(),
         })
     }
@@ -73,14 +71,10 @@ pub struct TenantActor {
     tenant: Arc<str>,
     all: Arc<Tenants>,
     serial: u64,
-    /// Its live campaigns, with their serial numbers.
-    campaigns: HashMap<Option<Arc<str>>, (Addr<CampaignActor>, u64)>,
-    /// CampaignStarted messages received (each was leased).
-    registrations: u64,
-    idle_since: Option<Instant>,
+    /// Its live campaigns.
+    campaigns: Children<Option<Arc<str>>, CampaignActor>,
     /// The suspension gauges it has set to 1: (metric, labels).
     suspended: HashSet<(&'static str, Vec<(&'static str, String)>)>,
-    campaigns_gauge: metrics::Gauge,
 }
 
 impl TenantActor {
@@ -100,7 +94,6 @@ impl TenantActor {
             metrics::gauge!(*name, labels).set(1.0);
         }
         self.suspended = now;
-        self.campaigns_gauge.set(self.campaigns.len() as f64);
     }
 }
 
@@ -111,15 +104,12 @@ impl Actor for TenantActor {
         self.publish();
         ctx.run_interval(gauge_refresh(self.all.reap_after), |act, ctx| {
             act.publish();
-            let idle_long = act.suspended.is_empty()
-                && act
-                    .idle_since
-                    .is_some_and(|t| t.elapsed() >= act.all.reap_after);
-            if idle_long
+            if act.suspended.is_empty()
+                && act.campaigns.idle_for(act.all.reap_after)
                 && act
                     .all
                     .registry
-                    .retire(&act.tenant, act.serial, act.registrations)
+                    .retire(&act.tenant, act.serial, act.campaigns.registrations)
             {
                 ctx.stop();
             }
@@ -127,7 +117,7 @@ impl Actor for TenantActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.campaigns_gauge.set(0.0);
+        self.campaigns.clear_gauge();
     }
 }
 
@@ -147,11 +137,8 @@ impl Handler<CampaignStarted> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, c: CampaignStarted, _: &mut Context<Self>) {
-        self.registrations += 1;
-        self.idle_since = None;
         c.addr.do_send(Recheck);
-        self.campaigns.insert(c.campaign, (c.addr, c.serial));
-        self.campaigns_gauge.set(self.campaigns.len() as f64);
+        self.campaigns.started(c.campaign, c.addr, c.serial);
     }
 }
 
@@ -159,17 +146,7 @@ impl Handler<CampaignGone> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, gone: CampaignGone, _: &mut Context<Self>) {
-        if self
-            .campaigns
-            .get(&gone.campaign)
-            .is_some_and(|(_, serial)| *serial == gone.serial)
-        {
-            self.campaigns.remove(&gone.campaign);
-        }
-        if self.campaigns.is_empty() {
-            self.idle_since = Some(Instant::now());
-        }
-        self.campaigns_gauge.set(self.campaigns.len() as f64);
+        self.campaigns.gone(&gone.campaign, gone.serial);
     }
 }
 
@@ -178,9 +155,7 @@ impl Handler<Recheck> for TenantActor {
 
     fn handle(&mut self, _: Recheck, _: &mut Context<Self>) {
         self.publish();
-        for (addr, _) in self.campaigns.values() {
-            addr.do_send(Recheck);
-        }
+        self.campaigns.tell(Recheck);
     }
 }
 
@@ -196,7 +171,7 @@ impl Handler<AdminBounce> for TenantActor {
                     .as_ref()
                     .is_none_or(|want| want.as_deref() == c.as_deref())
             })
-            .map(|(_, (addr, _))| addr.send(msg.clone()))
+            .map(|(_, addr)| addr.send(msg.clone()))
             .collect();
         Box::pin(sum_counts(sends))
     }
@@ -206,7 +181,7 @@ impl Handler<QueueInfo> for TenantActor {
     type Result = ResponseFuture<Vec<ScheduledInfo>>;
 
     fn handle(&mut self, msg: QueueInfo, _: &mut Context<Self>) -> Self::Result {
-        let asks: Vec<_> = self.campaigns.values().map(|(a, _)| a.send(msg)).collect();
+        let asks: Vec<_> = self.campaigns.iter().map(|(_, a)| a.send(msg)).collect();
         Box::pin(gather_infos(asks))
     }
 }
