@@ -10,10 +10,14 @@
 #      (POST /api/v1/suspensions, then injected with tests/py/smtp_client.py);
 #   3. with STUCK messages queued for stuck.test, whose MX accepts TCP and never answers
 #      (bench/held_sink.py), so they stay in their scheduled and ready queues.
+# Each measured relay starts after SETTLE seconds of quiet (default 10), so the queued mail
+# is a steady state (the spool's background flushes of what was just written are done), as
+# a stuck site or a long suspension is in production.
 # Reports each run's injection and end-to-end rates and their ratio to the baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
+. bench/switchyard.sh
 N=${1:-20000}; HELD=${2:-10000}; STUCK=${3:-100000}
 work=$(mktemp -d /var/tmp/switchyard-isolation.XXXXXX)
 base=$((20000 + RANDOM % 10000))
@@ -30,34 +34,20 @@ python3 bench/held_sink.py "$held_port" >/dev/null & pids+=($!)
 sleep 0.5
 
 now() { date +%s.%N; }
-metric() { curl -s "127.0.0.1:$sy_http/metrics" | awk -v m="$1" '$0 ~ m {s+=$2} END{printf "%d\n", s}'; }
 start() {  # a fresh daemon and spool
   [ -n "${sy_pid:-}" ] && { kill "$sy_pid"; wait "$sy_pid" 2>/dev/null || true; }
   rm -rf "$work/data"
-  cat > "$work/switchyard.toml" <<CONF
-hostname = "switchyard.bench.test"
-data_dir = "$work/data"
-[smtp]
-listen = ["127.0.0.1:$sy_port"]
-[http]
-listen = "127.0.0.1:$sy_http"
-[dns]
-nameservers = ["127.0.0.1:9"]
-[routes]
-"example.org" = "127.0.0.1:$sink_port"
-"held.test" = "127.0.0.1:$sink_port"
-"stuck.test" = "127.0.0.1:$held_port"
-CONF
-  target/release/switchyard serve --config "$work/switchyard.toml" 2>>"$work/switchyard.log" &
-  sy_pid=$!
-  for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$sy_http) 2>/dev/null && return; sleep 0.05; done
+  sy_config "$work" "example.org=127.0.0.1:$sink_port" "held.test=127.0.0.1:$sink_port" \
+    "stuck.test=127.0.0.1:$held_port"
+  sy_start "$work"
 }
 relay() {  # relay LABEL: the measured run; prints "LABEL inject e2e"
-  local before; before=$(metric 'outcome="delivered"')
+  sleep "${SETTLE:-10}"
+  local before; before=$(sy_metric '^switchyard_delivery_total\{.*outcome="delivered"')
   local t0; t0=$(now)
   smtp-source -d -s 20 -m "$N" -l 5120 -f bench@example.com -t rcpt@example.org "127.0.0.1:$sy_port"
   local t1; t1=$(now)
-  until [ "$(metric 'outcome="delivered"')" -ge $((before + N)) ]; do sleep 0.02; done
+  until [ "$(sy_metric '^switchyard_delivery_total\{.*outcome="delivered"')" -ge $((before + N)) ]; do sleep 0.02; done
   local t2; t2=$(now)
   printf '%s %.0f %.0f\n' "$1" "$(echo "$N / ($t1 - $t0)" | bc -l)" "$(echo "$N / ($t2 - $t0)" | bc -l)"
 }
@@ -72,12 +62,12 @@ for t in 0 1 2 3; do
 done
 python3 tests/py/smtp_client.py inject 127.0.0.1 "$sy_port" --count "$HELD" --threads 4 \
   --tenant-prefix held --rcpt u@held.test --size 5000 --out "$work/held-acks" >/dev/null
-held_queued=$(metric '^switchyard_scheduled_messages\{tenant="held')
+held_queued=$(sy_metric '^switchyard_scheduled_messages\{tenant="held')
 relay "held=$held_queued" >> "$work/results"
 
 start
 smtp-source -d -s 20 -m "$STUCK" -l 5120 -f bench@example.com -t rcpt@stuck.test "127.0.0.1:$sy_port"
-stuck_queued=$(metric '^switchyard_scheduled_messages\{.*domain="stuck.test"')
+stuck_queued=$(sy_metric '^switchyard_scheduled_messages\{.*domain="stuck.test"')
 relay "stuck=$stuck_queued" >> "$work/results"
 
 awk 'NR==1 {bi=$2; be=$3}

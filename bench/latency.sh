@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
+. bench/switchyard.sh
 N=${1:-20000}
 work=$(mktemp -d /var/tmp/switchyard-latency.XXXXXX)
 base=$((20000 + RANDOM % 10000))
@@ -23,21 +24,8 @@ cleanup() {
 trap cleanup EXIT
 cargo build --release -q
 smtp-sink -u root 127.0.0.1:$sink_port 256 & sink_pid=$!
-cat > "$work/switchyard.toml" <<CONF
-hostname = "switchyard.bench.test"
-data_dir = "$work/data"
-[smtp]
-listen = ["127.0.0.1:$sy_port"]
-[http]
-listen = "127.0.0.1:$sy_http"
-[dns]
-nameservers = ["127.0.0.1:9"]
-[routes]
-"example.org" = "127.0.0.1:$sink_port"
-CONF
-target/release/switchyard serve --config "$work/switchyard.toml" 2>"$work/switchyard.log" &
-sy_pid=$!
-for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$sy_http) 2>/dev/null && break; sleep 0.05; done
+sy_config "$work" "example.org=127.0.0.1:$sink_port"
+sy_start "$work"
 
 now() { date +%s.%N; }
 buckets() { curl -s "127.0.0.1:$sy_http/metrics" | grep '^switchyard_injection_seconds_bucket' > "$1"; }

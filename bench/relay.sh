@@ -16,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 . bench/postfix.sh
+. bench/switchyard.sh
 
 N=${1:-20000}; S=${2:-20}; L=${3:-5120}
 keep=-d
@@ -46,27 +47,14 @@ cargo build --release -q
 smtp-sink -u root 127.0.0.1:$sink_port 256 &
 sink_pid=$!
 
-cat > "$work/switchyard.toml" <<CONF
-hostname = "switchyard.bench.test"
-data_dir = "$work/switchyard-data"
-[smtp]
-listen = ["127.0.0.1:$sy_port"]
-[http]
-listen = "127.0.0.1:$sy_http"
-[routes]
-"example.org" = "127.0.0.1:$sink_port"
-CONF
-target/release/switchyard serve --config "$work/switchyard.toml" 2>"$work/switchyard.log" &
-sy_pid=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$sy_port) 2>/dev/null && break; sleep 0.1; done
+sy_config "$work" "example.org=127.0.0.1:$sink_port"
+sy_start "$work"
 
 postfix_start "$work/postfix" "$pf_port" "relayhost = [127.0.0.1]:$sink_port" "smtp_tls_security_level = none"
 
 now() { date +%s.%N; }
 
-sy_delivered() {
-  curl -s "127.0.0.1:$sy_http/metrics" | awk '/^switchyard_delivery_total\{.*outcome="delivered"/{s+=$2} END{print s+0}'
-}
+sy_delivered() { sy_metric '^switchyard_delivery_total\{.*outcome="delivered"'; }
 pf_queued() {
   find "$work/postfix/spool/incoming" "$work/postfix/spool/active" "$work/postfix/spool/deferred" \
        "$work/postfix/spool/maildrop" -type f 2>/dev/null | wc -l

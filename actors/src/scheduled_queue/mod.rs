@@ -117,6 +117,10 @@ pub struct ScheduledQueueActor {
     room_calls: u64,
     /// Offers on their way to ready queues: the next pump waits for their answers.
     offers_out: usize,
+    /// How many messages the next pump offers (fewer after a ready queue refused some).
+    offer_size: usize,
+    /// Some scheduled message may still carry its content in memory.
+    hot_waiting: bool,
     /// (view version, site) → whether a suspension holds the queue, last looked up.
     hold_seen: Option<(u64, Arc<str>, bool)>,
     /// Since when (ms) a suspension holds the queue.
@@ -159,6 +163,8 @@ impl ScheduledQueueActor {
             blocked_until: None,
             room_calls: 0,
             offers_out: 0,
+            offer_size: route::PUMP_BATCH,
+            hot_waiting: false,
             hold_seen: None,
             held_since: None,
             offered_to: HashMap::new(),

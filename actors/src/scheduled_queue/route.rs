@@ -7,10 +7,13 @@
 //! skipping those suspended towards the site; with none left the queue waits for the first
 //! suspension to end. A tenant with a QoS rate paces how fast its queues release messages.
 //!
-//! Offers are bounded: a pump hands out at most [`PUMP_BATCH`] messages and the next pump
-//! waits until every ready queue has answered. A ready queue that is full takes only part
-//! of an offer; the rest goes back to the schedule, and the queue waits for that ready
-//! queue's [`crate::messages::ReadyRoom`] call (or, if none comes, a fallback timer).
+//! Offers are bounded: a pump hands out at most `offer_size` messages (up to
+//! [`PUMP_BATCH`]) and the next pump waits until every ready queue has answered. A ready
+//! queue that is full takes only part of an offer; the rest goes back to the schedule
+//! (its content to the spool: it may wait long), the queue waits for that ready queue's
+//! [`crate::messages::ReadyRoom`] call (or, if none comes, a fallback timer), and offers
+//! only as many as were taken next time, doubling again while offers are taken whole — so
+//! a full ready queue that frees one place a time costs one message a time, not a batch.
 
 use super::{Pump, ScheduledQueueActor};
 use crate::message::{now_ms, MessageKey, QueuedMessage};
@@ -67,7 +70,7 @@ impl ScheduledQueueActor {
         let mut by_source: HashMap<Arc<str>, (Arc<EgressSource>, Vec<QueuedMessage>)> =
             HashMap::new();
         let mut wait: Option<Duration> = None;
-        for _ in 0..PUMP_BATCH {
+        for _ in 0..self.offer_size {
             let Some(entry) = self.scheduled.first_entry() else {
                 break;
             };
@@ -148,7 +151,9 @@ impl ScheduledQueueActor {
                 to: line.clone(),
             })
             .collect();
-        for m in messages {
+        for mut m in messages {
+            // The ready queue's copy carries the content; this one is for the outcome.
+            m.hot = None;
             self.in_flight.insert(m.key, m);
         }
         let offer = Offer {
@@ -168,6 +173,11 @@ impl ScheduledQueueActor {
                     act.offers_out -= 1;
                     let gone = answer.is_err();
                     let taken = answer.unwrap_or(0);
+                    act.offer_size = if taken < keys.len() {
+                        taken.max(1)
+                    } else {
+                        (act.offer_size * 2).min(PUMP_BATCH)
+                    };
                     if taken < keys.len() {
                         // Back to the schedule, due now; offered again when the ready queue
                         // says it has room (or after the fallback), not polled.
@@ -187,6 +197,7 @@ impl ScheduledQueueActor {
                             }
                         } else {
                             act.blocked_until = Some(Instant::now() + READY_FULL_FALLBACK);
+                            act.drop_waiting_content();
                             act.wake_at(now_ms() + READY_FULL_FALLBACK.as_millis() as u64, ctx);
                         }
                     }

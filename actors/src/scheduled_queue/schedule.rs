@@ -55,8 +55,26 @@ impl RetryPolicy {
 
 impl ScheduledQueueActor {
     /// Keep `m` until it is due.
-    pub(super) fn schedule(&mut self, m: QueuedMessage) {
+    pub(super) fn schedule(&mut self, mut m: QueuedMessage) {
+        if m.hot.is_some() {
+            if self.blocked_until.is_some() || self.held_since.is_some() {
+                // It will wait: its content waits in the spool, not in memory.
+                m.hot = None;
+            } else {
+                self.hot_waiting = true;
+            }
+        }
         self.scheduled.insert((m.due_ms, m.key), m);
+    }
+
+    /// The queue will wait (held, or its ready queue full): give the content of what waits
+    /// back to the spool, so that mail which can go has the memory budget.
+    pub(super) fn drop_waiting_content(&mut self) {
+        if std::mem::take(&mut self.hot_waiting) {
+            for m in self.scheduled.values_mut() {
+                m.hot = None;
+            }
+        }
     }
 
     /// Arrange a pump at `due_ms` unless one is already set for then or earlier.
@@ -104,10 +122,7 @@ impl ScheduledQueueActor {
             return;
         }
         self.held_since = Some(now_ms());
-        // Held mail may wait long: its content waits in the spool, not in memory.
-        for m in self.scheduled.values_mut() {
-            m.hot = None;
-        }
+        self.drop_waiting_content();
         if let Some((_, handle)) = self.wake.take() {
             ctx.cancel_future(handle);
         }

@@ -1,0 +1,29 @@
+# Sourced by bench scripts: a switchyard daemon on loopback ports, relaying by [routes].
+#   sy_config DIR ROUTE...   write DIR/switchyard.toml (data in DIR/data); ROUTE is
+#                            "domain=host:port"; uses $sy_port (SMTP) and $sy_http (HTTP)
+#   sy_start DIR             start it on that config (log in DIR/switchyard.log), set
+#                            $sy_pid, and wait for its HTTP port
+#   sy_metric REGEX          the sum of the /metrics lines matching REGEX
+
+sy_config() {
+  local dir=$1; shift
+  {
+    echo "hostname = \"switchyard.bench.test\""
+    echo "data_dir = \"$dir/data\""
+    echo "[smtp]"; echo "listen = [\"127.0.0.1:$sy_port\"]"
+    echo "[http]"; echo "listen = \"127.0.0.1:$sy_http\""
+    echo "[dns]"; echo "nameservers = [\"127.0.0.1:9\"]"
+    echo "[routes]"
+    for route in "$@"; do echo "\"${route%%=*}\" = \"${route#*=}\""; done
+  } > "$dir/switchyard.toml"
+}
+
+sy_start() {
+  target/release/switchyard serve --config "$1/switchyard.toml" 2>>"$1/switchyard.log" &
+  sy_pid=$!
+  for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$sy_http) 2>/dev/null && return; sleep 0.05; done
+}
+
+sy_metric() {
+  curl -s "127.0.0.1:$sy_http/metrics" | awk -v m="$1" '$0 ~ m {s+=$2} END{printf "%d\n", s}'
+}
