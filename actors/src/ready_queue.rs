@@ -436,14 +436,8 @@ impl Handler<Offer> for ReadyQueueActor {
         if taken < offer.items.len() && self.blocked_names.insert(offer.queue.clone()) {
             self.blocked.push_back((offer.queue, offer.from));
         }
-        // Content in memory is for messages about to go out: past the first few that wait
-        // here, it goes back to the spool (a stuck site must not hold the budget others use).
-        let keep_hot = 2 * self.settings.connection_limit;
-        for mut item in offer.items.into_iter().take(taken) {
+        for item in offer.items.into_iter().take(taken) {
             crate::test_hooks::hop(&item.message.key, "ready-queue");
-            if self.ready.len() >= keep_hot {
-                item.message.hot = None;
-            }
             self.ready.push_back(item);
         }
         self.dispatch(ctx);

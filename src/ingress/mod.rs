@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 
 /// Bytes of fresh messages' content kept in memory for their first attempt (beyond it,
 /// connections read the content back from the spool).
-const HOT_CONTENT_BUDGET: usize = 64 << 20;
+const HOT_CONTENT_BUDGET: usize = 128 << 20;
 
 /// Time a client has to finish the TLS handshake after STARTTLS.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -119,8 +119,8 @@ pub struct ScheduledQueueActor {
     offers_out: usize,
     /// How many messages the next pump offers (fewer after a ready queue refused some).
     offer_size: usize,
-    /// Some scheduled message may still carry its content in memory.
-    hot_waiting: bool,
+    /// Bytes of in-memory content held by messages in `scheduled`.
+    hot_bytes: usize,
     /// (view version, site) → whether a suspension holds the queue, last looked up.
     hold_seen: Option<(u64, Arc<str>, bool)>,
     /// Since when (ms) a suspension holds the queue.
@@ -164,7 +164,7 @@ impl ScheduledQueueActor {
             room_calls: 0,
             offers_out: 0,
             offer_size: route::PUMP_BATCH,
-            hot_waiting: false,
+            hot_bytes: 0,
             hold_seen: None,
             held_since: None,
             offered_to: HashMap::new(),
@@ -331,7 +331,7 @@ impl Handler<AdminBounce> for ScheduledQueueActor {
                 return Box::pin(actix::fut::ready(0));
             }
         }
-        let all: Vec<QueuedMessage> = std::mem::take(&mut self.scheduled).into_values().collect();
+        let all = self.take_schedule();
         let n = all.len();
         for m in all {
             self.admin_bounce(m, &msg.reason);

@@ -89,6 +89,10 @@ impl ScheduledQueueActor {
             match picked {
                 Some(source) => {
                     let m = entry.remove();
+                    if let Some(hot) = &m.hot {
+                        // (As `unscheduled`, field by field: `source` borrows the pool.)
+                        self.hot_bytes = self.hot_bytes.saturating_sub(hot.content.body.len());
+                    }
                     by_source
                         .entry(source.name.clone())
                         .or_insert_with(|| (source.clone(), Vec::new()))
@@ -197,7 +201,6 @@ impl ScheduledQueueActor {
                             }
                         } else {
                             act.blocked_until = Some(Instant::now() + READY_FULL_FALLBACK);
-                            act.drop_waiting_content();
                             act.wake_at(now_ms() + READY_FULL_FALLBACK.as_millis() as u64, ctx);
                         }
                     }
@@ -229,7 +232,9 @@ impl ScheduledQueueActor {
                         if entry.key().0 > now {
                             break;
                         }
-                        due.push(entry.remove());
+                        let m = entry.remove();
+                        act.unscheduled(&m);
+                        due.push(m);
                     }
                     let class = act.all.bounces.classify(&reply.match_text()).to_string();
                     for m in due {

@@ -15,6 +15,11 @@ use actix::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Bytes of in-memory content one scheduled queue may hold for messages waiting in its
+/// schedule (a quarter of ingress's budget): a queue with a backlog — a stuck site, a burst
+/// — cannot take the memory that other queues' fresh mail needs.
+const HOT_SHARE: usize = 32 << 20;
+
 /// Retry settings (`[queue]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -56,25 +61,30 @@ impl RetryPolicy {
 impl ScheduledQueueActor {
     /// Keep `m` until it is due.
     pub(super) fn schedule(&mut self, mut m: QueuedMessage) {
-        if m.hot.is_some() {
-            if self.blocked_until.is_some() || self.held_since.is_some() {
-                // It will wait: its content waits in the spool, not in memory.
+        if let Some(hot) = &m.hot {
+            let n = hot.content.body.len();
+            if self.held_since.is_some() || self.hot_bytes + n > HOT_SHARE {
+                // It will wait, or this queue has its share: its content waits in the
+                // spool, and the memory budget stays for mail of other queues.
                 m.hot = None;
             } else {
-                self.hot_waiting = true;
+                self.hot_bytes += n;
             }
         }
         self.scheduled.insert((m.due_ms, m.key), m);
     }
 
-    /// The queue will wait (held, or its ready queue full): give the content of what waits
-    /// back to the spool, so that mail which can go has the memory budget.
-    pub(super) fn drop_waiting_content(&mut self) {
-        if std::mem::take(&mut self.hot_waiting) {
-            for m in self.scheduled.values_mut() {
-                m.hot = None;
-            }
+    /// `m` left the schedule: its content no longer counts against the queue's share.
+    pub(super) fn unscheduled(&mut self, m: &QueuedMessage) {
+        if let Some(hot) = &m.hot {
+            self.hot_bytes = self.hot_bytes.saturating_sub(hot.content.body.len());
         }
+    }
+
+    /// Everything leaves the schedule at once.
+    pub(super) fn take_schedule(&mut self) -> Vec<QueuedMessage> {
+        self.hot_bytes = 0;
+        std::mem::take(&mut self.scheduled).into_values().collect()
     }
 
     /// Arrange a pump at `due_ms` unless one is already set for then or earlier.
@@ -122,7 +132,11 @@ impl ScheduledQueueActor {
             return;
         }
         self.held_since = Some(now_ms());
-        self.drop_waiting_content();
+        // Held mail may wait long: its content waits in the spool, not in memory.
+        for m in self.scheduled.values_mut() {
+            m.hot = None;
+        }
+        self.hot_bytes = 0;
         if let Some((_, handle)) = self.wake.take() {
             ctx.cancel_future(handle);
         }
@@ -174,7 +188,7 @@ impl ScheduledQueueActor {
             return;
         };
         let now = now_ms();
-        let held: Vec<QueuedMessage> = std::mem::take(&mut self.scheduled).into_values().collect();
+        let held = self.take_schedule();
         for mut m in held {
             m.held_ms += now.saturating_sub(since.max(m.created_ms));
             m.due_ms = now;
