@@ -166,10 +166,9 @@ fn promtool_accepts_metrics_and_every_dashboard_query_returns_series() {
         n("Delivery") >= 5 && n("TransientFailure") >= 2 && n("Bounce") >= 3
     });
 
-    // promtool lints the exposition.
-    let (_, metrics) = d.get("/metrics");
-    // Each actor exports the series of its own identity.
-    for (name, labels, value) in [
+    // Each actor exports the series of its own identity (set by the actors as they hear
+    // of things, so read until they have).
+    let expected = [
         ("switchyard_tenant_campaigns", vec!["tenant=\"acme\""], None),
         (
             "switchyard_campaign_queues",
@@ -205,16 +204,36 @@ fn promtool_accepts_metrics_and_every_dashboard_query_returns_series() {
             vec!["tenant=\"acme\"", "site=\"*\""],
             Some(1.0),
         ),
-    ] {
-        let line = metrics
-            .lines()
-            .find(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-            .unwrap_or_else(|| panic!("no {name} with {labels:?} in /metrics"));
-        if let Some(want) = value {
-            let got: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-            assert_eq!(got, want, "{line}");
+    ];
+    let unmet = |metrics: &str| -> Vec<String> {
+        expected
+            .iter()
+            .filter_map(|(name, labels, value)| {
+                let line = metrics
+                    .lines()
+                    .find(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)));
+                match (line, value) {
+                    (None, _) => Some(format!("no {name} with {labels:?}")),
+                    (Some(l), Some(want)) => {
+                        let got: f64 = l.rsplit(' ').next().unwrap().parse().unwrap();
+                        (got != *want).then(|| format!("{l}, want {want}"))
+                    }
+                    (Some(_), None) => None,
+                }
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (_, metrics) = d.get("/metrics");
+        let missing = unmet(&metrics);
+        if missing.is_empty() {
+            break metrics;
         }
-    }
+        assert!(Instant::now() < deadline, "per-actor series: {missing:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // promtool lints the exposition.
     for name in [
         "switchyard_received_total",
         "switchyard_delivery_total",
