@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
+. bench/switchyard.sh
 T=${1:-100}; C=${2:-10}; D=${3:-100}; M=${4:-1000000}
 Q=$((T * C * D))
 work=$(mktemp -d /var/tmp/switchyard-queues.XXXXXX)
@@ -42,11 +43,6 @@ config() {  # config ROUTE_PORT REAP_AFTER DATA_DIR
     echo "\"example.org\" = \"127.0.0.1:$1\""
   } > "$work/switchyard.toml"
 }
-start() {
-  target/release/switchyard serve --config "$work/switchyard.toml" 2>>"$work/switchyard.log" &
-  sy_pid=$!
-  for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$sy_http) 2>/dev/null && return; sleep 0.05; done
-}
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$sy_pid/status"; }
 metric() { curl -s "127.0.0.1:$sy_http/metrics" | awk -v m="$1" '$1 ~ m {s+=$2} END{printf "%d\n", s}'; }
 now() { date +%s.%N; }
@@ -57,7 +53,7 @@ recovered_after() {  # seconds from $1 until the log says the spool is recovered
 
 # --- 1. many queues ---
 config "$held_port" "5s" "$work/q"
-start
+sy_start "$work"
 sleep 1
 base_rss=$(rss_kib)
 python3 bench/inject_queues.py "$sy_port" "$T" "$C" "$D" 4
@@ -67,7 +63,7 @@ live_queues=$(metric '^switchyard_scheduled_queues')
 kill -9 "$sy_pid"; wait "$sy_pid" 2>/dev/null || true
 config "$sink_port" "5s" "$work/q"
 : > "$work/switchyard.log"
-start
+sy_start "$work"
 until [ "$(metric '^switchyard_delivery_total[{].*outcome="delivered"')" -ge "$Q" ]; do sleep 0.2; done
 delivered_rss=$(rss_kib)
 sleep 12   # reap_after = 5s, checked every 1.25 s
@@ -84,7 +80,7 @@ printf '  after delivering all (restart, accepting sink) %s KiB; after reaping (
 [ "$M" -gt 0 ] || exit 0
 config "$held_port" "5m" "$work/m"
 : > "$work/switchyard.log"
-start
+sy_start "$work"
 t0=$(now)
 smtp-source -d -s 20 -m "$M" -l 5120 -f bench@example.com -t rcpt@example.org "127.0.0.1:$sy_port"
 inject_s=$(echo "$(now) - $t0" | bc -l)
@@ -94,7 +90,7 @@ queued_rss=$(rss_kib)
 kill -9 "$sy_pid"; wait "$sy_pid" 2>/dev/null || true
 : > "$work/switchyard.log"
 t0=$(now)
-start
+sy_start "$work"
 recovery_s=$(recovered_after "$t0")
 sleep 1
 recovered_rss=$(rss_kib)

@@ -92,36 +92,41 @@ impl<K: Eq + Hash + Clone, A: Actor> Registry<K, A> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The entry of `key` (started by `start(serial)` when there is none) with `leases` more
+    /// leased messages; and its serial when it was just started.
+    fn entry(
+        &self,
+        key: &K,
+        leases: u64,
+        start: impl FnOnce(u64) -> Addr<A>,
+    ) -> (Addr<A>, Arc<Semaphore>, Option<u64>) {
+        let mut map = self.map();
+        if let Some(e) = map.get_mut(key) {
+            e.leased += leases;
+            return (e.addr.clone(), e.room.clone(), None);
+        }
+        let serial = self.serials.fetch_add(1, Ordering::Relaxed) + 1;
+        let entry = Entry {
+            addr: start(serial),
+            serial,
+            leased: leases,
+            room: Arc::new(Semaphore::new(self.room)),
+        };
+        let found = (entry.addr.clone(), entry.room.clone(), Some(serial));
+        map.insert(key.clone(), entry);
+        metrics::gauge!(self.gauge).set(map.len() as f64);
+        found
+    }
+
     /// The actor of `key`, started by `start(serial)` when there is none. Counts one leased
     /// message: the caller must hand the actor exactly one message that the actor counts
     /// towards [`Registry::retire`].
     pub fn lease(&self, key: &K, start: impl FnOnce(u64) -> Addr<A>) -> Lease<A> {
-        let mut map = self.map();
-        if let Some(e) = map.get_mut(key) {
-            e.leased += 1;
-            return Lease {
-                addr: e.addr.clone(),
-                room: e.room.clone(),
-                started: None,
-            };
-        }
-        let serial = self.serials.fetch_add(1, Ordering::Relaxed) + 1;
-        let addr = start(serial);
-        let room = Arc::new(Semaphore::new(self.room));
-        map.insert(
-            key.clone(),
-            Entry {
-                addr: addr.clone(),
-                serial,
-                leased: 1,
-                room: room.clone(),
-            },
-        );
-        metrics::gauge!(self.gauge).set(map.len() as f64);
+        let (addr, room, started) = self.entry(key, 1, start);
         Lease {
             addr,
             room,
-            started: Some(serial),
+            started,
         }
     }
 
@@ -133,23 +138,7 @@ impl<K: Eq + Hash + Clone, A: Actor> Registry<K, A> {
     /// The actor of `key`, started by `start(serial)` when there is none (no lease: for
     /// answered messages, whose senders ask again on `MailboxError::Closed`).
     pub fn get_or_start(&self, key: &K, start: impl FnOnce(u64) -> Addr<A>) -> Addr<A> {
-        let mut map = self.map();
-        if let Some(e) = map.get(key) {
-            return e.addr.clone();
-        }
-        let serial = self.serials.fetch_add(1, Ordering::Relaxed) + 1;
-        let addr = start(serial);
-        map.insert(
-            key.clone(),
-            Entry {
-                addr: addr.clone(),
-                serial,
-                leased: 0,
-                room: Arc::new(Semaphore::new(self.room)),
-            },
-        );
-        metrics::gauge!(self.gauge).set(map.len() as f64);
-        addr
+        self.entry(key, 0, start).0
     }
 
     /// Take the actor `serial` of `key` out, if every message leased to it has been

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{engine, message, reply, settings};
+use common::{engine, message, plain_settings, reply, settings};
 use std::time::Duration;
 use switchyard_actors::automation::{Action, Rule, RuleBook, Scope, Trigger};
 use switchyard_actors::memory::{ScriptedConnector, SpoolCall};
@@ -37,14 +37,7 @@ fn tenant_suspension(tenant: &str, minutes: u64) -> Suspension {
 
 #[actix::test]
 async fn each_message_is_delivered_and_settled_once() {
-    let (engine, mem) = engine(
-        ScriptedConnector::accepting(),
-        settings(
-            Shaping::default(),
-            RuleBook::default(),
-            Duration::from_secs(60),
-        ),
-    );
+    let (engine, mem) = engine(ScriptedConnector::accepting(), plain_settings());
     for n in 0..3 {
         engine.submit(message(&mem, n, "acme", &["u@a.test"])).await;
     }
@@ -76,11 +69,7 @@ async fn a_message_leaves_in_one_transaction_and_each_recipient_keeps_its_reply(
                 reply(250, "2.0.0", "ok")
             }
         }),
-        settings(
-            Shaping::default(),
-            RuleBook::default(),
-            Duration::from_secs(60),
-        ),
+        plain_settings(),
     );
     let rcpts: Vec<String> = (0..5).map(|i| format!("u{i}@b.test")).collect();
     let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
@@ -109,14 +98,7 @@ async fn a_message_leaves_in_one_transaction_and_each_recipient_keeps_its_reply(
 
 #[actix::test]
 async fn a_held_tenant_sends_nothing_and_its_release_counts_no_attempt() {
-    let (engine, mem) = engine(
-        ScriptedConnector::accepting(),
-        settings(
-            Shaping::default(),
-            RuleBook::default(),
-            Duration::from_secs(60),
-        ),
-    );
+    let (engine, mem) = engine(ScriptedConnector::accepting(), plain_settings());
     let held = engine.suspend(tenant_suspension("bad", 60)).await.unwrap();
     engine.submit(message(&mem, 1, "bad", &["u@c.test"])).await;
     engine.submit(message(&mem, 2, "good", &["u@c.test"])).await;

@@ -3,27 +3,18 @@
 
 mod common;
 
-use common::{engine, message, settings};
+use common::{engine, message, plain_settings};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_actors::automation::RuleBook;
 use switchyard_actors::memory::ScriptedConnector;
 use switchyard_actors::scheduled_queue::ENQUEUE_ROOM;
-use switchyard_actors::shaping::Shaping;
 
 #[actix::test]
 async fn submissions_beyond_the_room_wait_until_the_queue_takes_them() {
     const SLOW_MS: u64 = 20;
     switchyard_actors::test_hooks::set_slow_enqueue_ms(SLOW_MS);
-    let (engine, mem) = engine(
-        ScriptedConnector::accepting(),
-        settings(
-            Shaping::default(),
-            RuleBook::default(),
-            Duration::from_secs(60),
-        ),
-    );
+    let (engine, mem) = engine(ScriptedConnector::accepting(), plain_settings());
     let engine = Arc::new(engine);
     let handed = Arc::new(AtomicUsize::new(0));
     let total = 3 * ENQUEUE_ROOM;

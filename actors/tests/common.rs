@@ -48,6 +48,15 @@ pub fn settings(shaping: Shaping, rules: RuleBook, reap_after: Duration) -> Engi
     }
 }
 
+/// [`settings`] with no shaping, no rules, and reaping after a minute.
+pub fn plain_settings() -> EngineSettings {
+    settings(
+        Shaping::default(),
+        RuleBook::default(),
+        Duration::from_secs(60),
+    )
+}
+
 /// An engine over in-memory ports whose receivers answer as `connector` says.
 pub fn engine(connector: ScriptedConnector, settings: EngineSettings) -> (Engine, MemoryPorts) {
     let mem = MemoryPorts::new(connector);

@@ -66,7 +66,7 @@ impl ScheduledQueueActor {
             self.enter_hold(ctx);
             return self.publish();
         }
-        let all = self.all.clone();
+        let (all, pool) = (self.all.clone(), self.pool.clone());
         let mut by_source: HashMap<Arc<str>, (Arc<EgressSource>, Vec<QueuedMessage>)> =
             HashMap::new();
         let mut wait: Option<Duration> = None;
@@ -83,16 +83,13 @@ impl ScheduledQueueActor {
                     break;
                 }
             }
-            let picked = self.cursor.pick(&self.pool, |s| {
+            let picked = self.cursor.pick(&pool, |s| {
                 all.view.source_suspended(&s.name, &route.site).is_none()
             });
             match picked {
                 Some(source) => {
                     let m = entry.remove();
-                    if let Some(hot) = &m.hot {
-                        // (As `unscheduled`, field by field: `source` borrows the pool.)
-                        self.hot_bytes = self.hot_bytes.saturating_sub(hot.content.body.len());
-                    }
+                    self.unscheduled(&m);
                     by_source
                         .entry(source.name.clone())
                         .or_insert_with(|| (source.clone(), Vec::new()))
@@ -102,8 +99,7 @@ impl ScheduledQueueActor {
                 None => {
                     // Every source is suspended towards this site (or the pool is empty):
                     // wait for the first suspension to end.
-                    let until = self
-                        .pool
+                    let until = pool
                         .members
                         .iter()
                         .filter_map(|(s, _)| all.view.source_suspended(&s.name, &route.site))
