@@ -47,11 +47,17 @@ pub struct DataReader {
 }
 
 impl DataReader {
-    /// A reader that keeps at most `max_size` body bytes.
-    pub fn new(max_size: usize) -> Self {
+    /// A reader that keeps at most `max_size` body bytes, with room at first for the size
+    /// the client declared (MAIL's SIZE; 0 when it did not), or 16 KiB.
+    pub fn new(max_size: usize, declared_size: usize) -> Self {
+        let room = if declared_size > 0 {
+            declared_size
+        } else {
+            16 * 1024
+        };
         DataReader {
             state: State::LineStart,
-            body: Vec::with_capacity(max_size.min(64 * 1024)),
+            body: Vec::with_capacity(room.min(max_size)),
             max_size,
             line_len: 0,
             total: 0,
@@ -207,7 +213,7 @@ mod tests {
     use super::*;
 
     fn read(input: &[u8], max: usize) -> (Option<usize>, Result<Vec<u8>, DataProblem>) {
-        let mut r = DataReader::new(max);
+        let mut r = DataReader::new(max, 0);
         let end = r.feed(input);
         (end, r.finish())
     }
@@ -233,7 +239,7 @@ mod tests {
 
     #[test]
     fn unstuffs_dots_and_splits_across_feeds() {
-        let mut r = DataReader::new(1000);
+        let mut r = DataReader::new(1000, 0);
         assert_eq!(r.feed(b"..leading dot\r"), None);
         assert_eq!(r.feed(b"\n."), None);
         assert_eq!(r.feed(b"\r"), None);
@@ -255,7 +261,7 @@ mod tests {
         let body = b".lead\r\nmid\r\n.\r\n..two\r\nend".to_vec();
         let wire = wire_form(body.clone());
         assert_eq!(wire, b"..lead\r\nmid\r\n..\r\n...two\r\nend\r\n");
-        let mut r = DataReader::new(1 << 20);
+        let mut r = DataReader::new(1 << 20, 0);
         let mut input = wire.clone();
         input.extend_from_slice(b".\r\n");
         assert_eq!(r.feed(&input), Some(input.len()));
@@ -275,7 +281,7 @@ mod tests {
         input.extend_from_slice(b"\r\n.\r\nNEXT");
         for max in [10, 40, 1030, 1 << 20] {
             let whole = read(&input, max);
-            let mut r = DataReader::new(max);
+            let mut r = DataReader::new(max, 0);
             let mut end = None;
             for (i, b) in input.iter().enumerate() {
                 if let Some(n) = r.feed(std::slice::from_ref(b)) {

@@ -56,6 +56,8 @@ struct Transaction {
     sender: String,
     recipients: Vec<(String, String)>,
     started: Instant,
+    /// The size the client declared with MAIL's SIZE parameter (0 when it did not).
+    declared_size: usize,
 }
 
 /// State of one client session.
@@ -335,6 +337,7 @@ impl Session {
             sender,
             recipients: Vec::new(),
             started: Instant::now(),
+            declared_size,
         });
         self.reply(250, "2.1.0 Ok");
     }
@@ -504,10 +507,11 @@ impl Session {
             }
             Some(_) => {}
         }
+        let declared_size = self.transaction.as_ref().map_or(0, |tx| tx.declared_size);
         self.reply(354, "End data with <CR><LF>.<CR><LF>");
         self.flush(io.get_mut()).await?;
         let data_started = Instant::now();
-        let mut reader = DataReader::new(self.ctx.smtp.max_message_size.0 as usize);
+        let mut reader = DataReader::new(self.ctx.smtp.max_message_size.0 as usize, declared_size);
         let idle = self.ctx.smtp.idle_timeout.0;
         loop {
             let chunk = match tokio::time::timeout(idle, io.fill_buf()).await {

@@ -5,12 +5,15 @@
 //! every reply of the group is read and judged on its own (RFC 2920): a recipient refused
 //! at RCPT keeps its own reply, the others get the one that decided the message. A DATA
 //! answered `354` when no recipient was accepted gets a lone end mark, so the session stays
-//! in step. RSET separates messages on a reused session; the peer's SIZE is respected before
-//! anything is sent. Content stored in wire form (dot-stuffed at ingress) is written as it
-//! is, without a copy. Every wait has its timeout, and any transport error turns into a
+//! in step. A transaction that ended with the reply to the end mark leaves the peer's state
+//! clear (RFC 5321 §4.1.1.4), so the next message follows at once; one that stopped
+//! earlier is closed with RSET first. The peer's SIZE is respected before anything is
+//! sent. Content stored in wire form (dot-stuffed at ingress) goes out as it is, without a
+//! copy, in one vectored write with its end mark. Every wait has its timeout, and any transport error turns into a
 //! synthetic `451 4.4.2` reply (a transient failure) and makes the session unusable.
 
 use super::stream::Stream;
+use bytes::Buf;
 use futures::future::BoxFuture;
 use smtp_proto::response::parser::ResponseReceiver;
 use smtp_proto::{EhloResponse, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS};
@@ -184,6 +187,7 @@ impl Client {
                 return Ok(all(&r));
             }
         }
+        // Until the reply to the end mark clears the peer's state, the next message needs RSET.
         self.need_rset = true;
         let body = &content.body;
         if self.size_limit > 0 && body.len() > self.size_limit {
@@ -235,6 +239,7 @@ impl Client {
             // RFC 2920 §3.1: DATA went ahead of the refusals; close it with nothing in it.
             self.write(b".\r\n", self.timeouts.data).await?;
             self.reply(self.timeouts.data_dot).await?;
+            self.need_rset = false;
         }
         if !mail_reply.is_success() {
             return Ok(all(&mail_reply));
@@ -243,11 +248,13 @@ impl Client {
             _ if !accepted => None,
             Some(d) if d.code == 354 => {
                 if content.stuffed {
-                    self.write_all_then_dot(body).await?;
+                    self.write_all_then_dot(body.clone()).await?;
                 } else {
                     self.write(&dot_stuff(body), self.timeouts.data).await?;
                 }
-                Some(self.reply(self.timeouts.data_dot).await?)
+                let end = self.reply(self.timeouts.data_dot).await?;
+                self.need_rset = false;
+                Some(end)
             }
             other => other,
         };
@@ -260,12 +267,12 @@ impl Client {
             .collect())
     }
 
-    /// Write content already in wire form, then the end mark.
-    async fn write_all_then_dot(&mut self, body: &[u8]) -> Result<(), TransportError> {
+    /// Write content already in wire form and the end mark, in one vectored write where
+    /// the socket allows it.
+    async fn write_all_then_dot(&mut self, body: bytes::Bytes) -> Result<(), TransportError> {
         let w = async {
             let s = self.io.get_mut();
-            s.write_all(body).await?;
-            s.write_all(b".\r\n").await?;
+            s.write_all_buf(&mut body.chain(&b".\r\n"[..])).await?;
             s.flush().await
         };
         match tokio::time::timeout(self.timeouts.data, w).await {
@@ -344,5 +351,116 @@ mod tests {
             (plain.code, plain.enhanced, plain.text.as_str()),
             (250, None, "ok")
         );
+    }
+
+    /// A receiver on loopback that offers PIPELINING, refuses `RCPT TO:<refused@…>`,
+    /// answers a DATA with no accepted recipient `554`, and records every command line.
+    async fn scripted_peer() -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (r, mut w) = tcp.into_split();
+            let mut lines = BufReader::new(r).lines();
+            w.write_all(b"220 peer.test ready\r\n").await.unwrap();
+            let mut accepted = 0;
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.lock().unwrap().push(line.clone());
+                let reply: &[u8] = match line.split(':').next().unwrap_or("") {
+                    l if l.starts_with("EHLO") => b"250-peer.test\r\n250 PIPELINING\r\n",
+                    "MAIL FROM" => {
+                        accepted = 0;
+                        b"250 2.1.0 ok\r\n"
+                    }
+                    "RCPT TO" if line.contains("refused@") => b"550 5.1.1 no such user\r\n",
+                    "RCPT TO" => {
+                        accepted += 1;
+                        b"250 2.1.5 ok\r\n"
+                    }
+                    "DATA" if accepted == 0 => b"554 5.5.1 no valid recipients\r\n",
+                    "DATA" => {
+                        w.write_all(b"354 go ahead\r\n").await.unwrap();
+                        while let Ok(Some(body)) = lines.next_line().await {
+                            if body == "." {
+                                break;
+                            }
+                        }
+                        b"250 2.0.0 queued\r\n"
+                    }
+                    "RSET" => b"250 2.0.0 reset\r\n",
+                    _ => b"221 2.0.0 bye\r\n",
+                };
+                w.write_all(reply).await.unwrap();
+            }
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let wait = Duration::from_secs(5);
+        let timeouts = Timeouts {
+            connect: wait,
+            command: wait,
+            data: wait,
+            data_dot: wait,
+            idle: wait,
+        };
+        let peer = Peer {
+            host: "peer.test".into(),
+            addr: addr.to_string(),
+        };
+        let mut client = Client::new(Stream::Plain(tcp), peer, timeouts);
+        assert_eq!(client.reply(wait).await.unwrap().code, 220);
+        assert!(client.hello("switchyard.test").await.unwrap().is_success());
+        (client, seen)
+    }
+
+    #[tokio::test]
+    async fn rset_only_after_a_transaction_that_did_not_reach_the_end_mark() {
+        let (mut client, seen) = scripted_peer().await;
+        let message = LoadedMessage {
+            sender: "a@example.com".into(),
+            body: bytes::Bytes::from_static(b"Subject: t\r\n\r\n..dot\r\n"),
+            stuffed: true,
+        };
+        for rcpt in [
+            "one@example.org",
+            "two@example.org",
+            "refused@example.org",
+            "three@example.org",
+        ] {
+            let replies = client.send("a@example.com", &[rcpt], &message).await;
+            let expected = if rcpt.starts_with("refused") {
+                550
+            } else {
+                250
+            };
+            assert_eq!(replies[0].code, expected, "{rcpt}: {:?}", replies[0]);
+        }
+        let commands: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| {
+                !l.starts_with("Subject") && !l.is_empty() && !l.starts_with("..") && *l != "."
+            })
+            .cloned()
+            .collect();
+        let envelope = |r: &str| {
+            vec![
+                "MAIL FROM:<a@example.com>".to_string(),
+                format!("RCPT TO:<{r}>"),
+                "DATA".to_string(),
+            ]
+        };
+        let mut expected = vec!["EHLO switchyard.test".to_string()];
+        // A completed transaction leaves the peer's state clear: no RSET between them.
+        expected.extend(envelope("one@example.org"));
+        expected.extend(envelope("two@example.org"));
+        expected.extend(envelope("refused@example.org"));
+        // The refused one ended at DATA's 554, so the next message resets first.
+        expected.push("RSET".to_string());
+        expected.extend(envelope("three@example.org"));
+        assert_eq!(commands, expected);
     }
 }
