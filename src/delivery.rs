@@ -141,7 +141,7 @@ pub fn start_engine(
         spool: Arc::new(spool.clone()),
         events: Arc::new(log.clone()),
         resolver: Arc::new(dns.clone()),
-        connector: Arc::new(Connector::new()?),
+        connector: Arc::new(Connector::new(loaded.trust_roots()?)?),
     };
     let bounces = crate::shaping::bounce_classifier(loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
     let engine = Arc::new(Engine::start(engine_settings(loaded)?, ports, bounces)?);

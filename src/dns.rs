@@ -169,6 +169,7 @@ impl Inner {
                     name: ip.to_string(),
                     addrs: vec![ip],
                     port: None,
+                    configured: false,
                 }],
             ));
         }
@@ -184,6 +185,7 @@ impl Inner {
                     name: host.clone(),
                     addrs,
                     port: Some(*port),
+                    configured: true,
                 }],
             ));
         }
@@ -233,6 +235,7 @@ impl Inner {
                                 name: host,
                                 addrs,
                                 port: None,
+                                configured: false,
                             });
                         }
                         Err(e) => last_error = Some(e),
@@ -265,6 +268,7 @@ impl Inner {
                 name: domain.to_string(),
                 addrs,
                 port: None,
+                configured: false,
             }]
             .into(),
             expires,

@@ -123,6 +123,9 @@ fn option_value(v: &DeValue) -> OptionValue {
             .map(OptionValue::Integer)
             .unwrap_or(OptionValue::Other),
         DeValue::Boolean(b) => OptionValue::Bool(*b),
+        DeValue::Array(items) => {
+            OptionValue::List(items.iter().map(|v| option_value(v.get_ref())).collect())
+        }
         _ => OptionValue::Other,
     }
 }

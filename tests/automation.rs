@@ -587,7 +587,7 @@ fn consecutive_connection_failures_defer_the_whole_ready_queue() {
     ]);
     std::fs::write(
         dir.path().join("shaping.toml"),
-        format!("[\"default\"]\nsmtp_port = {closed}\nconnection_limit = 1\nbanner_timeout = \"1s\"\nconsecutive_connection_failures_before_delay = 2\n"),
+        format!("[\"default\"]\nsmtp_port = {closed}\nconnection_limit = 1\nbanner_timeout = \"1s\"\nconsecutive_connection_failures_before_delay = 2\nprohibited_hosts = []\n"),
     )
     .unwrap();
     let d = common::Daemon::start_in(

@@ -37,7 +37,7 @@ fn mx_preference_implicit_mx_null_mx_and_nxdomain() {
     write_shaping(
         dir.path(),
         &format!(
-            "[\"default\"]\nsmtp_port = {}\nenable_tls = \"Disabled\"\n",
+            "[\"default\"]\nsmtp_port = {}\nenable_tls = \"Disabled\"\nprohibited_hosts = []\n",
             sink.port
         ),
     );

@@ -40,7 +40,17 @@ fn swaks_plain_to_an_address_literal() {
         d.metric("switchyard_received_total", "tenant=\"acme\""),
         Some(1.0)
     );
-    assert_eq!(d.metric("switchyard_spool_messages", ""), Some(1.0));
+    // Accepted, then refused by prohibited_hosts: a literal may not aim us at loopback.
+    let ev = d.wait_events("a Bounce", |ev| ev.iter().any(|e| e["type"] == "Bounce"));
+    let bounce = ev.iter().find(|e| e["type"] == "Bounce").unwrap();
+    assert_eq!(bounce["response"]["enhanced"], "5.4.4", "{bounce}");
+    assert!(
+        bounce["response"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1"),
+        "{bounce}"
+    );
 }
 
 #[test]

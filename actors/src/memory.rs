@@ -159,6 +159,7 @@ fn route_to(site: &str) -> Route {
             name: site.to_string(),
             addrs: vec![[127, 0, 0, 1].into()],
             port: None,
+            configured: true,
         }]),
         expires: Instant::now() + Duration::from_secs(3600),
     }
@@ -311,6 +312,7 @@ impl SmtpConnector for SharedConnector {
                 peer: Peer {
                     host,
                     addr: "127.0.0.1".into(),
+                    tls: None,
                 },
                 owner,
             });

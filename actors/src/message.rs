@@ -209,4 +209,19 @@ pub struct Peer {
     pub host: String,
     /// Address connected to.
     pub addr: String,
+    /// The session's TLS, when STARTTLS succeeded (logged as the record's own `tls`).
+    #[serde(skip)]
+    pub tls: Option<TlsInfo>,
+}
+
+/// What a session's TLS was: logged as `tls` in Delivery and TransientFailure records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsInfo {
+    /// "TLSv1_3", "TLSv1_2".
+    pub version: String,
+    /// The cipher suite, e.g. "TLS13_AES_256_GCM_SHA384".
+    pub cipher: String,
+    /// Whether the certificate was verified (Opportunistic, Required) or not (the
+    /// Insecure modes).
+    pub verified: bool,
 }

@@ -43,6 +43,8 @@ pub struct MxHost {
     pub addrs: Vec<IpAddr>,
     /// Port, when a route fixes it (otherwise the shaping `smtp_port`).
     pub port: Option<u16>,
+    /// Set by the operator's `[routes]`: not screened by `prohibited_hosts`/`skip_hosts`.
+    pub configured: bool,
 }
 
 /// Where mail for a domain goes.
@@ -86,19 +88,47 @@ pub enum TlsMode {
     Disabled,
 }
 
-/// Per-connection timeouts.
+/// Per-connection timeouts, one per step, named and defaulted as KumoMTA's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// TCP connect.
+    /// TCP connect (60 s).
     pub connect: Duration,
-    /// Banner, EHLO and the envelope commands.
-    pub command: Duration,
-    /// Sending the content.
+    /// The greeting (60 s).
+    pub banner: Duration,
+    /// EHLO's (or HELO's) reply (300 s).
+    pub ehlo: Duration,
+    /// MAIL's reply (300 s).
+    pub mail_from: Duration,
+    /// Each RCPT's reply (300 s).
+    pub rcpt_to: Duration,
+    /// DATA's reply, and sending the content (300 s).
     pub data: Duration,
-    /// Waiting for the reply to the final dot.
+    /// The reply to the end mark (300 s).
     pub data_dot: Duration,
-    /// An idle connection is closed after this.
+    /// RSET's reply (5 s).
+    pub rset: Duration,
+    /// An idle connection waits this long for its next message, then QUITs (5 s).
     pub idle: Duration,
+    /// STARTTLS's reply and the TLS handshake (5 s).
+    pub starttls: Duration,
+}
+
+impl Timeouts {
+    /// Every step the same (tests).
+    pub fn all(d: Duration) -> Timeouts {
+        Timeouts {
+            connect: d,
+            banner: d,
+            ehlo: d,
+            mail_from: d,
+            rcpt_to: d,
+            data: d,
+            data_dot: d,
+            rset: d,
+            idle: d,
+            starttls: d,
+        }
+    }
 }
 
 /// An egress source: the local address and name a connection uses.
@@ -125,9 +155,11 @@ pub struct ConnectTarget {
     pub tls: TlsMode,
     /// Timeouts.
     pub timeouts: Timeouts,
-    /// How long a host whose STARTTLS failed is then sent to in plain text (Opportunistic
-    /// modes); `None` for the connector's default.
+    /// How long a host (and port) whose STARTTLS failed is then sent to in plain text
+    /// (Opportunistic modes); `None`: not remembered.
     pub remember_broken_tls: Option<Duration>,
+    /// Opportunistic TLS whose handshake failed connects again in plain text at once.
+    pub reconnect_on_failed_handshake: bool,
 }
 
 /// A failed connection: the reply to log for the message that waited on it.

@@ -27,7 +27,7 @@
 use crate::automation::RulesInForce;
 use crate::connection::{ConnectionActor, ConnectionKit, ReadyLine};
 use crate::limits::{Limiter, ProviderGate, ProviderGates};
-use crate::message::{message_id, MessageKey, QueueIdentity};
+use crate::message::{message_id, MessageKey, QueueIdentity, Reply};
 use crate::messages::{
     BackToSchedule, Batch, BounceReady, ConnectResult, ConnectionClosed, DeliveryOutcome,
     NextMessage, Offer, QueueLine, ReadyInfo, ReadyItem, ReadyQueueInfo, ReadyRoom, Reshape,
@@ -114,6 +114,8 @@ pub struct ReadyQueueActor {
     source: Arc<EgressSource>,
     site: Arc<str>,
     hosts: Arc<[MxHost]>,
+    /// The hosts its connections may try, or why none may (`prohibited_hosts`, `skip_hosts`).
+    targets: Result<Arc<[MxHost]>, Reply>,
     /// The domain whose mail created it: shaping is looked up through it.
     domain: Arc<str>,
     /// Options from the shaping files; overrides are layered on top.
@@ -181,6 +183,7 @@ impl ReadyQueueActor {
             failures: 0,
             source,
             site,
+            targets: Ok(hosts.clone()),
             hosts,
             all,
             serial,
@@ -223,6 +226,33 @@ impl ReadyQueueActor {
             tracing::info!(source = %self.source.name, site = %self.site, ?settings, "ready queue reshaped");
         }
         self.settings = settings;
+        self.screen_hosts();
+    }
+
+    /// Work out which of the site's hosts may be tried.
+    fn screen_hosts(&mut self) {
+        self.targets = self.settings.screen_hosts(&self.hosts);
+        if let Err(reply) = &self.targets {
+            tracing::warn!(source = %self.source.name, site = %self.site, reply = %reply.match_text(), "no host of this site may be connected to");
+        }
+    }
+
+    /// Settle every waiting message with `reply` (a failure that is the site's, not theirs).
+    fn fail_all(&mut self, reply: &Reply) {
+        for item in self.ready.drain(..) {
+            item.to.outcome.do_send(DeliveryOutcome {
+                key: item.message.key,
+                reply: reply.clone(),
+                peer: None,
+                source: self.source.name.clone(),
+                site: self.site.clone(),
+                sender: None,
+                size: None,
+                bounce_class: None,
+            });
+        }
+        self.wake_blocked();
+        self.publish();
     }
 
     /// May one more message go out now? Otherwise how long until it may.
@@ -323,6 +353,15 @@ impl ReadyQueueActor {
         if self.suspended {
             return self.publish();
         }
+        let hosts = match &self.targets {
+            Ok(hosts) => hosts.clone(),
+            Err(reply) => {
+                let reply = reply.clone();
+                self.fail_all(&reply);
+                self.idle_since = (self.connections == 0).then(Instant::now);
+                return;
+            }
+        };
         self.waiting.retain(|w| !w.is_closed());
         while !self.ready.is_empty() && !self.waiting.is_empty() {
             if let Err(wait) = self.message_permit() {
@@ -356,11 +395,12 @@ impl ReadyQueueActor {
             }
             let target = ConnectTarget {
                 source: self.source.clone(),
-                hosts: self.hosts.clone(),
+                hosts: hosts.clone(),
                 port: self.settings.smtp_port,
                 tls: self.settings.enable_tls,
                 timeouts: self.settings.timeouts,
                 remember_broken_tls: self.settings.remember_broken_tls,
+                reconnect_on_failed_handshake: self.settings.reconnect_on_failed_handshake,
             };
             let Some(line) = self.line.clone() else {
                 break;
@@ -426,7 +466,10 @@ impl Handler<Offer> for ReadyQueueActor {
             offer.from.room.do_send(ReadyRoom);
             return 0;
         }
-        self.hosts = offer.hosts;
+        if !Arc::ptr_eq(&self.hosts, &offer.hosts) {
+            self.hosts = offer.hosts;
+            self.screen_hosts();
+        }
         let room = if self.suspended {
             0
         } else {
@@ -509,20 +552,7 @@ impl Handler<ConnectResult> for ReadyQueueActor {
         }
         self.failures = 0;
         tracing::info!(source = %self.source.name, site = %self.site, waiting = self.ready.len(), "connections keep failing; deferring the ready queue");
-        for item in self.ready.drain(..) {
-            item.to.outcome.do_send(DeliveryOutcome {
-                key: item.message.key,
-                reply: reply.clone(),
-                peer: None,
-                source: self.source.name.clone(),
-                site: self.site.clone(),
-                sender: None,
-                size: None,
-                bounce_class: None,
-            });
-        }
-        self.wake_blocked();
-        self.publish();
+        self.fail_all(&reply);
     }
 }
 

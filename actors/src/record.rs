@@ -2,7 +2,7 @@
 //!
 //! The actors fill them in; the daemon's log writer (`src/logs.rs`) serializes and files them.
 
-use crate::message::Peer;
+use crate::message::{Peer, TlsInfo};
 use serde::Serialize;
 use std::time::SystemTime;
 
@@ -95,6 +95,9 @@ pub struct LogRecord {
     /// Remote peer of a delivery attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<Peer>,
+    /// The attempt's TLS session (Delivery, TransientFailure, Bounce).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsInfo>,
     /// Injecting client's address (Reception, Rejection).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,

@@ -13,9 +13,12 @@
 //! records which site it stands for in [`SiteIndex`]; every domain whose MX set is the same
 //! site gets the block. Automation rules live in [`crate::automation`].
 
-use crate::ports::{Timeouts, TlsMode};
+use crate::message::Reply;
+use crate::ports::{MxHost, Timeouts, TlsMode};
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -83,7 +86,9 @@ pub enum OptionValue {
     String(String),
     /// A boolean.
     Bool(bool),
-    /// Anything else (float, date, array, table).
+    /// An array.
+    List(Vec<OptionValue>),
+    /// Anything else (float, date, table).
     #[serde(skip)]
     Other,
 }
@@ -94,6 +99,16 @@ impl std::fmt::Display for OptionValue {
             OptionValue::Integer(n) => write!(f, "{n}"),
             OptionValue::String(s) => write!(f, "{s:?}"),
             OptionValue::Bool(b) => write!(f, "{b}"),
+            OptionValue::List(items) => {
+                f.write_str("[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                f.write_str("]")
+            }
             OptionValue::Other => f.write_str("(unsupported value)"),
         }
     }
@@ -116,29 +131,47 @@ pub struct ShapingOptions {
     pub enable_tls: Option<TlsMode>,
     /// Remote port.
     pub smtp_port: Option<u16>,
-    /// TCP connect timeout.
+    /// TCP connect (`connect_timeout`).
     pub connect_timeout: Option<Duration>,
-    /// Banner/command timeout.
-    pub command_timeout: Option<Duration>,
-    /// Idle connection timeout.
-    pub idle_timeout: Option<Duration>,
-    /// Content send timeout.
+    /// The greeting (`banner_timeout`).
+    pub banner_timeout: Option<Duration>,
+    /// EHLO's reply (`ehlo_timeout`).
+    pub ehlo_timeout: Option<Duration>,
+    /// MAIL's reply (`mail_from_timeout`).
+    pub mail_from_timeout: Option<Duration>,
+    /// Each RCPT's reply (`rcpt_to_timeout`).
+    pub rcpt_to_timeout: Option<Duration>,
+    /// DATA's reply and sending the content (`data_timeout`).
     pub data_timeout: Option<Duration>,
-    /// Final-dot reply timeout.
+    /// The reply to the end mark (`data_dot_timeout`).
     pub data_dot_timeout: Option<Duration>,
+    /// RSET's reply (`rset_timeout`).
+    pub rset_timeout: Option<Duration>,
+    /// An idle connection waits this long for the next message (`idle_timeout`).
+    pub idle_timeout: Option<Duration>,
+    /// STARTTLS's reply and the TLS handshake (`starttls_timeout`).
+    pub starttls_timeout: Option<Duration>,
     /// Failed connections in a row before the ready queue's messages are deferred.
     pub consecutive_connection_failures_before_delay: Option<usize>,
     /// How long a host whose STARTTLS failed is sent to in plain text (Opportunistic only).
     pub remember_broken_tls: Option<Duration>,
+    /// Opportunistic TLS: connect again in plain text when the handshake fails.
+    pub opportunistic_tls_reconnect_on_failed_handshake: Option<bool>,
     /// Recipients of one message sent in one transaction.
     pub max_recipients_per_batch: Option<usize>,
+    /// A site with any address in these is refused (`550 5.4.4`).
+    pub prohibited_hosts: Option<Arc<[IpNet]>>,
+    /// Addresses in these are left out of a site's hosts.
+    pub skip_hosts: Option<Arc<[IpNet]>>,
 }
 
 impl ShapingOptions {
     /// `self` with every option `over` sets replaced.
     pub fn overlay(&self, over: &ShapingOptions) -> ShapingOptions {
         macro_rules! pick {
-            ($($f:ident),*) => { ShapingOptions { $($f: over.$f.or(self.$f)),* } };
+            ($($f:ident),*) => {
+                ShapingOptions { $($f: over.$f.clone().or_else(|| self.$f.clone())),* }
+            };
         }
         pick!(
             connection_limit,
@@ -149,13 +182,21 @@ impl ShapingOptions {
             enable_tls,
             smtp_port,
             connect_timeout,
-            command_timeout,
-            idle_timeout,
+            banner_timeout,
+            ehlo_timeout,
+            mail_from_timeout,
+            rcpt_to_timeout,
             data_timeout,
             data_dot_timeout,
+            rset_timeout,
+            idle_timeout,
+            starttls_timeout,
             consecutive_connection_failures_before_delay,
             remember_broken_tls,
-            max_recipients_per_batch
+            opportunistic_tls_reconnect_on_failed_handshake,
+            max_recipients_per_batch,
+            prohibited_hosts,
+            skip_hosts
         )
     }
 
@@ -178,16 +219,24 @@ impl ShapingOptions {
             }
             "enable_tls" => self.enable_tls = Some(tls_mode(value)?),
             "connect_timeout" => self.connect_timeout = Some(duration(name, value)?),
-            "banner_timeout" | "ehlo_timeout" | "mail_from_timeout" | "rcpt_to_timeout" => {
-                self.command_timeout = Some(duration(name, value)?)
-            }
-            "idle_timeout" => self.idle_timeout = Some(duration(name, value)?),
+            "banner_timeout" => self.banner_timeout = Some(duration(name, value)?),
+            "ehlo_timeout" => self.ehlo_timeout = Some(duration(name, value)?),
+            "mail_from_timeout" => self.mail_from_timeout = Some(duration(name, value)?),
+            "rcpt_to_timeout" => self.rcpt_to_timeout = Some(duration(name, value)?),
             "data_timeout" => self.data_timeout = Some(duration(name, value)?),
             "data_dot_timeout" => self.data_dot_timeout = Some(duration(name, value)?),
+            "rset_timeout" => self.rset_timeout = Some(duration(name, value)?),
+            "idle_timeout" => self.idle_timeout = Some(duration(name, value)?),
+            "starttls_timeout" => self.starttls_timeout = Some(duration(name, value)?),
             "consecutive_connection_failures_before_delay" => {
                 self.consecutive_connection_failures_before_delay = Some(count(name, value)?)
             }
             "remember_broken_tls" => self.remember_broken_tls = Some(duration(name, value)?),
+            "opportunistic_tls_reconnect_on_failed_handshake" => {
+                self.opportunistic_tls_reconnect_on_failed_handshake = Some(boolean(name, value)?)
+            }
+            "prohibited_hosts" => self.prohibited_hosts = Some(networks(name, value)?),
+            "skip_hosts" => self.skip_hosts = Some(networks(name, value)?),
             "max_recipients_per_batch" => self.max_recipients_per_batch = Some(count(name, value)?),
             _ => return Ok(false),
         }
@@ -234,6 +283,42 @@ fn duration(key: &str, v: &OptionValue) -> Result<Duration, String> {
     }
 }
 
+fn boolean(key: &str, v: &OptionValue) -> Result<bool, String> {
+    match v {
+        OptionValue::Bool(b) => Ok(*b),
+        _ => Err(format!("{key} must be true or false, got {v}")),
+    }
+}
+
+/// A list of networks: CIDR blocks ("10.0.0.0/8") or single addresses ("::1").
+fn networks(key: &str, v: &OptionValue) -> Result<Arc<[IpNet]>, String> {
+    let one = |item: &OptionValue| match item {
+        OptionValue::String(s) => s
+            .trim()
+            .parse::<IpNet>()
+            .or_else(|_| s.trim().parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| format!("{key}: {s:?} is neither an address nor a CIDR block")),
+        _ => Err(format!(
+            "{key} must list addresses or CIDR blocks, got {item}"
+        )),
+    };
+    match v {
+        OptionValue::List(items) => items.iter().map(one).collect(),
+        OptionValue::String(_) => Ok(Arc::from([one(v)?])),
+        _ => Err(format!(
+            "{key} must be a list of addresses or CIDR blocks, got {v}"
+        )),
+    }
+}
+
+/// KumoMTA's default `prohibited_hosts`: loopback and unspecified addresses.
+fn default_prohibited_hosts() -> Arc<[IpNet]> {
+    ["127.0.0.0/8", "0.0.0.0/32", "::1/128", "::/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
 fn tls_mode(v: &OptionValue) -> Result<TlsMode, String> {
     let OptionValue::String(s) = v else {
         return Err(format!("enable_tls must be a string, got {v}"));
@@ -271,10 +356,16 @@ pub struct PathSettings {
     pub timeouts: Timeouts,
     /// Failed connections in a row before the ready queue's messages are deferred.
     pub consecutive_connection_failures_before_delay: usize,
-    /// How long a broken STARTTLS host is remembered.
+    /// How long a broken STARTTLS host is remembered (`None`: not remembered).
     pub remember_broken_tls: Option<Duration>,
+    /// Opportunistic TLS whose handshake failed connects again in plain text.
+    pub reconnect_on_failed_handshake: bool,
     /// Recipients of one message sent in one transaction.
     pub max_recipients_per_batch: usize,
+    /// A site with an address in these is refused.
+    pub prohibited_hosts: Arc<[IpNet]>,
+    /// Addresses left out of a site.
+    pub skip_hosts: Arc<[IpNet]>,
 }
 
 impl PathSettings {
@@ -289,43 +380,105 @@ impl PathSettings {
             enable_tls: o.enable_tls.unwrap_or(TlsMode::Opportunistic),
             smtp_port: o.smtp_port.unwrap_or(25),
             timeouts: Timeouts {
-                connect: o.connect_timeout.unwrap_or(Duration::from_secs(60)),
-                command: o.command_timeout.unwrap_or(Duration::from_secs(60)),
-                data: o.data_timeout.unwrap_or(Duration::from_secs(300)),
-                data_dot: o.data_dot_timeout.unwrap_or(Duration::from_secs(300)),
-                idle: o.idle_timeout.unwrap_or(Duration::from_secs(60)),
+                connect: o.connect_timeout.unwrap_or(secs(60)),
+                banner: o.banner_timeout.unwrap_or(secs(60)),
+                ehlo: o.ehlo_timeout.unwrap_or(secs(300)),
+                mail_from: o.mail_from_timeout.unwrap_or(secs(300)),
+                rcpt_to: o.rcpt_to_timeout.unwrap_or(secs(300)),
+                data: o.data_timeout.unwrap_or(secs(300)),
+                data_dot: o.data_dot_timeout.unwrap_or(secs(300)),
+                rset: o.rset_timeout.unwrap_or(secs(5)),
+                idle: o.idle_timeout.unwrap_or(secs(5)),
+                starttls: o.starttls_timeout.unwrap_or(secs(5)),
             },
             consecutive_connection_failures_before_delay: o
                 .consecutive_connection_failures_before_delay
                 .unwrap_or(100)
                 .max(1),
             remember_broken_tls: o.remember_broken_tls,
+            reconnect_on_failed_handshake: o
+                .opportunistic_tls_reconnect_on_failed_handshake
+                .unwrap_or(false),
             max_recipients_per_batch: o.max_recipients_per_batch.unwrap_or(100).max(1),
+            prohibited_hosts: o
+                .prohibited_hosts
+                .clone()
+                .unwrap_or_else(default_prohibited_hosts),
+            skip_hosts: o.skip_hosts.clone().unwrap_or_else(|| Arc::from([])),
         }
+    }
+
+    /// The hosts a site's connections may try, by `prohibited_hosts` and `skip_hosts`
+    /// (KumoMTA's semantics): any prohibited address refuses the whole site with
+    /// `550 5.4.4`; skipped addresses are left out, and a site left with none fails with
+    /// `451 4.4.4`. Hosts from the operator's `[routes]` are taken as they are.
+    pub fn screen_hosts(&self, hosts: &Arc<[MxHost]>) -> Result<Arc<[MxHost]>, Reply> {
+        let within = |nets: &[IpNet], ip: &IpAddr| nets.iter().any(|n| n.contains(ip));
+        for host in hosts.iter().filter(|h| !h.configured) {
+            if let Some(ip) = host
+                .addrs
+                .iter()
+                .find(|ip| within(&self.prohibited_hosts, ip))
+            {
+                return Err(Reply::internal(
+                    550,
+                    "5.4.4",
+                    format!(
+                        "MX host {} has the address {ip}, which prohibited_hosts refuses",
+                        host.name
+                    ),
+                ));
+            }
+        }
+        let skips =
+            |h: &MxHost| !h.configured && h.addrs.iter().any(|ip| within(&self.skip_hosts, ip));
+        if !hosts.iter().any(skips) {
+            return Ok(hosts.clone());
+        }
+        let kept: Vec<MxHost> = hosts
+            .iter()
+            .filter_map(|h| {
+                let mut h = h.clone();
+                if !h.configured {
+                    h.addrs.retain(|ip| !within(&self.skip_hosts, ip));
+                }
+                (!h.addrs.is_empty()).then_some(h)
+            })
+            .collect();
+        if kept.is_empty() {
+            let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+            return Err(Reply::internal(
+                451,
+                "4.4.4",
+                format!(
+                    "skip_hosts leaves no address of {} to connect to",
+                    names.join(", ")
+                ),
+            ));
+        }
+        Ok(kept.into())
     }
 }
 
-/// One way a provider recognises its sites.
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// One way a provider recognises its sites (see [`Provider::matches`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderMatch {
-    /// Every MX host name of the site ends with this (lower case, no trailing dot).
+    /// An MX host name ends with this (lower case, no trailing dot).
     MxSuffix(String),
     /// The destination domain ends with this.
     DomainSuffix(String),
-    /// One of the site's MX hosts is exactly this.
+    /// An MX host is exactly this.
     HostName(String),
 }
 
-impl ProviderMatch {
-    fn matches(&self, domain: &str, mx_hosts: &[&str]) -> bool {
-        match self {
-            ProviderMatch::MxSuffix(s) => {
-                !mx_hosts.is_empty() && mx_hosts.iter().all(|h| h.ends_with(s.as_str()))
-            }
-            ProviderMatch::DomainSuffix(s) => domain.ends_with(s.as_str()),
-            ProviderMatch::HostName(s) => mx_hosts.contains(&s.as_str()),
-        }
-    }
+/// `name` ends with `suffix`, ignoring case (KumoMTA's suffix test).
+fn suffix_matches(name: &str, suffix: &str) -> bool {
+    name.len() >= suffix.len()
+        && name.as_bytes()[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 /// `[provider."name"]`.
@@ -343,6 +496,36 @@ pub struct Provider {
     pub connection_limit: Option<usize>,
     /// Messages per source across all its sites.
     pub max_message_rate: Option<Rate>,
+}
+
+impl Provider {
+    /// Whether mail to `domain`, whose MX hosts are `mx_hosts`, is this provider's, by
+    /// KumoMTA's rule: a `DomainSuffix` that fits the domain decides at once; otherwise,
+    /// when the provider has MX rules, *every* MX host must fit *one of* its `MXSuffix` or
+    /// `HostName` rules (so a site mixing two of the provider's host names is still its
+    /// own, and a vanity domain mixing providers is nobody's).
+    pub fn matches(&self, domain: &str, mx_hosts: &[&str]) -> bool {
+        let domain_rule = self.matches.iter().any(|m| match m {
+            ProviderMatch::DomainSuffix(s) => suffix_matches(domain, s),
+            _ => false,
+        });
+        if domain_rule {
+            return true;
+        }
+        let host_fits = |host: &str| {
+            let host = host.trim_end_matches('.');
+            self.matches.iter().any(|m| match m {
+                ProviderMatch::MxSuffix(s) => suffix_matches(host, s),
+                ProviderMatch::HostName(n) => host.eq_ignore_ascii_case(n.trim_end_matches('.')),
+                ProviderMatch::DomainSuffix(_) => false,
+            })
+        };
+        let has_mx_rules = self
+            .matches
+            .iter()
+            .any(|m| !matches!(m, ProviderMatch::DomainSuffix(_)));
+        has_mx_rules && !mx_hosts.is_empty() && mx_hosts.iter().all(|h| host_fits(h))
+    }
 }
 
 /// `["domain"]` with its per-source blocks.
@@ -448,7 +631,7 @@ impl Shaping {
         let hosts = site_hosts(site);
         self.providers
             .iter()
-            .filter(|p| p.matches.iter().any(|m| m.matches(domain, &hosts)))
+            .filter(|p| p.matches(domain, &hosts))
             .cloned()
             .collect()
     }
@@ -585,5 +768,149 @@ mod tests {
         }
         assert!("100".parse::<Rate>().is_err());
         assert!("0/s".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn a_provider_matches_when_every_mx_host_fits_one_of_its_rules() {
+        let google = Provider {
+            name: "google".into(),
+            matches: vec![
+                ProviderMatch::MxSuffix(".l.google.com".into()),
+                ProviderMatch::MxSuffix(".googlemail.com".into()),
+                ProviderMatch::HostName("smtp.google.com".into()),
+            ],
+            ..Default::default()
+        };
+        // A Workspace domain whose MX set mixes the provider's host names.
+        assert!(google.matches(
+            "acme.test",
+            &["aspmx.l.google.com", "aspmx2.googlemail.com"]
+        ));
+        assert!(google.matches("acme.test", &["SMTP.Google.com."]));
+        // A vanity domain mixing providers is nobody's.
+        assert!(!google.matches("mixed.test", &["aspmx.l.google.com", "mx.other.test"]));
+        assert!(!google.matches("none.test", &[]));
+        let outlook = Provider {
+            name: "outlook".into(),
+            matches: vec![ProviderMatch::DomainSuffix(".outlook.com".into())],
+            ..Default::default()
+        };
+        assert!(outlook.matches("eur.outlook.com", &["mx.elsewhere.test"]));
+        assert!(!outlook.matches("outlook.com", &["mx.elsewhere.test"]));
+        let mut s = Shaping::default();
+        s.providers.push(Arc::new(google));
+        let site = "aspmx.l.google.com,aspmx2.googlemail.com";
+        assert_eq!(s.providers_for("acme.test", site).len(), 1);
+    }
+
+    #[test]
+    fn each_timeout_is_its_own_with_kumomta_defaults() {
+        let t = PathSettings::from_options(&ShapingOptions::default()).timeouts;
+        let s = Duration::from_secs;
+        assert_eq!(
+            (t.connect, t.banner, t.ehlo, t.mail_from, t.rcpt_to),
+            (s(60), s(60), s(300), s(300), s(300))
+        );
+        assert_eq!(
+            (t.data, t.data_dot, t.rset, t.idle, t.starttls),
+            (s(300), s(300), s(5), s(5), s(5))
+        );
+        let names = [
+            "connect_timeout",
+            "banner_timeout",
+            "ehlo_timeout",
+            "mail_from_timeout",
+            "rcpt_to_timeout",
+            "data_timeout",
+            "data_dot_timeout",
+            "rset_timeout",
+            "idle_timeout",
+            "starttls_timeout",
+        ];
+        let mut o = ShapingOptions::default();
+        for (i, name) in names.iter().enumerate() {
+            assert!(o
+                .set(name, &OptionValue::String(format!("{}s", i + 1)))
+                .unwrap());
+        }
+        let t = PathSettings::from_options(&o).timeouts;
+        let got = [
+            t.connect,
+            t.banner,
+            t.ehlo,
+            t.mail_from,
+            t.rcpt_to,
+            t.data,
+            t.data_dot,
+            t.rset,
+            t.idle,
+            t.starttls,
+        ];
+        let want: Vec<Duration> = (1..=10).map(s).collect();
+        assert_eq!(got.to_vec(), want, "each option sets its own step");
+    }
+
+    fn host(name: &str, addrs: &[&str], configured: bool) -> MxHost {
+        MxHost {
+            name: name.into(),
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            port: None,
+            configured,
+        }
+    }
+
+    #[test]
+    fn prohibited_hosts_refuse_a_site_and_skip_hosts_thin_it() {
+        let defaults = PathSettings::from_options(&ShapingOptions::default());
+        let public: Arc<[MxHost]> = vec![host("mx.example.org", &["192.0.2.1"], false)].into();
+        assert_eq!(defaults.screen_hosts(&public).unwrap(), public);
+        for addr in ["127.0.0.1", "127.9.9.9", "::1", "0.0.0.0", "::"] {
+            let hosts: Arc<[MxHost]> = vec![
+                host("mx1.example.org", &["192.0.2.1"], false),
+                host("mx2.example.org", &["192.0.2.2", addr], false),
+            ]
+            .into();
+            let reply = defaults.screen_hosts(&hosts).unwrap_err();
+            assert_eq!(
+                (reply.code, reply.enhanced.as_deref()),
+                (550, Some("5.4.4")),
+                "{addr}"
+            );
+            assert!(reply.text.contains("mx2.example.org"), "{}", reply.text);
+        }
+        // The operator's own routes are not screened.
+        let routed: Arc<[MxHost]> = vec![host("127.0.0.1", &["127.0.0.1"], true)].into();
+        assert!(defaults.screen_hosts(&routed).is_ok());
+        // prohibited_hosts = [] lets loopback MX hosts through.
+        let open =
+            PathSettings::from_options(&opts(&[("prohibited_hosts", OptionValue::List(vec![]))]));
+        let loopback: Arc<[MxHost]> = vec![host("mx.test", &["127.0.0.1"], false)].into();
+        assert!(open.screen_hosts(&loopback).is_ok());
+        // skip_hosts leaves addresses out, and a site left with none fails transiently.
+        let skip = PathSettings::from_options(&opts(&[(
+            "skip_hosts",
+            OptionValue::List(vec![OptionValue::String("192.0.2.0/24".into())]),
+        )]));
+        let hosts: Arc<[MxHost]> = vec![
+            host("mx1.example.org", &["192.0.2.1"], false),
+            host("mx2.example.org", &["192.0.2.2", "198.51.100.2"], false),
+        ]
+        .into();
+        let kept = skip.screen_hosts(&hosts).unwrap();
+        assert_eq!(
+            kept.to_vec(),
+            vec![host("mx2.example.org", &["198.51.100.2"], false)]
+        );
+        let reply = skip.screen_hosts(&public).unwrap_err();
+        assert_eq!(
+            (reply.code, reply.enhanced.as_deref()),
+            (451, Some("4.4.4"))
+        );
+        assert!(ShapingOptions::default()
+            .set(
+                "prohibited_hosts",
+                &OptionValue::List(vec![OptionValue::String("nope".into())])
+            )
+            .is_err());
     }
 }

@@ -128,6 +128,9 @@ pub struct Config {
     /// Shaping files.
     #[serde(default)]
     pub shaping: ShapingConfig,
+    /// `[tls]`.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 /// `[smtp]`: the injection listener.
@@ -375,6 +378,14 @@ pub struct BounceClassifierConfig {
     pub files: Vec<Spanned<String>>,
 }
 
+/// `[tls]`: trust for outbound TLS.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM files of CA certificates trusted besides the web PKI roots (private CAs, tests).
+    pub trust_roots: Vec<Spanned<PathBuf>>,
+}
+
 /// `[shaping]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -412,6 +423,34 @@ impl LoadedConfig {
         } else {
             self.base_dir.join(p)
         }
+    }
+
+    /// The CA certificates of one `[tls] trust_roots` file (at least one).
+    pub fn trust_root(
+        &self,
+        p: &Path,
+    ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+        use rustls_pki_types::pem::PemObject;
+        let path = self.resolve(p);
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(&path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("cannot read CA certificates from {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+        Ok(certs)
+    }
+
+    /// Every `[tls] trust_roots` certificate.
+    pub fn trust_roots(&self) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+        let mut all = Vec::new();
+        for f in &self.config.tls.trust_roots {
+            all.extend(
+                self.trust_root(f.get_ref())
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            );
+        }
+        Ok(all)
     }
 
     /// The shaping files, resolved, with their spans in the config file.
@@ -601,6 +640,11 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
             }
         }
         (None, None) => {}
+    }
+    for f in &c.tls.trust_roots {
+        if let Err(e) = loaded.trust_root(f.get_ref()) {
+            err(f.span(), e);
+        }
     }
     for (domain, target) in &c.routes {
         if split_host_port(target.get_ref()).is_none() {

@@ -138,16 +138,19 @@ impl Client {
         }
     }
 
-    /// Send a command and read its reply.
-    pub async fn command(&mut self, line: &str) -> Result<Reply, TransportError> {
-        let t = self.timeouts.command;
+    /// Send a command and read its reply, each within `t`.
+    pub async fn command_within(
+        &mut self,
+        line: &str,
+        t: Duration,
+    ) -> Result<Reply, TransportError> {
         self.write(format!("{line}\r\n").as_bytes(), t).await?;
         self.reply(t).await
     }
 
     /// EHLO, falling back to HELO when the peer refuses EHLO. Returns the final reply.
     pub async fn hello(&mut self, name: &str) -> Result<Reply, TransportError> {
-        let t = self.timeouts.command;
+        let t = self.timeouts.ehlo;
         self.write(format!("EHLO {name}\r\n").as_bytes(), t).await?;
         let raw = self.read_raw(t).await?;
         let reply = parse_reply(&raw);
@@ -163,7 +166,7 @@ impl Client {
             return Ok(reply);
         }
         self.extensions = 0;
-        self.command(&format!("HELO {name}")).await
+        self.command_within(&format!("HELO {name}"), t).await
     }
 
     /// Whether the peer offered STARTTLS.
@@ -178,10 +181,10 @@ impl Client {
         recipients: &[&str],
         content: &LoadedMessage,
     ) -> Result<Vec<Reply>, TransportError> {
-        let t = self.timeouts.command;
+        let t = self.timeouts;
         let all = |r: &Reply| vec![r.clone(); recipients.len()];
         if self.need_rset {
-            let r = self.command("RSET").await?;
+            let r = self.command_within("RSET", t.rset).await?;
             if !r.is_success() {
                 self.usable = false;
                 return Ok(all(&r));
@@ -209,26 +212,27 @@ impl Client {
                 envelope.push_str(&rcpt(r));
             }
             envelope.push_str("DATA\r\n");
-            self.write(envelope.as_bytes(), t).await?;
-            let m = self.reply(t).await?;
+            self.write(envelope.as_bytes(), t.mail_from).await?;
+            // Each reply of the group on its own, within its own command's timeout.
+            let m = self.reply(t.mail_from).await?;
             let mut rs = Vec::with_capacity(recipients.len());
             for _ in recipients {
-                rs.push(self.reply(t).await?);
+                rs.push(self.reply(t.rcpt_to).await?);
             }
-            (m, rs, Some(self.reply(t).await?))
+            (m, rs, Some(self.reply(t.data).await?))
         } else {
-            self.write(mail.as_bytes(), t).await?;
-            let m = self.reply(t).await?;
+            self.write(mail.as_bytes(), t.mail_from).await?;
+            let m = self.reply(t.mail_from).await?;
             if !m.is_success() {
                 return Ok(all(&m));
             }
             let mut rs = Vec::with_capacity(recipients.len());
             for r in recipients {
-                self.write(rcpt(r).as_bytes(), t).await?;
-                rs.push(self.reply(t).await?);
+                self.write(rcpt(r).as_bytes(), t.rcpt_to).await?;
+                rs.push(self.reply(t.rcpt_to).await?);
             }
             let data = if rs.iter().any(Reply::is_success) {
-                Some(self.command("DATA").await?)
+                Some(self.command_within("DATA", t.data).await?)
             } else {
                 None
             };
@@ -320,7 +324,7 @@ impl SmtpSession for Client {
     fn close(mut self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             if self.usable {
-                let _ = tokio::time::timeout(Duration::from_secs(5), self.command("QUIT")).await;
+                let _ = self.command_within("QUIT", Duration::from_secs(5)).await;
             }
             let _ = self.io.get_mut().shutdown().await;
         })
@@ -398,16 +402,11 @@ mod tests {
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
         let wait = Duration::from_secs(5);
-        let timeouts = Timeouts {
-            connect: wait,
-            command: wait,
-            data: wait,
-            data_dot: wait,
-            idle: wait,
-        };
+        let timeouts = Timeouts::all(wait);
         let peer = Peer {
             host: "peer.test".into(),
             addr: addr.to_string(),
+            tls: None,
         };
         let mut client = Client::new(Stream::Plain(tcp), peer, timeouts);
         assert_eq!(client.reply(wait).await.unwrap().code, 220);

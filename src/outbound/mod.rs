@@ -2,17 +2,24 @@
 //!
 //! [`Connector::connect`] binds the egress source's address, tries the site's hosts in
 //! order (each of their addresses), reads the banner, says EHLO with the source's name and
-//! applies the STARTTLS policy:
-//! - Opportunistic(Insecure): STARTTLS when offered; if the handshake fails, connect again
-//!   in plain text (a broken TLS stack at the receiver must not stop the mail), and remember
-//!   the host's broken TLS for an hour so the next sessions do not fail the same way first;
-//! - Required(Insecure): no TLS, no delivery — a transient failure, logged;
-//! - the Insecure variants skip certificate checks, the others verify against webpki roots.
+//! applies `enable_tls` with KumoMTA's semantics:
+//! - `Opportunistic`: STARTTLS when offered, the certificate verified (web PKI roots plus
+//!   `[tls] trust_roots`); `OpportunisticInsecure`: STARTTLS when offered, unverified. A
+//!   handshake that fails fails the attempt (`451 4.7.5`) — unless the path sets
+//!   `opportunistic_tls_reconnect_on_failed_handshake`, which connects again at once in
+//!   plain text. With `remember_broken_tls` the failure is remembered for that host *and
+//!   port* for that long, and that path's next sessions there skip STARTTLS;
+//! - `Required` (verified) and `RequiredInsecure`: no TLS, no delivery (`451 4.7.4/4.7.5`);
+//! - `Disabled`: never STARTTLS.
+//!
+//! A session's TLS (version, cipher, verified) rides on its [`Peer`] into the records.
+//! Each step waits at most its own timeout (`banner_timeout`, `ehlo_timeout`,
+//! `starttls_timeout`, ... see [`Timeouts`](switchyard_actors::ports::Timeouts)).
 
 pub mod client;
 pub mod stream;
 
-use client::{Client, TransportError};
+use client::Client;
 use futures::future::BoxFuture;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -22,16 +29,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stream::Stream;
-use switchyard_actors::message::{Peer, Reply};
+use switchyard_actors::message::{Peer, Reply, TlsInfo};
 use switchyard_actors::ports::{
     ConnectFailure, ConnectTarget, EgressSource, SmtpConnector, SmtpSession, TlsMode,
 };
 use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
-
-/// How long a host whose STARTTLS failed is sent to in plain text without trying again,
-/// when shaping's `remember_broken_tls` does not say.
-const REMEMBER_BROKEN_TLS: Duration = Duration::from_secs(3600);
 
 /// Opens outbound sessions.
 #[derive(Clone)]
@@ -42,11 +45,17 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// A connector with webpki roots for verified TLS.
-    pub fn new() -> anyhow::Result<Connector> {
+    /// A connector that verifies against the web PKI roots and `extra_roots`
+    /// (`[tls] trust_roots`).
+    pub fn new(extra_roots: Vec<CertificateDer<'static>>) -> anyhow::Result<Connector> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots =
+        let mut roots =
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in extra_roots {
+            roots
+                .add(cert)
+                .map_err(|e| anyhow::anyhow!("[tls] trust_roots: {e}"))?;
+        }
         let verified = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
@@ -63,21 +72,22 @@ impl Connector {
         })
     }
 
-    fn tls_known_broken(&self, host: &str) -> bool {
+    /// Whether STARTTLS with `host:port` failed within its remembered time.
+    fn tls_known_broken(&self, key: &str) -> bool {
         let mut map = self.broken_tls.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(host) {
+        match map.get(key) {
             Some(until) if *until > Instant::now() => true,
             Some(_) => {
-                map.remove(host);
+                map.remove(key);
                 false
             }
             None => false,
         }
     }
 
-    fn remember_broken_tls(&self, host: &str, how_long: Duration) {
+    fn remember_broken_tls(&self, key: &str, how_long: Duration) {
         let mut map = self.broken_tls.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(host.to_string(), Instant::now() + how_long);
+        map.insert(key.to_string(), Instant::now() + how_long);
     }
 }
 
@@ -104,8 +114,9 @@ impl SmtpConnector for Connector {
                     let peer = Peer {
                         host: host.name.clone(),
                         addr: addr.to_string(),
+                        tls: None,
                     };
-                    match this.session(&target, addr, peer, target.tls).await {
+                    match this.session(&target, addr, peer).await {
                         Ok(c) => return Ok(Box::new(c) as Box<dyn SmtpSession>),
                         Err(a) => last = a,
                     }
@@ -120,12 +131,12 @@ impl SmtpConnector for Connector {
 }
 
 impl Connector {
-    async fn session(
+    /// Connect, read the banner and say EHLO, in plain text.
+    async fn plain_session(
         &self,
         target: &ConnectTarget,
         addr: SocketAddr,
-        peer: Peer,
-        tls: TlsMode,
+        peer: &Peer,
     ) -> Result<Client, Attempt> {
         let fail = |reply: Reply| Attempt {
             reply,
@@ -151,28 +162,44 @@ impl Connector {
         };
         let _ = tcp.set_nodelay(true);
         let mut client = Client::new(Stream::Plain(tcp), peer.clone(), t);
-        let transport = |e: TransportError| fail(e.reply());
-        let banner = client.reply(t.command).await.map_err(transport)?;
+        let banner = client.reply(t.banner).await.map_err(|e| fail(e.reply()))?;
         if banner.code != 220 {
             return Err(fail(banner));
         }
-        let hello = client.hello(&target.source.ehlo).await.map_err(transport)?;
+        let hello = client
+            .hello(&target.source.ehlo)
+            .await
+            .map_err(|e| fail(e.reply()))?;
         if !hello.is_success() {
             return Err(fail(hello));
         }
-        let opportunistic = matches!(tls, TlsMode::Opportunistic | TlsMode::OpportunisticInsecure);
-        if opportunistic && self.tls_known_broken(&peer.host) {
-            return Ok(client);
-        }
-        let (wants, verify) = match tls {
+        Ok(client)
+    }
+
+    async fn session(
+        &self,
+        target: &ConnectTarget,
+        addr: SocketAddr,
+        peer: Peer,
+    ) -> Result<Client, Attempt> {
+        let fail = |reply: Reply| Attempt {
+            reply,
+            peer: Some(peer.clone()),
+        };
+        let client = self.plain_session(target, addr, &peer).await?;
+        let (required, verify) = match target.tls {
             TlsMode::Disabled => return Ok(client),
             TlsMode::Opportunistic => (false, true),
             TlsMode::OpportunisticInsecure => (false, false),
             TlsMode::Required => (true, true),
             TlsMode::RequiredInsecure => (true, false),
         };
+        let broken_key = format!("{}:{}", peer.host, addr.port());
+        if !required && target.remember_broken_tls.is_some() && self.tls_known_broken(&broken_key) {
+            return Ok(client);
+        }
         if !client.offers_starttls() {
-            if wants {
+            if required {
                 return Err(fail(Reply::internal(
                     451,
                     "4.7.4",
@@ -184,36 +211,78 @@ impl Connector {
             }
             return Ok(client);
         }
-        let started = client.command("STARTTLS").await.map_err(transport)?;
-        let upgraded = if started.code == 220 {
-            self.handshake(client, &peer.host, addr.ip(), verify).await
-        } else {
-            Err(format!(
-                "STARTTLS refused: {} {}",
-                started.code, started.text
-            ))
-        };
-        match upgraded {
+        let mut client = client;
+        let started = client
+            .command_within("STARTTLS", target.timeouts.starttls)
+            .await
+            .map_err(|e| fail(e.reply()))?;
+        if started.code != 220 {
+            if required {
+                return Err(fail(Reply::internal(
+                    451,
+                    "4.7.4",
+                    format!(
+                        "TLS is required for {} but it refused STARTTLS: {} {}",
+                        peer.host, started.code, started.text
+                    ),
+                )));
+            }
+            // The server declined after offering it: the session goes on in plain text.
+            return Ok(client);
+        }
+        let handshake = tokio::time::timeout(
+            target.timeouts.starttls,
+            self.handshake(client, &peer.host, addr.ip(), verify),
+        )
+        .await
+        .unwrap_or_else(|_| Err("the TLS handshake timed out".into()));
+        let why = match handshake {
             Ok(stream) => {
-                let mut client = Client::new(Stream::Tls(Box::new(stream)), peer.clone(), t);
-                let hello = client.hello(&target.source.ehlo).await.map_err(transport)?;
+                let (_, conn) = stream.get_ref();
+                let tls = TlsInfo {
+                    version: conn
+                        .protocol_version()
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("unknown")
+                        .to_string(),
+                    cipher: conn
+                        .negotiated_cipher_suite()
+                        .and_then(|c| c.suite().as_str())
+                        .unwrap_or("unknown")
+                        .to_string(),
+                    verified: verify,
+                };
+                let tls_peer = Peer {
+                    tls: Some(tls),
+                    ..peer.clone()
+                };
+                let mut client =
+                    Client::new(Stream::Tls(Box::new(stream)), tls_peer, target.timeouts);
+                let hello = client
+                    .hello(&target.source.ehlo)
+                    .await
+                    .map_err(|e| fail(e.reply()))?;
                 if !hello.is_success() {
                     return Err(fail(hello));
                 }
-                Ok(client)
+                return Ok(client);
             }
-            Err(why) if wants => Err(fail(Reply::internal(
-                451,
-                "4.7.5",
-                format!("TLS required but failed with {}: {why}", peer.host),
-            ))),
-            Err(why) => {
-                tracing::info!(host = %peer.host, "STARTTLS failed ({why}); delivering in plain text");
-                let how_long = target.remember_broken_tls.unwrap_or(REMEMBER_BROKEN_TLS);
-                self.remember_broken_tls(&peer.host, how_long);
-                Box::pin(self.session(target, addr, peer.clone(), TlsMode::Disabled)).await
+            Err(why) => why,
+        };
+        if !required {
+            if let Some(how_long) = target.remember_broken_tls {
+                self.remember_broken_tls(&broken_key, how_long);
+            }
+            if target.reconnect_on_failed_handshake {
+                tracing::info!(host = %peer.host, %addr, "STARTTLS failed ({why}); connecting again in plain text");
+                return self.plain_session(target, addr, &peer).await;
             }
         }
+        Err(fail(Reply::internal(
+            451,
+            "4.7.5",
+            format!("TLS with {} ({addr}) failed: {why}", peer.host),
+        )))
     }
 
     async fn handshake(

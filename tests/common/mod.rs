@@ -222,25 +222,7 @@ impl Daemon {
 
     /// All event-log records written so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        let mut out = Vec::new();
-        let dir = self.dir.path().join("data/logs");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.sort();
-        for f in files {
-            let text = if f.extension().is_some_and(|x| x == "zst") {
-                String::from_utf8(zstd::decode_all(std::fs::File::open(&f).unwrap()).unwrap())
-                    .unwrap()
-            } else {
-                std::fs::read_to_string(&f).unwrap()
-            };
-            out.extend(
-                text.lines()
-                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
-            );
-        }
-        out
+        events_in(&self.dir.path().join("data/logs"))
     }
 
     /// Wait until `f` holds on the event log (the log thread writes asynchronously).
@@ -257,6 +239,27 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// All event-log records written so far in the log directory `dir`.
+pub fn events_in(dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    for f in files {
+        let text = if f.extension().is_some_and(|x| x == "zst") {
+            String::from_utf8(zstd::decode_all(std::fs::File::open(&f).unwrap()).unwrap()).unwrap()
+        } else {
+            std::fs::read_to_string(&f).unwrap()
+        };
+        out.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+    }
+    out
 }
 
 /// Wait until something accepts on `addr`.
@@ -696,7 +699,7 @@ pub fn world(mx: &[(&str, &str)], responses: &str, shaping: &str, config: &str) 
     std::fs::write(
         dir.path().join("shaping.toml"),
         format!(
-            "[\"default\"]\nsmtp_port = {}\nenable_tls = \"Disabled\"\n\n{shaping}",
+            "[\"default\"]\nsmtp_port = {}\nenable_tls = \"Disabled\"\nprohibited_hosts = []\n\n{shaping}",
             sink.port
         ),
     )

@@ -165,6 +165,7 @@ impl ScheduledQueueActor {
             queue: Some(self.name.clone()),
             source: s.source.as_deref().map(str::to_string),
             site: s.site.as_deref().map(str::to_string),
+            tls: s.peer.as_ref().and_then(|p| p.tls.clone()),
             peer: s.peer,
             response: Some(reply.into()),
             attempts: Some(m.attempts),
