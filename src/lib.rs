@@ -7,7 +7,8 @@
 //! tenant's actors ([`delivery`] wires them) → [`dns`] for the route → [`outbound`] SMTP to
 //! the remote MTA; every outcome lands in [`logs`]. Shaping and automation files are read by
 //! [`shaping`]; operators use [`http`] (the admin API), [`ctl`] (its command-line client) and
-//! [`reload`]; [`sink`] is the response-emulating SMTP sink of tests and benchmarks.
+//! [`reload`]. `switchyard sink`, the receiving server of tests and benchmarks, is its own
+//! crate (`sink/`, `switchyard-sink`).
 
 pub mod config;
 pub mod ctl;
@@ -20,6 +21,5 @@ pub mod outbound;
 pub mod reload;
 pub mod server;
 pub mod shaping;
-pub mod sink;
 pub mod spool;
 pub mod telemetry;

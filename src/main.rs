@@ -59,6 +59,12 @@ enum Command {
         /// Name in the banner and EHLO reply.
         #[arg(long, default_value = "sink.switchyard.test")]
         hostname: String,
+        /// Offer STARTTLS with this PEM certificate chain (with --tls-private-key).
+        #[arg(long, requires = "tls_private_key")]
+        tls_certificate: Option<PathBuf>,
+        /// The PEM private key of --tls-certificate.
+        #[arg(long, requires = "tls_certificate")]
+        tls_private_key: Option<PathBuf>,
     },
 }
 
@@ -168,13 +174,22 @@ fn sink(
     responses: Option<PathBuf>,
     record: Option<PathBuf>,
     hostname: String,
+    tls: Option<(PathBuf, PathBuf)>,
 ) -> ExitCode {
+    let tls = match tls.map(|(cert, key)| switchyard_sink::tls_config(&cert, &key)) {
+        None => None,
+        Some(Ok(config)) => Some(config),
+        Some(Err(e)) => {
+            eprintln!("switchyard sink: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let responses = match responses {
         None => None,
         Some(path) => {
             let parsed = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read: {e}"))
-                .and_then(|text| switchyard::sink::Responses::parse(&text));
+                .and_then(|text| switchyard_sink::Responses::parse(&text));
             match parsed {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -184,17 +199,18 @@ fn sink(
             }
         }
     };
-    let options = switchyard::sink::SinkOptions {
+    let options = switchyard_sink::SinkOptions {
         listen,
         responses,
         record,
         hostname,
+        tls,
     };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(switchyard::sink::run(options)));
+        .and_then(|rt| rt.block_on(switchyard_sink::run(options)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -276,7 +292,15 @@ fn main() -> ExitCode {
             responses,
             record,
             hostname,
-        } => sink(listen, responses, record, hostname),
+            tls_certificate,
+            tls_private_key,
+        } => sink(
+            listen,
+            responses,
+            record,
+            hostname,
+            tls_certificate.zip(tls_private_key),
+        ),
         Command::Serve { config } => {
             let Some(loaded) = load(config.as_deref()) else {
                 return ExitCode::FAILURE;

@@ -9,8 +9,12 @@
 //! clear (RFC 5321 §4.1.1.4), so the next message follows at once; one that stopped
 //! earlier is closed with RSET first. The peer's SIZE is respected before anything is
 //! sent. Content stored in wire form (dot-stuffed at ingress) goes out as it is, without a
-//! copy, in one vectored write with its end mark. Every wait has its timeout, and any transport error turns into a
-//! synthetic `451 4.4.2` reply (a transient failure) and makes the session unusable.
+//! copy, in one vectored write with its end mark. Every step waits at most its own timeout
+//! (KumoMTA's `mail_from_timeout`, `rcpt_to_timeout`, `data_timeout`, ...). A `421` at any
+//! step ends the session: that reply decides the message (a transient failure) and the
+//! connection is not used again. A transport error (a dropped connection, a timeout, a
+//! reply too long) turns into a synthetic `451 4.4.2` reply and makes the session
+//! unusable; a reply that cannot be parsed becomes `451 4.5.0`.
 
 use super::stream::Stream;
 use bytes::Buf;
@@ -119,9 +123,12 @@ impl Client {
             .unwrap_or_else(|_| Err(TransportError("timed out waiting for the peer".into())))
     }
 
-    /// Read one reply.
+    /// Read one reply. One that cannot be parsed leaves the session out of step: it is not
+    /// used again.
     pub async fn reply(&mut self, timeout: Duration) -> Result<Reply, TransportError> {
-        Ok(parse_reply(&self.read_raw(timeout).await?))
+        let reply = parse_reply(&self.read_raw(timeout).await?);
+        self.usable &= !reply.internal;
+        Ok(reply)
     }
 
     /// Write bytes within `timeout`.
@@ -213,29 +220,51 @@ impl Client {
             }
             envelope.push_str("DATA\r\n");
             self.write(envelope.as_bytes(), t.mail_from).await?;
-            // Each reply of the group on its own, within its own command's timeout.
+            // Each reply of the group on its own, within its own command's timeout; a 421
+            // anywhere means the peer is closing, so it decides the whole message.
             let m = self.reply(t.mail_from).await?;
+            if m.code == 421 {
+                return Ok(self.closing(&m, recipients.len()));
+            }
             let mut rs = Vec::with_capacity(recipients.len());
             for _ in recipients {
-                rs.push(self.reply(t.rcpt_to).await?);
+                let r = self.reply(t.rcpt_to).await?;
+                if r.code == 421 {
+                    return Ok(self.closing(&r, recipients.len()));
+                }
+                rs.push(r);
             }
-            (m, rs, Some(self.reply(t.data).await?))
+            let d = self.reply(t.data).await?;
+            if d.code == 421 {
+                return Ok(self.closing(&d, recipients.len()));
+            }
+            (m, rs, Some(d))
         } else {
             self.write(mail.as_bytes(), t.mail_from).await?;
             let m = self.reply(t.mail_from).await?;
+            if m.code == 421 {
+                return Ok(self.closing(&m, recipients.len()));
+            }
             if !m.is_success() {
                 return Ok(all(&m));
             }
             let mut rs = Vec::with_capacity(recipients.len());
             for r in recipients {
                 self.write(rcpt(r).as_bytes(), t.rcpt_to).await?;
-                rs.push(self.reply(t.rcpt_to).await?);
+                let r = self.reply(t.rcpt_to).await?;
+                if r.code == 421 {
+                    return Ok(self.closing(&r, recipients.len()));
+                }
+                rs.push(r);
             }
             let data = if rs.iter().any(Reply::is_success) {
                 Some(self.command_within("DATA", t.data).await?)
             } else {
                 None
             };
+            if let Some(d) = data.as_ref().filter(|d| d.code == 421) {
+                return Ok(self.closing(d, recipients.len()));
+            }
             (m, rs, data)
         };
         let accepted = mail_reply.is_success() && rcpt_replies.iter().any(Reply::is_success);
@@ -258,6 +287,7 @@ impl Client {
                 }
                 let end = self.reply(self.timeouts.data_dot).await?;
                 self.need_rset = false;
+                self.usable &= end.code != 421;
                 Some(end)
             }
             other => other,
@@ -269,6 +299,13 @@ impl Client {
                 _ => r,
             })
             .collect())
+    }
+
+    /// The peer said 421 (it is closing the connection): that reply for every recipient,
+    /// and the session is not used again.
+    fn closing(&mut self, reply: &Reply, recipients: usize) -> Vec<Reply> {
+        self.usable = false;
+        vec![reply.clone(); recipients]
     }
 
     /// Write content already in wire form and the end mark, in one vectored write where

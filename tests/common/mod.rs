@@ -512,26 +512,33 @@ pub struct ResponseSink {
 impl ResponseSink {
     /// Start on a free loopback port with `responses` (TOML) written into `dir`.
     pub fn start(dir: &Path, responses: &str) -> ResponseSink {
-        let port = free_port();
-        let file = dir.join(format!("responses-{port}.toml"));
+        ResponseSink::start_with(dir, responses, "127.0.0.1", free_port(), &[])
+    }
+
+    /// Start on `ip:port` with more `switchyard sink` arguments (e.g. `--tls-certificate`).
+    pub fn start_with(
+        dir: &Path,
+        responses: &str,
+        ip: &str,
+        port: u16,
+        extra: &[&std::ffi::OsStr],
+    ) -> ResponseSink {
+        let name = format!("{ip}-{port}");
+        let file = dir.join(format!("responses-{name}.toml"));
         std::fs::write(&file, responses).unwrap();
-        let record = dir.join(format!("sink-{port}.jsonl"));
+        let record = dir.join(format!("sink-{name}.jsonl"));
         let child = Command::new(BIN)
-            .args([
-                "sink",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--responses",
-            ])
+            .args(["sink", "--listen", &format!("{ip}:{port}"), "--responses"])
             .arg(&file)
             .arg("--record")
             .arg(&record)
+            .args(extra)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("sink-{port}.log"))).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("sink-{name}.log"))).unwrap())
             .spawn()
             .unwrap();
         wait_for_port(
-            format!("127.0.0.1:{port}").parse().unwrap(),
+            format!("{ip}:{port}").parse().unwrap(),
             Duration::from_secs(20),
         );
         ResponseSink {

@@ -1,14 +1,20 @@
 //! `switchyard sink`: a fast receiving SMTP server for tests and benchmarks that can answer
-//! the way real mailbox providers do.
+//! the way real mailbox providers do — and misbehave the way real receivers do.
 //!
 //! The sink speaks enough ESMTP for an MTA to deliver to it (EHLO with PIPELINING, MAIL,
-//! RCPT, DATA, RSET, NOOP, QUIT), throws every message away, and answers each recipient as
-//! a [`Responses`] file says:
+//! RCPT, DATA, RSET, NOOP, QUIT, and STARTTLS when given a certificate), throws every
+//! message away, and answers as a [`Responses`] file says:
 //!
-//! 1. switchyard's `[[rule]]` entries, checked first and in file order. A rule can match on
-//!    the sender's domain, the recipient's domain and the client's IP (our egress source),
-//!    fires with a `chance`, may answer only `limit` times in the sink's life, and gives its
-//!    reply at RCPT (`stage = "rcpt"`) or after the final dot (the default).
+//! 1. `[[rule]]` entries, checked first and in file order. A rule can match on the sender's
+//!    domain, the recipient's domain and the client's IP (our egress source), fires with a
+//!    `chance`, may answer only `limit` times in the sink's life, and answers at its
+//!    `stage`: `connect` (instead of the greeting), `ehlo`, `mail`, `rcpt`, `data_command`
+//!    (the reply to DATA itself: `354` there goes ahead even when no recipient was
+//!    accepted, as RFC 2920 allows) or `data` (after the final dot; the default). Its
+//!    `action` is `reply` (the default: `code` and `msg`, several lines for a multi-line
+//!    reply), `drop` (close the connection instead of answering; at `data`, in the middle
+//!    of the message) or `hang` (never answer). `delay = "2s"` answers late; `raw = true`
+//!    writes `msg` as it is, a malformed reply. A `421` closes the connection after it.
 //! 2. KumoMTA's `responses.toml` sections, by recipient domain: `[default]` and
 //!    `[domain."d"]` give the percent chances of a bounce and of a deferral, and
 //!    `[[bounce."d"]]` / `[[defer."d"]]` list the replies to pick from at random.
@@ -17,8 +23,9 @@
 //! Without a responses file every recipient is accepted.
 //!
 //! With `--record FILE` the sink appends one JSON line per finished transaction (and per
-//! recipient refused at RCPT): when, from which IP, EHLO name, envelope, the reply given,
-//! the size of the data and how many sessions were open. Tests read it to see what arrived.
+//! recipient refused at RCPT): when, from which IP, EHLO name, whether over TLS, envelope,
+//! the reply given, the size of the data and how many sessions were open. Tests read it to
+//! see what arrived.
 //!
 //! Speed matters, since benchmarks push tens of thousands of messages through it: replies are
 //! collected in a buffer and written only when the client has nothing more pipelined, and
@@ -31,12 +38,15 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 /// Longest command line kept; the rest of a longer one is skipped and answered with `500`.
 const MAX_LINE: usize = 64 * 1024;
@@ -61,6 +71,25 @@ pub struct SinkOptions {
     pub record: Option<PathBuf>,
     /// Name in the greeting and the EHLO reply.
     pub hostname: String,
+    /// Offer STARTTLS with this certificate ([`tls_config`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A server TLS config from PEM files: the certificate chain and its private key.
+pub fn tls_config(certificate: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(certificate)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read certificates from {}", certificate.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read the private key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -115,13 +144,48 @@ impl TryFrom<String> for PeerMatch {
 
 /// When a rule's reply is given.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 enum Stage {
+    /// Instead of the greeting.
+    Connect,
+    /// The reply to EHLO.
+    Ehlo,
+    /// The reply to MAIL.
+    Mail,
     /// At RCPT TO: the recipient is refused there (when the reply is not 2xx).
     Rcpt,
+    /// The reply to the DATA command itself.
+    DataCommand,
     /// After the final dot of DATA; RCPT gets `250`.
     #[default]
     Data,
+}
+
+/// What a rule does at its stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Action {
+    /// Answer with `code` and `msg`.
+    #[default]
+    Reply,
+    /// Close the connection instead (at `data`: in the middle of the message).
+    Drop,
+    /// Never answer; wait for the client to give up.
+    Hang,
+}
+
+/// A rule's `delay`: a duration such as "2s".
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+struct Delay(Duration);
+
+impl TryFrom<String> for Delay {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(Delay)
+            .map_err(|e| format!("{s:?} is not a duration ({e})"))
+    }
 }
 
 /// `[default]` and `[domain."d"]`.
@@ -151,7 +215,13 @@ struct RuleDoc {
     limit: Option<u64>,
     #[serde(default)]
     stage: Stage,
-    code: Code,
+    #[serde(default)]
+    action: Action,
+    delay: Option<Delay>,
+    #[serde(default)]
+    raw: bool,
+    code: Option<Code>,
+    #[serde(default)]
     msg: String,
 }
 
@@ -200,6 +270,9 @@ struct Rule {
     /// Times this rule has answered (counted only when it has a limit).
     used: AtomicU64,
     stage: Stage,
+    action: Action,
+    delay: Option<Duration>,
+    raw: bool,
     code: u16,
     text: String,
 }
@@ -246,20 +319,41 @@ pub struct Responses {
     defers: HashMap<String, Vec<(u16, String)>>,
 }
 
-/// One recipient's fate: the reply and when it is given.
+/// An answer: the reply, when it is given and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Decision {
     code: u16,
     text: String,
     stage: Stage,
+    action: Action,
+    delay: Option<Duration>,
+    raw: bool,
 }
 
 impl Decision {
     fn ok() -> Decision {
+        Decision::reply(250, OK_TEXT.to_string(), Stage::Data)
+    }
+
+    fn reply(code: u16, text: String, stage: Stage) -> Decision {
         Decision {
-            code: 250,
-            text: OK_TEXT.to_string(),
-            stage: Stage::Data,
+            code,
+            text,
+            stage,
+            action: Action::Reply,
+            delay: None,
+            raw: false,
+        }
+    }
+
+    fn of(rule: &Rule) -> Decision {
+        Decision {
+            code: rule.code,
+            text: rule.text.clone(),
+            stage: rule.stage,
+            action: rule.action,
+            delay: rule.delay,
+            raw: rule.raw,
         }
     }
 
@@ -276,10 +370,19 @@ impl Responses {
             let (line, col) = line_col(text, e.span().map_or(0, |s| s.start));
             format!("{line}:{col}: {}", e.message().trim_end())
         })?;
-        let rules = doc
-            .rule
-            .into_iter()
-            .map(|r| Rule {
+        let mut rules = Vec::new();
+        for (i, r) in doc.rule.into_iter().enumerate() {
+            let code = match (r.code, r.action, r.raw) {
+                (Some(c), _, _) => c.0,
+                (None, Action::Reply, false) => {
+                    return Err(format!(
+                        "rule {}: `code` is required unless the action is drop or hang, or the reply is raw",
+                        i + 1
+                    ))
+                }
+                (None, _, _) => 0,
+            };
+            rules.push(Rule {
                 sender_domain: r.sender_domain.map(|d| d.to_ascii_lowercase()),
                 recipient_domain: r.recipient_domain.map(|d| d.to_ascii_lowercase()),
                 peer: r.peer_ip.map(|p| p.0),
@@ -287,10 +390,13 @@ impl Responses {
                 limit: r.limit,
                 used: AtomicU64::new(0),
                 stage: r.stage,
-                code: r.code.0,
+                action: r.action,
+                delay: r.delay.map(|d| d.0),
+                raw: r.raw,
+                code,
                 text: r.msg,
-            })
-            .collect();
+            });
+        }
         Ok(Responses {
             rules,
             default: doc.default.map(Chances::from).unwrap_or_default(),
@@ -319,7 +425,24 @@ impl Responses {
         (d.code, d.text)
     }
 
-    /// [`Responses::choose`] with the stage of the reply.
+    /// The first rule of `stage` (connect, ehlo, mail or data_command) that fires, if any.
+    fn rule_at(
+        &self,
+        stage: Stage,
+        sender_domain: &str,
+        peer: IpAddr,
+        roll: &mut dyn FnMut() -> f64,
+    ) -> Option<Decision> {
+        let peer = peer.to_canonical();
+        self.rules
+            .iter()
+            .filter(|r| r.stage == stage && r.recipient_domain.is_none())
+            .find(|r| r.matches(sender_domain, "", peer) && roll() < r.chance && r.take_one())
+            .map(Decision::of)
+    }
+
+    /// [`Responses::choose`] with the stage of the reply (rules of the rcpt and data stages,
+    /// then the chances).
     fn decide(
         &self,
         sender_domain: &str,
@@ -329,15 +452,12 @@ impl Responses {
     ) -> Decision {
         let peer = peer.to_canonical();
         for rule in &self.rules {
-            if rule.matches(sender_domain, recipient_domain, peer)
+            if matches!(rule.stage, Stage::Rcpt | Stage::Data)
+                && rule.matches(sender_domain, recipient_domain, peer)
                 && roll() < rule.chance
                 && rule.take_one()
             {
-                return Decision {
-                    code: rule.code,
-                    text: rule.text.clone(),
-                    stage: rule.stage,
-                };
+                return Decision::of(rule);
             }
         }
         let domain = lowercase(recipient_domain);
@@ -353,11 +473,7 @@ impl Responses {
         } else {
             return Decision::ok();
         };
-        Decision {
-            code,
-            text,
-            stage: Stage::Data,
-        }
+        Decision::reply(code, text, Stage::Data)
     }
 }
 
@@ -416,12 +532,14 @@ struct Shared {
     record: Option<Mutex<io::BufWriter<std::fs::File>>>,
     /// Sessions open now (recorded with each transaction, so tests can see concurrency).
     open: AtomicU64,
+    tls: Option<TlsAcceptor>,
 }
 
 /// One record line (see the module doc).
 struct Transaction<'a> {
     peer: IpAddr,
     ehlo: &'a str,
+    tls: bool,
     mail_from: &'a str,
     rcpts: &'a [String],
     code: u16,
@@ -437,6 +555,7 @@ impl Shared {
             "time": now_secs(),
             "peer": t.peer.to_string(),
             "ehlo": t.ehlo,
+            "tls": t.tls,
             "mail_from": t.mail_from,
             "rcpts": t.rcpts,
             "code": t.code,
@@ -449,6 +568,17 @@ impl Shared {
             tracing::warn!("cannot write the sink record: {e}");
         }
     }
+
+    /// A rule of `stage`, if one fires.
+    fn rule_at(&self, stage: Stage, sender_domain: &str, peer: IpAddr) -> Option<Decision> {
+        self.responses
+            .as_ref()?
+            .rule_at(stage, sender_domain, peer, &mut roll)
+    }
+}
+
+fn roll() -> f64 {
+    rand::random::<f64>() * 100.0
 }
 
 /// Bind `options.listen`, print `sink listening on ADDR` to stdout, and serve until the
@@ -473,6 +603,7 @@ pub async fn run(options: SinkOptions) -> anyhow::Result<()> {
         responses: options.responses,
         record,
         open: AtomicU64::new(0),
+        tls: options.tls.map(TlsAcceptor::from),
     });
     let addr = listener.local_addr()?;
     let mut stdout = io::stdout().lock();
@@ -490,7 +621,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow::Result<()>
             Err(e) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
                 tracing::warn!("sink: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -506,6 +637,52 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow::Result<()>
     }
 }
 
+/// A connection's bytes: plain TCP, or TLS after STARTTLS.
+enum SinkStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for SinkStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SinkStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            SinkStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SinkStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SinkStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            SinkStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SinkStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            SinkStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SinkStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            SinkStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// What reading a command line gave.
 enum Line {
     /// A line, without its line ending, is in the buffer.
@@ -516,10 +693,16 @@ enum Line {
     Eof,
 }
 
+/// What the session does after an answer.
+#[derive(PartialEq, Eq)]
+enum Then {
+    Continue,
+    Close,
+}
+
 /// A client connection: buffered input, and replies waiting to be written.
 struct Conn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    io: BufReader<SinkStream>,
     /// Replies not yet written: they go out when the client has nothing more pipelined.
     out: Vec<u8>,
 }
@@ -538,10 +721,44 @@ impl Conn {
         }
     }
 
+    /// Give a rule's answer: late, raw, not at all, or by closing (see the module doc).
+    async fn answer(&mut self, d: &Decision) -> io::Result<Then> {
+        if let Some(delay) = d.delay {
+            self.flush().await?;
+            tokio::time::sleep(delay).await;
+        }
+        match d.action {
+            Action::Drop => return Ok(Then::Close),
+            Action::Hang => {
+                self.flush().await?;
+                // Read and ignore until the client gives up.
+                while !self.io.fill_buf().await?.is_empty() {
+                    let n = self.io.buffer().len();
+                    self.io.consume(n);
+                }
+                return Ok(Then::Close);
+            }
+            Action::Reply => {}
+        }
+        if d.raw {
+            self.out.extend_from_slice(d.text.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        } else {
+            self.reply(d.code, &d.text);
+        }
+        if d.code == 421 {
+            self.flush().await?;
+            return Ok(Then::Close);
+        }
+        Ok(Then::Continue)
+    }
+
     /// Write the queued replies.
     async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            self.writer.write_all(&self.out).await?;
+            let w = self.io.get_mut();
+            w.write_all(&self.out).await?;
+            w.flush().await?;
             self.out.clear();
         }
         Ok(())
@@ -550,10 +767,10 @@ impl Conn {
     /// More input. Before waiting for the client (nothing is buffered), write the queued
     /// replies: that is what makes pipelined commands get their replies in one write.
     async fn fill(&mut self) -> io::Result<&[u8]> {
-        if self.reader.buffer().is_empty() {
+        if self.io.buffer().is_empty() {
             self.flush().await?;
         }
-        self.reader.fill_buf().await
+        self.io.fill_buf().await
     }
 
     /// Read one command line into `line`, without its line ending.
@@ -577,7 +794,7 @@ impl Conn {
                     line.extend_from_slice(&buf[..take]);
                 }
             }
-            self.reader.consume(take);
+            self.io.consume(take);
             if done {
                 if too_long {
                     return Ok(Line::TooLong);
@@ -632,11 +849,11 @@ impl Conn {
                 }
             }
             if let Some(end) = end_of_data {
-                self.reader.consume(end);
+                self.io.consume(end);
                 return Ok(Some(size));
             }
             let n = buf.len();
-            self.reader.consume(n);
+            self.io.consume(n);
         }
     }
 }
@@ -665,22 +882,28 @@ struct Envelope {
     mail_from: String,
     /// Accepted recipients.
     rcpts: Vec<String>,
-    /// The first failure decided for an accepted recipient: the reply after the data.
-    failure: Option<(u16, String)>,
+    /// The first failure decided for an accepted recipient: the answer after the data.
+    failure: Option<Decision>,
 }
 
 /// One SMTP session, until QUIT or the connection ends.
 async fn session(stream: TcpStream, peer: IpAddr, shared: &Shared) -> io::Result<()> {
     // Replies are batched by hand, so Nagle would only add latency.
     stream.set_nodelay(true)?;
-    let (read, write) = stream.into_split();
     let mut conn = Conn {
-        reader: BufReader::with_capacity(READ_BUFFER, read),
-        writer: write,
+        io: BufReader::with_capacity(READ_BUFFER, SinkStream::Plain(stream)),
         out: Vec::with_capacity(4096),
     };
     let hostname = shared.hostname.as_str();
-    conn.reply(220, &format!("{hostname} ESMTP switchyard sink"));
+    let mut tls = false;
+    match shared.rule_at(Stage::Connect, "", peer) {
+        Some(d) => {
+            if conn.answer(&d).await? == Then::Close || d.code >= 400 {
+                return conn.flush().await;
+            }
+        }
+        None => conn.reply(220, &format!("{hostname} ESMTP switchyard sink")),
+    }
     let mut line = Vec::with_capacity(512);
     let mut ehlo = String::new();
     let mut envelope: Option<Envelope> = None;
@@ -693,7 +916,7 @@ async fn session(stream: TcpStream, peer: IpAddr, shared: &Shared) -> io::Result
             }
             Line::Eof => return Ok(()),
         }
-        let command = String::from_utf8_lossy(&line);
+        let command = String::from_utf8_lossy(&line).into_owned();
         let (verb, arg) = command.split_once(' ').unwrap_or((&command, ""));
         let is = |name: &str| verb.eq_ignore_ascii_case(name);
         if is("EHLO") || is("HELO") {
@@ -701,34 +924,76 @@ async fn session(stream: TcpStream, peer: IpAddr, shared: &Shared) -> io::Result
                 conn.reply(501, "5.5.4 Syntax: EHLO hostname");
                 continue;
             }
-            ehlo = arg.trim().to_string();
             envelope = None;
+            if let Some(d) = shared.rule_at(Stage::Ehlo, "", peer) {
+                if conn.answer(&d).await? == Then::Close {
+                    return conn.flush().await;
+                }
+                if d.code < 400 {
+                    ehlo = arg.trim().to_string();
+                }
+                continue;
+            }
+            ehlo = arg.trim().to_string();
             if is("EHLO") {
+                let starttls = if shared.tls.is_some() && !tls {
+                    "\nSTARTTLS"
+                } else {
+                    ""
+                };
                 conn.reply(
                     250,
                     &format!(
-                        "{hostname}\nPIPELINING\n8BITMIME\nSIZE 104857600\nENHANCEDSTATUSCODES"
+                        "{hostname}\nPIPELINING\n8BITMIME\nSIZE 104857600\nENHANCEDSTATUSCODES{starttls}"
                     ),
                 );
             } else {
                 conn.reply(250, hostname);
             }
+        } else if is("STARTTLS") && shared.tls.is_some() && !tls {
+            conn.reply(220, "2.0.0 Ready to start TLS");
+            conn.flush().await?;
+            // Anything the client pipelined after STARTTLS is dropped (RFC 3207).
+            let SinkStream::Plain(tcp) = conn.io.into_inner() else {
+                return Ok(());
+            };
+            let acceptor = shared.tls.clone().expect("checked above");
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                // The client refused our certificate, or spoke no TLS: the session ends.
+                Err(_) => return Ok(()),
+            };
+            conn = Conn {
+                io: BufReader::with_capacity(READ_BUFFER, SinkStream::Tls(Box::new(stream))),
+                out: Vec::with_capacity(4096),
+            };
+            tls = true;
+            ehlo.clear();
+            envelope = None;
         } else if is("MAIL") {
             if envelope.is_some() {
                 conn.reply(503, "5.5.1 Nested MAIL command");
                 continue;
             }
-            match strip_prefix_ignore_case(arg, "FROM:").and_then(path_arg) {
-                Some(from) => {
-                    envelope = Some(Envelope {
-                        mail_from: from.to_string(),
-                        rcpts: Vec::new(),
-                        failure: None,
-                    });
-                    conn.reply(250, "2.1.0 Ok");
+            let Some(from) = strip_prefix_ignore_case(arg, "FROM:").and_then(path_arg) else {
+                conn.reply(501, "5.5.4 Syntax: MAIL FROM:<address>");
+                continue;
+            };
+            if let Some(d) = shared.rule_at(Stage::Mail, domain_of(from), peer) {
+                if conn.answer(&d).await? == Then::Close {
+                    return conn.flush().await;
                 }
-                None => conn.reply(501, "5.5.4 Syntax: MAIL FROM:<address>"),
+                if d.code >= 400 || d.raw {
+                    continue;
+                }
+            } else {
+                conn.reply(250, "2.1.0 Ok");
             }
+            envelope = Some(Envelope {
+                mail_from: from.to_string(),
+                rcpts: Vec::new(),
+                failure: None,
+            });
         } else if is("RCPT") {
             let Some(env) = envelope.as_mut() else {
                 conn.reply(503, "5.5.1 MAIL first");
@@ -739,28 +1004,35 @@ async fn session(stream: TcpStream, peer: IpAddr, shared: &Shared) -> io::Result
                 continue;
             };
             let decision = match &shared.responses {
-                Some(r) => r.decide(
-                    domain_of(&env.mail_from),
-                    domain_of(rcpt),
-                    peer,
-                    &mut || rand::random::<f64>() * 100.0,
-                ),
+                Some(r) => r.decide(domain_of(&env.mail_from), domain_of(rcpt), peer, &mut roll),
                 None => Decision::ok(),
             };
-            if decision.stage == Stage::Rcpt && decision.is_failure() {
-                shared.record(Transaction {
-                    peer,
-                    ehlo: &ehlo,
-                    mail_from: &env.mail_from,
-                    rcpts: &[rcpt.to_string()],
-                    code: decision.code,
-                    text: &decision.text,
-                    size: 0,
-                });
-                conn.reply(decision.code, &decision.text);
+            if decision.stage == Stage::Rcpt {
+                let refused = decision.is_failure() || decision.action != Action::Reply;
+                if refused {
+                    shared.record(Transaction {
+                        peer,
+                        ehlo: &ehlo,
+                        tls,
+                        mail_from: &env.mail_from,
+                        rcpts: &[rcpt.to_string()],
+                        code: decision.code,
+                        text: &decision.text,
+                        size: 0,
+                    });
+                }
+                if conn.answer(&decision).await? == Then::Close {
+                    return conn.flush().await;
+                }
+                if !refused {
+                    env.rcpts.push(rcpt.to_string());
+                }
             } else {
-                if decision.is_failure() && env.failure.is_none() {
-                    env.failure = Some((decision.code, decision.text));
+                let special = decision.is_failure()
+                    || decision.action != Action::Reply
+                    || decision.delay.is_some();
+                if special && env.failure.is_none() {
+                    env.failure = Some(decision);
                 }
                 env.rcpts.push(rcpt.to_string());
                 conn.reply(250, "2.1.5 Ok");
@@ -770,29 +1042,57 @@ async fn session(stream: TcpStream, peer: IpAddr, shared: &Shared) -> io::Result
                 conn.reply(503, "5.5.1 MAIL first");
                 continue;
             };
-            if env.rcpts.is_empty() {
-                conn.reply(554, "5.5.1 No valid recipients");
-                continue;
+            let forced = shared.rule_at(Stage::DataCommand, domain_of(&env.mail_from), peer);
+            match &forced {
+                Some(d) if d.code != 354 || d.action != Action::Reply => {
+                    if conn.answer(d).await? == Then::Close {
+                        return conn.flush().await;
+                    }
+                    continue;
+                }
+                Some(d) => {
+                    conn.answer(d).await?;
+                }
+                None if env.rcpts.is_empty() => {
+                    conn.reply(554, "5.5.1 No valid recipients");
+                    continue;
+                }
+                None => conn.reply(354, "End data with <CR><LF>.<CR><LF>"),
             }
-            conn.reply(354, "End data with <CR><LF>.<CR><LF>");
+            let Some(env) = envelope.take() else {
+                continue;
+            };
+            if env
+                .failure
+                .as_ref()
+                .is_some_and(|d| d.action == Action::Drop)
+            {
+                // In the middle of the message: read what has come, then hang up.
+                conn.flush().await?;
+                let _ = conn.io.fill_buf().await?;
+                return Ok(());
+            }
             let Some(size) = conn.read_data().await? else {
                 return Ok(());
             };
-            let (code, text) = match &env.failure {
-                Some((code, text)) => (*code, text.as_str()),
-                None => (250, OK_TEXT),
+            let answer = if env.rcpts.is_empty() {
+                Decision::reply(554, "5.5.1 No valid recipients".into(), Stage::Data)
+            } else {
+                env.failure.clone().unwrap_or_else(Decision::ok)
             };
             shared.record(Transaction {
                 peer,
                 ehlo: &ehlo,
+                tls,
                 mail_from: &env.mail_from,
                 rcpts: &env.rcpts,
-                code,
-                text,
+                code: answer.code,
+                text: &answer.text,
                 size,
             });
-            conn.reply(code, text);
-            envelope = None;
+            if conn.answer(&answer).await? == Then::Close {
+                return conn.flush().await;
+            }
         } else if is("RSET") {
             envelope = None;
             conn.reply(250, "2.0.0 Ok");
@@ -935,7 +1235,7 @@ msg = "5.7.1 blocked"
             Responses::parse("[[rule]]\npeer_ip = \"nope\"\ncode = 550\nmsg = \"\"\n").unwrap_err();
         assert!(e.starts_with("2:11:") && e.contains("nope"), "{e}");
         let e =
-            Responses::parse("[[rule]]\nstage = \"mail\"\ncode = 550\nmsg = \"\"\n").unwrap_err();
+            Responses::parse("[[rule]]\nstage = \"later\"\ncode = 550\nmsg = \"\"\n").unwrap_err();
         assert!(e.starts_with("2:9:"), "{e}");
         assert!(Responses::parse("[[rule]]\ncode = 99\nmsg = \"\"\n").is_err());
         assert!(Responses::parse("[default]\nbounce = 101\n").is_err());
@@ -959,6 +1259,7 @@ msg = "5.7.1 blocked"
             responses: Some(Responses::parse(responses).unwrap()),
             record,
             open: AtomicU64::new(0),
+            tls: None,
         });
         tokio::spawn(serve(listener, shared));
         addr
@@ -988,7 +1289,7 @@ msg = "5.1.1 no such user"
 
 [[rule]]
 recipient_domain = "later.test"
-code = 421
+code = 451
 msg = "4.7.0 first line\n4.7.0 second line"
 "#,
             Some(record.clone()),
@@ -1008,11 +1309,11 @@ msg = "4.7.0 first line\n4.7.0 second line"
             codes,
             [
                 "220 ", "250-", "250-", "250-", "250-", "250 ", "250 ", "550 ", "250 ", "354 ",
-                "250 ", "250 ", "250 ", "354 ", "421-", "421 ", "503 ", "500 ", "250 ", "221 "
+                "250 ", "250 ", "250 ", "354 ", "451-", "451 ", "503 ", "500 ", "250 ", "221 "
             ],
             "{got}"
         );
-        assert!(got.contains("421-4.7.0 first line\r\n421 4.7.0 second line\r\n"));
+        assert!(got.contains("451-4.7.0 first line\r\n451 4.7.0 second line\r\n"));
         let lines: Vec<serde_json::Value> = std::fs::read_to_string(&record)
             .unwrap()
             .lines()
@@ -1030,7 +1331,7 @@ msg = "4.7.0 first line\n4.7.0 second line"
         assert_eq!(lines[1]["size"], body.len());
         assert_eq!(lines[1]["open"], 1);
         assert!(lines[1]["time"].as_f64().unwrap() > 1e9);
-        assert_eq!(lines[2]["code"], 421);
+        assert_eq!(lines[2]["code"], 451);
         assert_eq!(lines[2]["size"], 0);
     }
 
