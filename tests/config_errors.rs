@@ -22,6 +22,7 @@ const BROKEN: &[(&str, &str)] = &[
     ("[smtp]\nrelay_hosts = [\"127.0.0.0/8\", \"10.0.0.0/33\"]\n", ":2:31: invalid network \"10.0.0.0/33\""),
     ("[tenant.\"acme\"]\nmax_message_rate = \"100 per hour\"\n", ":2:20: invalid rate \"100 per hour\""),
     ("[http]\nlisten = \"localhost\"\n", ":2:10: invalid socket address syntax"),
+    ("[tls]\ntrust_roots = [\"missing-ca.pem\"]\n", ":2:16: cannot read CA certificates from"),
 ];
 
 #[test]
