@@ -28,7 +28,11 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     let spool = tokio::task::block_in_place(|| {
-        Spool::open(&data_dir.join("spool"), c.spool.min_free_space.0)
+        Spool::open_with_delay(
+            &data_dir.join("spool"),
+            c.spool.min_free_space.0,
+            c.spool.commit_delay.0,
+        )
     })
     .context("cannot open the spool")?;
     tracing::info!(

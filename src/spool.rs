@@ -17,7 +17,9 @@
 //! with `PersistMode::SyncAll`, then answers each new-message request. (A batch holding only
 //! settlements is not fsynced on its own: see `Writer::commit_ops`.) Many concurrent SMTP sessions thus
 //! cost one fsync per batch, not one per message, and no caller hears "stored" before the
-//! fsync returned. Before a batch the writer checks the filesystem's free space against
+//! fsync returned. A batch of fewer than 8 writes first waits `[spool] commit_delay`
+//! (default 300 µs) for more to join it: on a busy server that halves the fsyncs and the
+//! CPU they cost, for a fraction of a millisecond of latency. Before a batch the writer checks the filesystem's free space against
 //! `[spool] min_free_space`, so a nearly full disk refuses mail cleanly (`452 4.3.1`)
 //! instead of failing half-way through a journal write.
 
@@ -37,6 +39,8 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 /// Removals and reschedulings are not limited here: there is exactly one per message in
 /// flight, so their number is bounded by the ready queues' capacity.
 const WRITE_QUEUE_DEPTH: usize = 8192;
+/// A batch with fewer writes than this waits `commit_delay` for more before its fsync.
+const COMMIT_SIBLINGS: usize = 8;
 
 /// Why the spool could not take a write.
 #[derive(Debug, thiserror::Error)]
@@ -313,11 +317,23 @@ struct Writer {
     counters: Arc<Counters>,
     path: PathBuf,
     min_free_space: u64,
+    commit_delay: std::time::Duration,
 }
 
 impl Spool {
-    /// Open (or create) the spool under `dir` and start its writer thread.
+    /// Open (or create) the spool under `dir` and start its writer thread, with no commit
+    /// delay.
     pub fn open(dir: &Path, min_free_space: u64) -> Result<Spool, SpoolError> {
+        Spool::open_with_delay(dir, min_free_space, std::time::Duration::ZERO)
+    }
+
+    /// [`Spool::open`] with a commit delay: a batch of fewer than 8 writes waits this long
+    /// for more before its fsync (`[spool] commit_delay`).
+    pub fn open_with_delay(
+        dir: &Path,
+        min_free_space: u64,
+        commit_delay: std::time::Duration,
+    ) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| SpoolError::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let db = Database::builder(dir).open()?;
@@ -349,6 +365,7 @@ impl Spool {
             counters: counters.clone(),
             path: dir.to_path_buf(),
             min_free_space,
+            commit_delay,
         };
         let writer_thread = std::thread::Builder::new()
             .name("spool-writer".into())
@@ -519,6 +536,22 @@ impl Writer {
             }
             if let WriteOp::Store { message, .. } = &ops[0] {
                 bytes += message.body.len();
+            }
+            // Group commit with a commit delay (PostgreSQL's `commit_delay`): a batch of
+            // only a few writes waits a moment for more to join it, one fsync for all.
+            if !self.commit_delay.is_zero() && ops.len() < COMMIT_SIBLINGS {
+                std::thread::sleep(self.commit_delay);
+                while ops.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(op) => {
+                            if let WriteOp::Store { message, .. } = &op {
+                                bytes += message.body.len();
+                            }
+                            ops.push(op);
+                        }
+                        Err(_) => break,
+                    }
+                }
             }
             let result = self.commit(&ops, bytes as u64);
             if let Err(e) = &result {

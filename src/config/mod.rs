@@ -282,12 +282,16 @@ pub struct SpoolConfig {
     /// Refuse new mail (`452 4.3.1`) when the spool's filesystem has less free space than this,
     /// so a full disk never half-writes a message.
     pub min_free_space: ByteSize,
+    /// A spool batch of only a few messages waits this long for more before its fsync
+    /// (group commit; 0 turns it off).
+    pub commit_delay: HumanDuration,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             min_free_space: ByteSize(64 << 20),
+            commit_delay: HumanDuration(std::time::Duration::from_micros(300)),
         }
     }
 }
