@@ -367,13 +367,17 @@ fn write_pair(dir: &Path, stem: &str, cert: &str, key: &str) -> [std::path::Path
 }
 
 fn tls_sink(dir: &Path, pair: &[std::path::PathBuf; 2]) -> ResponseSink {
+    tls_sink_answering(dir, pair, "")
+}
+
+fn tls_sink_answering(dir: &Path, pair: &[std::path::PathBuf; 2], responses: &str) -> ResponseSink {
     let args = [
         OsStr::new("--tls-certificate"),
         pair[0].as_os_str(),
         OsStr::new("--tls-private-key"),
         pair[1].as_os_str(),
     ];
-    ResponseSink::start_with(dir, "", "127.0.0.1", common::free_port(), &args)
+    ResponseSink::start_with(dir, responses, "127.0.0.1", common::free_port(), &args)
 }
 
 #[test]
