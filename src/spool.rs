@@ -517,41 +517,36 @@ impl Spool {
     }
 }
 
+/// Add `op` to the batch, counting a new message's bytes.
+fn take_into(ops: &mut Vec<WriteOp>, bytes: &mut usize, op: WriteOp) {
+    if let WriteOp::Store { message, .. } = &op {
+        *bytes += message.body.len();
+    }
+    ops.push(op);
+}
+
+/// Add every write already waiting, up to the batch limits.
+fn gather(rx: &mut mpsc::UnboundedReceiver<WriteOp>, ops: &mut Vec<WriteOp>, bytes: &mut usize) {
+    while ops.len() < MAX_BATCH_REQUESTS && *bytes < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(op) => take_into(ops, bytes, op),
+            Err(_) => break,
+        }
+    }
+}
+
 impl Writer {
     fn run(self, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
         let mut ops: Vec<WriteOp> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
-            ops.push(first);
             let mut bytes = 0usize;
-            while ops.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(op) => {
-                        if let WriteOp::Store { message, .. } = &op {
-                            bytes += message.body.len();
-                        }
-                        ops.push(op);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if let WriteOp::Store { message, .. } = &ops[0] {
-                bytes += message.body.len();
-            }
+            take_into(&mut ops, &mut bytes, first);
+            gather(&mut rx, &mut ops, &mut bytes);
             // Group commit with a commit delay (PostgreSQL's `commit_delay`): a batch of
             // only a few writes waits a moment for more to join it, one fsync for all.
             if !self.commit_delay.is_zero() && ops.len() < COMMIT_SIBLINGS {
                 std::thread::sleep(self.commit_delay);
-                while ops.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
-                    match rx.try_recv() {
-                        Ok(op) => {
-                            if let WriteOp::Store { message, .. } = &op {
-                                bytes += message.body.len();
-                            }
-                            ops.push(op);
-                        }
-                        Err(_) => break,
-                    }
-                }
+                gather(&mut rx, &mut ops, &mut bytes);
             }
             let result = self.commit(&ops, bytes as u64);
             if let Err(e) = &result {
