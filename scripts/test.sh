@@ -26,6 +26,8 @@ CHECKS=(
 # capability check            | PyPI package
 PIP_CHECKS=(
   "python3 -c 'import aiosmtpd.controller'       |aiosmtpd"
+  "python3 -c 'import dkim'                      |dkimpy"
+  "python3 -c 'import nacl.signing'              |pynacl"
 )
 
 passes() { bash -c "$1" >/dev/null 2>&1; }

@@ -5,7 +5,7 @@
 //! bytes and parsed here so a malformed one gets a clear message. With `[http] token` set,
 //! every `/api/v1` route but health needs `Authorization: Bearer TOKEN`.
 
-use crate::ingress::accept::{spool_failure_text, Accepted};
+use crate::ingress::accept::Accepted;
 use crate::ingress::tenancy::{check_name, take_headers};
 use crate::ingress::Ingress;
 use crate::reload::Reloader;
@@ -456,10 +456,10 @@ async fn inject(
             )
         }
         Err((e, _)) => {
-            tracing::error!("cannot spool an HTTP injection from {client}: {e}");
+            tracing::error!("cannot store an HTTP injection from {client}: {e}");
             Err(ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
-                spool_failure_text(&e).to_string(),
+                e.reply().1.to_string(),
             ))
         }
     }

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod ctl;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub mod http;
 pub mod ingress;

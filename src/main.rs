@@ -44,6 +44,24 @@ enum Command {
         #[command(subcommand)]
         command: CtlCommand,
     },
+    /// Write a new DKIM private key and print the DNS TXT record to publish.
+    DkimKeygen {
+        /// The d= domain.
+        #[arg(long)]
+        domain: String,
+        /// The selector.
+        #[arg(long)]
+        selector: String,
+        /// Key type.
+        #[arg(long, value_enum, default_value = "rsa2048")]
+        algorithm: switchyard::dkim::KeyAlgorithm,
+        /// Where to write the PEM private key (created, never overwritten, mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Read a password from standard input (not echoed on a terminal) and print its
+    /// argon2id hash for `[[smtp.user]] password_hash`.
+    HashPassword,
     /// A fast SMTP sink for tests and benchmarks that can answer like real providers.
     Sink {
         /// Address to listen on.
@@ -169,6 +187,98 @@ fn ctl(api: String, token: Option<String>, json: bool, command: CtlCommand) -> E
     }
 }
 
+fn dkim_keygen(
+    domain: &str,
+    selector: &str,
+    algorithm: switchyard::dkim::KeyAlgorithm,
+    out: &std::path::Path,
+) -> ExitCode {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let written = switchyard::dkim::generate(algorithm).and_then(|(pem, txt)| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+        f.write_all(pem.as_bytes())?;
+        Ok(txt)
+    });
+    match written {
+        Ok(txt) => {
+            println!("Wrote {}. Publish this TXT record:", out.display());
+            println!("{selector}._domainkey.{domain}. IN TXT \"{txt}\"");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard dkim-keygen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Read one line from standard input with the terminal's echo off (when it is a terminal).
+fn read_password() -> std::io::Result<String> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    // SAFETY: termios calls on fd 0 with a zeroed struct they fill in.
+    let saved = terminal.then(|| unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        libc::tcgetattr(0, &mut t);
+        let saved = t;
+        t.c_lflag &= !libc::ECHO;
+        libc::tcsetattr(0, libc::TCSANOW, &t);
+        saved
+    });
+    if terminal {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(t) = saved {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        eprintln!();
+    }
+    read?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn hash_password() -> ExitCode {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    let password = match read_password() {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => {
+            eprintln!("switchyard hash-password: empty password (give it on standard input)");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("switchyard hash-password: cannot read standard input: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let salt = match SaltString::encode_b64(&rand::random::<[u8; 16]>()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard hash-password: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match argon2::Argon2::default().hash_password(password.as_bytes(), &salt) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard hash-password: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn sink(
     listen: std::net::SocketAddr,
     responses: Option<PathBuf>,
@@ -287,6 +397,13 @@ fn main() -> ExitCode {
             json,
             command,
         } => ctl(api, token, json, command),
+        Command::DkimKeygen {
+            domain,
+            selector,
+            algorithm,
+            out,
+        } => dkim_keygen(&domain, &selector, algorithm, &out),
+        Command::HashPassword => hash_password(),
         Command::Sink {
             listen,
             responses,

@@ -1,5 +1,6 @@
 //! Live reload (`SIGHUP`, `POST /api/v1/reload`): read the config and its shaping files
-//! again and put the new shaping and automation rules in force.
+//! again and put the new shaping and automation rules, and the `[[dkim]]` keys (read from
+//! disk again), in force.
 //!
 //! Nothing is dropped: scheduled and ready queues keep their messages, suspensions and
 //! overrides stay, ready queues reshape to the new options. A file with an error is
@@ -31,6 +32,7 @@ pub struct Reloader {
     started_with: Vec<(&'static str, String)>,
     engine: Arc<Engine>,
     dns: Dns,
+    dkim: Arc<crate::dkim::DkimKeys>,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -72,12 +74,14 @@ impl Reloader {
         running: &LoadedConfig,
         engine: Arc<Engine>,
         dns: Dns,
+        dkim: Arc<crate::dkim::DkimKeys>,
     ) -> Self {
         Reloader {
             path,
             started_with: restart_only(running),
             engine,
             dns,
+            dkim,
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -92,11 +96,14 @@ impl Reloader {
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let shaping = crate::shaping::load(&loaded)
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let signers = crate::dkim::Signers::load(&loaded).map_err(|e| vec![e])?;
         let mut warnings: Vec<String> = shaping.warnings.iter().map(ToString::to_string).collect();
         warnings.extend(crate::shaping::resolve_sites(&shaping.shaping, &self.dns).await);
         let rules = shaping.rules.rules().len();
         self.engine
             .replace_shaping(Arc::new(shaping.shaping), Arc::new(shaping.rules));
+        // Keys read again: a key swapped on disk is in force from now on.
+        self.dkim.replace(signers);
         let restart_needed = restart_only(&loaded)
             .iter()
             .zip(&self.started_with)

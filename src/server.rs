@@ -58,7 +58,13 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         }
     });
     let ingress = Ingress::new(&loaded, spool.clone(), log, engine.clone())?;
-    let reloader = Arc::new(Reloader::new(path, &loaded, engine.clone(), dns));
+    let reloader = Arc::new(Reloader::new(
+        path,
+        &loaded,
+        engine.clone(),
+        dns,
+        ingress.dkim.clone(),
+    ));
     let on_hup = reloader.clone();
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {

@@ -125,6 +125,9 @@ pub struct LogRecord {
     /// Message size in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// The domains whose DKIM signatures were added at reception (Reception).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<Vec<String>>,
     /// Threads the message visited from DATA's end to the remote reply (test-only trace,
     /// `SWITCHYARD_TRACE_HOPS=1`; see `test_hooks.rs`).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -131,6 +131,9 @@ pub struct Config {
     /// `[tls]`.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// `[[dkim]]`: signing keys.
+    #[serde(default)]
+    pub dkim: Vec<DkimConfig>,
 }
 
 /// `[smtp]`: the injection listener.
@@ -380,6 +383,59 @@ impl Default for LogsConfig {
 pub struct BounceClassifierConfig {
     /// Rule files relative to the config file; empty = the rules shipped with switchyard.
     pub files: Vec<Spanned<String>>,
+}
+
+/// `[[dkim]]`: one DKIM key and the mail it signs (see `crate::dkim`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// The d= domain; by default signs mail whose From: domain is this.
+    pub domain: Spanned<String>,
+    /// Also sign mail whose From: domain is under `domain`.
+    #[serde(default)]
+    pub subdomains: bool,
+    /// "from" (the From: domain decides) or "all" (every message, of `tenant` if set).
+    #[serde(default)]
+    pub sign: DkimSign,
+    /// The s= selector.
+    pub selector: String,
+    /// PEM private key: RSA 2048–4096 bits (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8).
+    pub key_file: Spanned<PathBuf>,
+    /// Only this tenant's mail.
+    pub tenant: Option<String>,
+    /// Headers to sign.
+    #[serde(default = "default_dkim_headers")]
+    pub headers: Vec<String>,
+    /// Sign each header once more than present, so none can be added later.
+    #[serde(default)]
+    pub over_sign: bool,
+    /// x= after this long.
+    pub expiration: Option<HumanDuration>,
+}
+
+/// What a `[[dkim]]` entry signs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimSign {
+    /// Mail whose From: domain is the entry's.
+    #[default]
+    From,
+    /// Every message (of the entry's tenant, if it has one).
+    All,
+}
+
+fn default_dkim_headers() -> Vec<String> {
+    [
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "MIME-Version",
+        "Content-Type",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// `[tls]`: trust for outbound TLS.
@@ -644,6 +700,23 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
             }
         }
         (None, None) => {}
+    }
+    for d in &c.dkim {
+        if let Err(e) = crate::dkim::check_key(&loaded.resolve(d.key_file.get_ref()), d) {
+            err(d.key_file.span(), e);
+        }
+        if d.selector.is_empty() || d.domain.get_ref().is_empty() {
+            err(
+                d.domain.span(),
+                "a [[dkim]] entry needs a domain and a selector".into(),
+            );
+        }
+        if !d.headers.iter().any(|h| h.eq_ignore_ascii_case("From")) {
+            err(
+                d.domain.span(),
+                "a [[dkim]] entry's headers must include From (RFC 6376 §5.4)".into(),
+            );
+        }
     }
     for f in &c.tls.trust_roots {
         if let Err(e) = loaded.trust_root(f.get_ref()) {

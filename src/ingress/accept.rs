@@ -27,18 +27,60 @@ pub struct Accepted {
     pub helo: String,
 }
 
-/// The reply text for a spool failure.
-pub fn spool_failure_text(e: &SpoolError) -> &'static str {
-    match e {
-        SpoolError::DiskFull { .. } => "4.3.1 Insufficient system storage",
-        _ => "4.3.1 Temporary spool failure, try again later",
+/// Why a message was not stored; nothing of it was kept.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The spool refused it (full disk, storage error).
+    Spool(SpoolError),
+    /// A `[[dkim]]` entry that applies could not sign it.
+    Dkim(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Spool(e) => write!(f, "{e}"),
+            StoreError::Dkim(e) => f.write_str(e),
+        }
+    }
+}
+
+impl StoreError {
+    /// The SMTP reply: a transient failure, so the client tries again.
+    pub fn reply(&self) -> (u16, &'static str) {
+        match self {
+            StoreError::Spool(SpoolError::DiskFull { .. }) => {
+                (452, "4.3.1 Insufficient system storage")
+            }
+            StoreError::Spool(_) => (452, "4.3.1 Temporary spool failure, try again later"),
+            StoreError::Dkim(_) => (451, "4.3.0 Cannot sign the message (DKIM), try again later"),
+        }
     }
 }
 
 impl Ingress {
     /// Spool (fsynced before this returns), hand to the engine, count and log the Reception.
     /// On failure nothing was stored; the error comes back with the sender for the log.
-    pub async fn store(&self, id: MessageId, a: Accepted) -> Result<(), (SpoolError, String)> {
+    /// A message a `[[dkim]]` entry applies to is signed first, on the blocking pool.
+    pub async fn store(&self, id: MessageId, mut a: Accepted) -> Result<(), (StoreError, String)> {
+        let signers = self.dkim.current();
+        let mut dkim = None;
+        if !signers.is_empty() {
+            let (tenant, mut message) = (a.tenant.clone(), std::mem::take(&mut a.message));
+            let signed = tokio::task::spawn_blocking(move || {
+                let r = signers.sign(&tenant, &mut message);
+                (message, r)
+            })
+            .await;
+            match signed {
+                Ok((message, Ok(domains))) => {
+                    a.message = message;
+                    dkim = (!domains.is_empty()).then_some(domains);
+                }
+                Ok((_, Err(e))) => return Err((StoreError::Dkim(e.to_string()), a.sender)),
+                Err(e) => return Err((StoreError::Dkim(format!("signer failed: {e}")), a.sender)),
+            }
+        }
         // New work waits while the event log is far behind (its writes never block).
         self.log.room().await;
         let now_ms = SystemTime::now()
@@ -82,6 +124,7 @@ impl Ingress {
             recipients: Some(envelope.recipients.clone()),
             client: Some(a.client),
             size: Some(size),
+            dkim,
             ..LogRecord::new(RecordKind::Reception)
         };
         let tenant = envelope.tenant.clone();
@@ -109,7 +152,7 @@ impl Ingress {
                 entries,
             })
             .await
-            .map_err(|e| (e, sender))?;
+            .map_err(|e| (StoreError::Spool(e), sender))?;
         switchyard_actors::test_hooks::hop(id.0.as_bytes(), "spooled");
         self.engine.submit(submissions).await;
         metrics::counter!("switchyard_received_total", "tenant" => tenant).increment(1);

@@ -54,6 +54,8 @@ pub struct Ingress {
     pub engine: Arc<switchyard_actors::engine::Engine>,
     /// Memory for fresh messages' content on its way to the first attempt.
     pub hot: Arc<HotBudget>,
+    /// DKIM signers in force (replaced on reload).
+    pub dkim: Arc<crate::dkim::DkimKeys>,
     sessions: Arc<Semaphore>,
 }
 
@@ -83,6 +85,9 @@ impl Ingress {
             log,
             engine,
             hot: HotBudget::new(HOT_CONTENT_BUDGET),
+            dkim: crate::dkim::DkimKeys::new(
+                crate::dkim::Signers::load(loaded).map_err(|e| anyhow::anyhow!(e))?,
+            ),
             sessions: Arc::new(Semaphore::new(c.smtp.max_connections)),
         }))
     }

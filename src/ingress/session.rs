@@ -7,7 +7,7 @@
 //! DATA is capped by `max_message_size`, replies are flushed when the buffer fills, and a
 //! silent client is dropped after `idle_timeout` with a `421`.
 
-use super::accept::{spool_failure_text, Accepted};
+use super::accept::Accepted;
 use super::auth::{decode_b64, encode_b64, parse_plain};
 use super::data::{DataProblem, DataReader};
 use super::tenancy::{check_name, take_headers};
@@ -600,10 +600,10 @@ impl Session {
                 tracing::debug!(%id, elapsed = ?tx.started.elapsed(), "message accepted");
             }
             Err((e, sender)) => {
-                tracing::error!("cannot spool message from {}: {e}", self.peer);
-                let text = spool_failure_text(&e);
-                self.log_rejection(Some(&sender), None, 452, text);
-                self.reply(452, text);
+                tracing::error!("cannot store a message from {}: {e}", self.peer);
+                let (code, text) = e.reply();
+                self.log_rejection(Some(&sender), None, code, text);
+                self.reply(code, text);
             }
         }
     }

@@ -20,6 +20,8 @@ pub enum Tool {
     Python,
     /// Python's aiosmtpd (tests/py/sink.py).
     Aiosmtpd,
+    /// dkimpy with PyNaCl, the independent DKIM verifier (tests/py/dkim_verify.py).
+    Dkimpy,
     /// dnsmasq, the loopback DNS server of the MX tests.
     Dnsmasq,
     /// Prometheus's server.
@@ -39,6 +41,7 @@ impl Tool {
             Tool::SwaksAuth => &["perl", "-MAuthen::SASL", "-e1"],
             Tool::Python => &["python3", "-c", "import smtplib, ssl"],
             Tool::Aiosmtpd => &["python3", "-c", "import aiosmtpd.controller"],
+            Tool::Dkimpy => &["python3", "-c", "import dkim, nacl.signing"],
             Tool::Dnsmasq => &["dnsmasq", "--version"],
             Tool::Prometheus => &["prometheus", "--version"],
             Tool::Promtool => &["promtool", "--version"],
@@ -54,6 +57,7 @@ impl Tool {
             Tool::SwaksAuth => "swaks's AUTH (Perl's Authen::SASL)",
             Tool::Python => "python3 with smtplib and ssl",
             Tool::Aiosmtpd => "Python's aiosmtpd",
+            Tool::Dkimpy => "Python's dkimpy with PyNaCl (Ed25519)",
             Tool::Dnsmasq => "dnsmasq",
             Tool::Prometheus => "prometheus",
             Tool::Promtool => "promtool",
@@ -69,6 +73,7 @@ impl Tool {
             Tool::SwaksAuth => "the Debian package libauthen-sasl-perl",
             Tool::Python => "the Debian package python3",
             Tool::Aiosmtpd => "the PyPI package aiosmtpd (pip install aiosmtpd)",
+            Tool::Dkimpy => "the PyPI packages dkimpy and pynacl (pip install dkimpy pynacl)",
             Tool::Dnsmasq => "the Debian package dnsmasq-base",
             Tool::Prometheus | Tool::Promtool => "the Debian package prometheus",
             Tool::PostfixTools => "the Debian package postfix",

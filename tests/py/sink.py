@@ -6,11 +6,13 @@
 MODE: accept (default) | always451 | fail-first:N (451 the first N tries of each
 Message-ID, then 250) | reject550
 Every DATA is recorded as one JSON line in FILE: message_id, peer (client IP), ehlo,
-tls (bool), mail_from, rcpts, code. Prints "ready" once listening.
+tls (bool), mail_from, rcpts, code, and content_file: the message exactly as received
+(dot-stuffing undone), kept in FILE.d/. Prints "ready" once listening.
 """
 import argparse
 import asyncio
 import json
+import os
 import re
 import ssl
 import sys
@@ -23,6 +25,9 @@ from aiosmtpd.controller import Controller
 class Handler:
     def __init__(self, record, mode):
         self.record = open(record, "a", buffering=1)
+        self.store = record + ".d"
+        os.makedirs(self.store, exist_ok=True)
+        self.stored = 0
         self.mode = mode
         self.tries = {}
         self.lock = threading.Lock()
@@ -34,6 +39,10 @@ class Handler:
         with self.lock:
             n = self.tries.get(mid, 0) + 1
             self.tries[mid] = n
+            self.stored += 1
+            content_file = os.path.join(self.store, "%d.eml" % self.stored)
+        with open(content_file, "wb") as f:
+            f.write(envelope.original_content or content)
         if self.mode == "always451":
             code, reply = 451, "451 4.3.0 try again later"
         elif self.mode == "reject550":
@@ -50,6 +59,7 @@ class Handler:
             "mail_from": envelope.mail_from,
             "rcpts": envelope.rcpt_tos,
             "code": code,
+            "content_file": content_file,
             "time": time.time(),
         }) + "\n")
         return reply
