@@ -13,7 +13,8 @@ fn signers(algorithm: KeyAlgorithm) -> (tempfile::TempDir, Signers) {
     let dir = tempfile::tempdir().unwrap();
     let (pem, _) = generate(algorithm).unwrap();
     std::fs::write(dir.path().join("key.pem"), pem).unwrap();
-    let config = "[[dkim]]\ndomain = \"example.com\"\nselector = \"bench\"\nkey_file = \"key.pem\"\n";
+    let config =
+        "[[dkim]]\ndomain = \"example.com\"\nselector = \"bench\"\nkey_file = \"key.pem\"\n";
     let loaded = switchyard::config::load_str(config, "bench.toml", dir.path()).unwrap();
     let signers = Signers::load(&loaded).unwrap();
     (dir, signers)
@@ -32,7 +33,10 @@ fn message() -> Vec<u8> {
 
 fn bench(c: &mut Criterion) {
     let template = message();
-    for (name, algorithm) in [("rsa2048", KeyAlgorithm::Rsa2048), ("ed25519", KeyAlgorithm::Ed25519)] {
+    for (name, algorithm) in [
+        ("rsa2048", KeyAlgorithm::Rsa2048),
+        ("ed25519", KeyAlgorithm::Ed25519),
+    ] {
         let (_dir, signers) = signers(algorithm);
         c.bench_function(&format!("sign 5 KiB, {name}"), |b| {
             b.iter(|| {

@@ -89,7 +89,15 @@ fn send(d: &Daemon, dir: &Path, name: &str, sender: &str, message: &str, utf8: b
 }
 
 /// (name, tenant, From, subject, body, SMTPUTF8, the domains that must sign)
-type Case<'a> = (&'a str, &'a str, &'a str, String, String, bool, Vec<&'a str>);
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    String,
+    String,
+    bool,
+    Vec<&'a str>,
+);
 
 fn message(tenant: &str, from: &str, id: &str, subject: &str, body: &str) -> String {
     format!(

@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
-pub use values::{ByteSize, Cidr, HumanDuration, List, Rate};
+pub use values::{ByteSize, Cidr, CountPer, HumanDuration, List, Rate};
 
 /// The embedded default config, compiled into the binary.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/switchyard.toml");
@@ -158,6 +158,12 @@ pub struct SmtpConfig {
     pub idle_timeout: HumanDuration,
     /// Concurrent client sessions; more get `421` at connect.
     pub max_connections: usize,
+    /// Concurrent sessions from one client IP (`relay_hosts` exempt); more get `421 4.7.0`.
+    pub max_connections_per_ip: usize,
+    /// AUTH failures from one client IP within a window before its AUTH is locked out.
+    pub auth_failure_limit: CountPer,
+    /// How long a client IP's AUTH stays locked out.
+    pub auth_lockout: HumanDuration,
     /// AUTH users.
     pub user: Vec<SmtpUser>,
 }
@@ -178,6 +184,12 @@ impl Default for SmtpConfig {
             allow_plaintext_auth: false,
             idle_timeout: HumanDuration(std::time::Duration::from_secs(300)),
             max_connections: 2000,
+            max_connections_per_ip: 100,
+            auth_failure_limit: CountPer {
+                count: 5,
+                window: std::time::Duration::from_secs(600),
+            },
+            auth_lockout: HumanDuration(std::time::Duration::from_secs(900)),
             user: Vec::new(),
         }
     }
@@ -700,6 +712,17 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
             }
         }
         (None, None) => {}
+    }
+    if !c.http.listen.ip().is_loopback() && c.http.token.as_deref().is_none_or(str::is_empty) {
+        err(
+            0..0,
+            format!(
+                "[http] listen = \"{}\" is not a loopback address, but [http] token is not set: \
+                 anyone who reaches it could inject mail and steer the daemon; set [http] token \
+                 (clients send it as \"Authorization: Bearer TOKEN\") or listen on 127.0.0.1",
+                c.http.listen
+            ),
+        );
     }
     for d in &c.dkim {
         if let Err(e) = crate::dkim::check_key(&loaded.resolve(d.key_file.get_ref()), d) {

@@ -30,6 +30,36 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A count within a window: "5/10m" (5 within 10 minutes), "60/1h".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountPer {
+    /// How many...
+    pub count: u32,
+    /// ...within this long.
+    pub window: Duration,
+}
+
+impl FromStr for CountPer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid limit {s:?}; expected \"N/duration\", e.g. \"5/10m\"");
+        let (n, window) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let window = humantime::parse_duration(window.trim()).map_err(|_| bad())?;
+        if count == 0 || window.is_zero() {
+            return Err(bad());
+        }
+        Ok(CountPer { count, window })
+    }
+}
+
+impl<'de> Deserialize<'de> for CountPer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A byte size: "25MiB", "10MB", "512KiB", "1024", or a bare integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);

@@ -8,6 +8,7 @@
 pub mod accept;
 pub mod auth;
 pub mod data;
+pub mod guard;
 pub mod session;
 pub mod tenancy;
 
@@ -56,6 +57,8 @@ pub struct Ingress {
     pub hot: Arc<HotBudget>,
     /// DKIM signers in force (replaced on reload).
     pub dkim: Arc<crate::dkim::DkimKeys>,
+    /// Sessions per client IP and AUTH lockouts.
+    pub guard: Arc<guard::Guard>,
     sessions: Arc<Semaphore>,
 }
 
@@ -87,6 +90,12 @@ impl Ingress {
             hot: HotBudget::new(HOT_CONTENT_BUDGET),
             dkim: crate::dkim::DkimKeys::new(
                 crate::dkim::Signers::load(loaded).map_err(|e| anyhow::anyhow!(e))?,
+            ),
+            guard: guard::Guard::new(
+                c.smtp.max_connections_per_ip,
+                c.smtp.relay_hosts.values.clone(),
+                c.smtp.auth_failure_limit,
+                c.smtp.auth_lockout.0,
             ),
             sessions: Arc::new(Semaphore::new(c.smtp.max_connections)),
         }))
@@ -132,6 +141,13 @@ impl Ingress {
         let Ok(_permit) = self.sessions.clone().try_acquire_owned() else {
             let _ = stream
                 .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+                .await;
+            return;
+        };
+        let Some(_slot) = self.guard.open(peer.ip().to_canonical()) else {
+            metrics::counter!("switchyard_smtp_rejections_total", "code" => "421").increment(1);
+            let _ = stream
+                .write_all(b"421 4.7.0 Too many connections from your address, try again later\r\n")
                 .await;
             return;
         };

@@ -447,15 +447,26 @@ impl Session {
             self.error(501, "5.5.2 Cannot decode AUTH response");
             return Ok(Next::Continue);
         };
-        match self.ctx.users.verify(user, password).await {
+        let ip = self.peer.ip().to_canonical();
+        if self.ctx.guard.locked_out(ip) {
+            return Ok(self.locked_out());
+        }
+        match self.ctx.users.verify(user.clone(), password).await {
             Some(tenant) => {
                 self.auth_tenant = Some(tenant);
                 self.reply(235, "2.7.0 Authentication successful");
                 Ok(Next::Continue)
             }
             None => {
+                let failure = self.ctx.guard.failed(ip, &user);
+                if !failure.delay.is_zero() {
+                    tokio::time::sleep(failure.delay).await;
+                }
                 self.auth_failures += 1;
                 self.reply(535, "5.7.8 Authentication credentials invalid");
+                if failure.locked {
+                    return Ok(self.locked_out());
+                }
                 if self.auth_failures >= MAX_AUTH_FAILURES {
                     self.reply(421, "4.7.0 Too many authentication failures");
                     return Ok(Next::Close);
@@ -463,6 +474,21 @@ impl Session {
                 Ok(Next::Continue)
             }
         }
+    }
+
+    /// This client IP's AUTH is locked out: say so and end the session.
+    fn locked_out(&mut self) -> Next {
+        self.log_rejection(
+            None,
+            None,
+            454,
+            "4.7.0 Too many authentication failures from your address",
+        );
+        self.reply(
+            454,
+            "4.7.0 Too many authentication failures from your address, try again later",
+        );
+        Next::Close
     }
 
     /// Read one SASL response line; `None` (with the reply given) when it is `*` or unusable.

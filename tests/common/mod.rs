@@ -391,6 +391,18 @@ impl Raw {
         r
     }
 
+    /// A client over a connected stream; nothing read yet (not even the banner).
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Send bytes as they are.
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
