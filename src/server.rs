@@ -15,8 +15,40 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// How long SIGTERM waits for open SMTP sessions to finish their transactions.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// SIGTERM: close the listeners; sessions end between transactions with `421 4.3.2` (a
+/// transaction under way finishes and gets its reply); outbound connections end with QUIT
+/// after their current transaction, whose outcome is settled; what waits stays spooled.
+/// Gives up waiting after `timeout` (what is cut then is still spooled, never lost).
+async fn shutdown(
+    ingress: &Ingress,
+    listeners: &[tokio::task::JoinHandle<()>],
+    engine: &switchyard_actors::engine::Engine,
+    timeout: Duration,
+) {
+    for t in listeners {
+        t.abort();
+    }
+    ingress.stop();
+    engine.drain();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let sessions = ingress.open_sessions();
+        let connections = engine.open_connections().await;
+        if sessions == 0 && connections == 0 {
+            tracing::info!("shutdown: every session and connection ended");
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                sessions,
+                connections,
+                "shutdown_timeout reached; exiting anyway (the spool keeps every accepted message)"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// Run the daemon on `loaded` (read from `path`, or the embedded default) until a stop
 /// signal; SIGHUP reloads.
@@ -97,6 +129,7 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
     for l in listeners {
         tasks.push(tokio::spawn(ingress.clone().serve(l)));
     }
+    let http_engine = engine.clone();
     let http_state = HttpState {
         telemetry,
         engine,
@@ -117,13 +150,7 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
-    for t in &tasks {
-        t.abort();
-    }
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    while ingress.open_sessions() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    shutdown(&ingress, &tasks, &http_engine, c.smtp.shutdown_timeout.0).await;
     drop(ingress);
     drop(spool);
     Ok(())

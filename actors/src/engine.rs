@@ -129,6 +129,7 @@ impl Engine {
                 classifier: classifier_ctx.address().recipient(),
             }),
             reap_after: settings.reap_after,
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         let tenants = Arc::new(Tenants {
             registry: Registry::new("switchyard_tenants", 1),
@@ -322,6 +323,22 @@ impl Engine {
             self.queues.registry.len(),
             self.ready.registry.len(),
         )
+    }
+
+    /// Begin shutting down delivery: no new outbound connection, and each open one ends
+    /// with QUIT after its current transaction, whose outcome is settled as usual. What
+    /// waits stays spooled for the next start.
+    pub fn drain(&self) {
+        self.ready
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake connections idling for their next message: they get none and QUIT.
+        self.ready.reshape(None);
+    }
+
+    /// Outbound connections open now (every ready queue's).
+    pub async fn open_connections(&self) -> usize {
+        self.queues().await.1.iter().map(|r| r.connections).sum()
     }
 
     /// The egress pools.

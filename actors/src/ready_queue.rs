@@ -66,6 +66,9 @@ pub struct ReadyQueues {
     pub kit: Arc<ConnectionKit>,
     /// An idle ready queue stops after this.
     pub reap_after: Duration,
+    /// Shutting down: no connection opens, none gets another message (each ends with
+    /// QUIT after the transaction it is in), and what waits stays spooled.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl ReadyQueues {
@@ -350,7 +353,8 @@ impl ReadyQueueActor {
     /// Hand waiting connections their next message, then open connections while there is
     /// more mail than connections and the limit allows.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        if self.suspended {
+        if self.suspended || self.all.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            self.waiting.clear();
             return self.publish();
         }
         let hosts = match &self.targets {
@@ -495,7 +499,7 @@ impl Handler<NextMessage> for ReadyQueueActor {
         if ask.first {
             self.starting = self.starting.saturating_sub(1);
         }
-        if self.suspended {
+        if self.suspended || self.all.draining.load(std::sync::atomic::Ordering::Relaxed) {
             return Box::pin(async { None });
         }
         if !self.ready.is_empty() && self.waiting.is_empty() {

@@ -164,6 +164,8 @@ pub struct SmtpConfig {
     pub auth_failure_limit: CountPer,
     /// How long a client IP's AUTH stays locked out.
     pub auth_lockout: HumanDuration,
+    /// SIGTERM waits at most this long for sessions and deliveries to finish.
+    pub shutdown_timeout: HumanDuration,
     /// AUTH users.
     pub user: Vec<SmtpUser>,
 }
@@ -190,6 +192,7 @@ impl Default for SmtpConfig {
                 window: std::time::Duration::from_secs(600),
             },
             auth_lockout: HumanDuration(std::time::Duration::from_secs(900)),
+            shutdown_timeout: HumanDuration(std::time::Duration::from_secs(10)),
             user: Vec::new(),
         }
     }

@@ -59,6 +59,8 @@ pub struct Ingress {
     pub dkim: Arc<crate::dkim::DkimKeys>,
     /// Sessions per client IP and AUTH lockouts.
     pub guard: Arc<guard::Guard>,
+    /// Set on SIGTERM: sessions end between transactions with `421 4.3.2`.
+    stopping: tokio::sync::watch::Sender<bool>,
     sessions: Arc<Semaphore>,
 }
 
@@ -98,7 +100,19 @@ impl Ingress {
                 c.smtp.auth_lockout.0,
             ),
             sessions: Arc::new(Semaphore::new(c.smtp.max_connections)),
+            stopping: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// Shutting down: every session ends at its next point between transactions (at once
+    /// when it is waiting for a command), with `421 4.3.2`; one in a transaction finishes it.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Watches for [`Ingress::stop`].
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     /// Sessions currently open.

@@ -44,6 +44,8 @@ enum Input {
     TooLong,
     Eof,
     Timeout,
+    /// The daemon is shutting down (between transactions).
+    Stopping,
 }
 
 enum Next {
@@ -161,24 +163,44 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let mut stopping = self.ctx.stopping();
         loop {
             if io.buffer().is_empty() || self.out.len() > MAX_REPLY_BUFFER {
                 self.flush(io.get_mut()).await?;
             }
-            let next =
-                match read_line(&mut io, MAX_COMMAND_LINE, self.ctx.smtp.idle_timeout.0).await? {
-                    Input::Eof => Next::Close,
-                    Input::Timeout => {
-                        let host = self.ctx.hostname.clone();
-                        self.reply(421, &format!("4.4.2 {host} Error: timeout exceeded"));
-                        Next::Close
-                    }
-                    Input::TooLong => {
-                        self.error(500, "5.5.2 Line too long");
-                        Next::Continue
-                    }
-                    Input::Line(line) => self.command(&line, &mut io).await?,
-                };
+            let idle = self.ctx.smtp.idle_timeout.0;
+            // Between transactions a shutdown ends the session, even one waiting for the
+            // client; inside a transaction the client finishes it first.
+            let input = if self.transaction.is_none() {
+                tokio::select! {
+                    biased;
+                    _ = stopping.wait_for(|stop| *stop) => Input::Stopping,
+                    input = read_line(&mut io, MAX_COMMAND_LINE, idle) => input?,
+                }
+            } else {
+                read_line(&mut io, MAX_COMMAND_LINE, idle).await?
+            };
+            let next = match input {
+                Input::Stopping => {
+                    let host = self.ctx.hostname.clone();
+                    self.reply(
+                        421,
+                        &format!("4.3.2 {host} Service shutting down, try again later"),
+                    );
+                    Next::Close
+                }
+                Input::Eof => Next::Close,
+                Input::Timeout => {
+                    let host = self.ctx.hostname.clone();
+                    self.reply(421, &format!("4.4.2 {host} Error: timeout exceeded"));
+                    Next::Close
+                }
+                Input::TooLong => {
+                    self.error(500, "5.5.2 Line too long");
+                    Next::Continue
+                }
+                Input::Line(line) => self.command(&line, &mut io).await?,
+            };
             let next = if self.errors >= MAX_ERRORS {
                 self.reply(421, "4.7.0 Too many errors, closing connection");
                 Next::Close
@@ -511,7 +533,7 @@ impl Session {
                 self.error(500, "5.5.6 Authentication exchange line too long");
                 Ok(None)
             }
-            Input::Eof | Input::Timeout => Err(std::io::Error::new(
+            Input::Eof | Input::Timeout | Input::Stopping => Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "client left during AUTH",
             )),
