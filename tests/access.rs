@@ -35,31 +35,11 @@ fn an_admin_api_listening_beyond_loopback_without_a_token_is_refused() {
     );
 }
 
-fn hash(password: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn guessing_locks_out_the_guessing_address_while_the_real_user_logs_in() {
     let d = Daemon::start(&format!(
         "[smtp]\nallow_plaintext_auth = true\n\n[[smtp.user]]\nname = \"alice\"\npassword_hash = \"{}\"\ntenant = \"acme\"\n",
-        hash("correct horse")
+        common::hash_password("correct horse")
     ));
     let (ok, out, err) = python(
         "auth_guess.py",

@@ -413,23 +413,8 @@ fn an_unusable_key_is_a_config_error_naming_its_file() {
 
 #[test]
 fn hash_password_reads_standard_input_and_prints_an_argon2id_hash() {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"s3cret pass\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let hash = String::from_utf8(out.stdout).unwrap();
-    let hash = hash.trim();
+    let hash = common::hash_password("s3cret pass");
+    let hash = hash.as_str();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     use argon2::PasswordVerifier;
     let parsed = argon2::PasswordHash::new(hash).unwrap();

@@ -369,6 +369,25 @@ pub fn python(script: &str, args: &[String]) -> (bool, String, String) {
     )
 }
 
+/// `switchyard hash-password` with `password` on standard input: the hash it prints.
+pub fn hash_password(password: &str) -> String {
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "hash-password failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// A raw SMTP client over a socket, for input that no well-behaved client sends.
 pub struct Raw {
     pub stream: TcpStream,
