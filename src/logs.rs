@@ -15,7 +15,7 @@
 //! record reaches the file within milliseconds of the event.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -62,6 +62,7 @@ impl EventLog {
             dir: dir.to_path_buf(),
             settings,
             current: None,
+            orphans: Vec::new(),
             backlog: backlog.clone(),
         };
         if settings.compress {
@@ -108,17 +109,44 @@ impl switchyard_actors::ports::EventSink for EventLog {
     }
 }
 
+/// Pending bytes that make a segment write out before the round ends.
+const FLUSH_AT: usize = 64 * 1024;
+/// A failed write is tried again after this.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 struct Segment {
     hour: String,
     path: PathBuf,
     written: u64,
-    out: BufWriter<File>,
+    out: File,
+    /// Bytes not yet in the file: records of this round, and whatever a failed write (a
+    /// full disk) left, which the next round writes first. Nothing is dropped.
+    pending: Vec<u8>,
+}
+
+impl Segment {
+    /// Write what is pending; on an error keep the rest for the next try.
+    fn flush(&mut self) -> std::io::Result<()> {
+        while !self.pending.is_empty() {
+            match self.out.write(&self.pending) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 struct SegmentWriter {
     dir: PathBuf,
     settings: LogSettings,
     current: Option<Segment>,
+    /// Lines no segment could take yet (none could be opened); the next one starts with them.
+    orphans: Vec<u8>,
     backlog: Arc<Backlog>,
 }
 
@@ -187,11 +215,7 @@ impl SegmentWriter {
                 next = rx.try_recv().ok();
             }
             self.written(written % 1024);
-            if let Some(s) = self.current.as_mut() {
-                if let Err(e) = s.out.flush() {
-                    tracing::error!("cannot flush event log {}: {e}", s.path.display());
-                }
-            }
+            self.flush_current();
             // Let records gather for a moment before the next round: under load this thread
             // then wakes (and wakes its writers' futex) a few hundred times a second instead
             // of once per record.
@@ -208,6 +232,22 @@ impl SegmentWriter {
         }
     }
 
+    /// Write the current segment's pending bytes. A failure (a full disk) keeps them, and
+    /// the writer waits a little before the next round, which tries again first.
+    fn flush_current(&mut self) {
+        if let Some(s) = self.current.as_mut() {
+            if let Err(e) = s.flush() {
+                tracing::error!(
+                    pending = s.pending.len(),
+                    "cannot write event log {}: {e}; retrying",
+                    s.path.display()
+                );
+                metrics::counter!("switchyard_log_write_failures_total").increment(1);
+                std::thread::sleep(RETRY_AFTER);
+            }
+        }
+    }
+
     fn append(&mut self, hour: &str, line: &[u8]) {
         let rotate = match &self.current {
             None => true,
@@ -216,21 +256,35 @@ impl SegmentWriter {
             }
         };
         if rotate {
-            self.close();
-            self.current = self.open(hour);
+            // A segment with bytes it cannot write yet (a full disk) stays current until
+            // they are out: its records keep their order.
+            let stuck = self.current.as_mut().is_some_and(|s| s.flush().is_err());
+            if !stuck {
+                self.close();
+                self.current = self.open(hour);
+            }
         }
-        if let Some(s) = self.current.as_mut() {
-            match s.out.write_all(line) {
-                Ok(()) => s.written += line.len() as u64,
-                Err(e) => tracing::error!("cannot write event log {}: {e}", s.path.display()),
+        match self.current.as_mut() {
+            Some(s) => {
+                s.pending.extend_from_slice(line);
+                s.written += line.len() as u64;
+                if s.pending.len() >= FLUSH_AT {
+                    self.flush_current();
+                }
+            }
+            None => {
+                // Cannot even open a segment (a full disk): keep the line for the next one.
+                self.orphans.extend_from_slice(line);
             }
         }
     }
 
     fn close(&mut self) {
-        if let Some(mut s) = self.current.take() {
-            if let Err(e) = s.out.flush() {
-                tracing::error!("cannot flush event log {}: {e}", s.path.display());
+        self.flush_current();
+        if let Some(s) = self.current.take() {
+            if !s.pending.is_empty() {
+                // Still unwritten: keep the bytes for the next segment.
+                self.orphans.extend_from_slice(&s.pending);
             }
             drop(s.out);
             if self.settings.compress {
@@ -240,7 +294,7 @@ impl SegmentWriter {
     }
 
     /// The next segment for `hour`: the first sequence number not yet used this hour.
-    fn open(&self, hour: &str) -> Option<Segment> {
+    fn open(&mut self, hour: &str) -> Option<Segment> {
         let used = std::fs::read_dir(&self.dir)
             .map(|d| {
                 d.filter_map(|e| e.ok())
@@ -256,7 +310,8 @@ impl SegmentWriter {
                 hour: hour.to_string(),
                 path,
                 written: 0,
-                out: BufWriter::new(f),
+                out: f,
+                pending: std::mem::take(&mut self.orphans),
             }),
             Err(e) => {
                 tracing::error!("cannot open log segment {}: {e}", path.display());

@@ -19,9 +19,15 @@
 //! cost one fsync per batch, not one per message, and no caller hears "stored" before the
 //! fsync returned. A batch of fewer than 8 writes first waits `[spool] commit_delay`
 //! (default 300 µs) for more to join it: on a busy server that halves the fsyncs and the
-//! CPU they cost, for a fraction of a millisecond of latency. Before a batch the writer checks the filesystem's free space against
-//! `[spool] min_free_space`, so a nearly full disk refuses mail cleanly (`452 4.3.1`)
-//! instead of failing half-way through a journal write.
+//! CPU they cost, for a fraction of a millisecond of latency. Before a batch of new messages the writer checks
+//! the filesystem's free space: it must hold each message twice (journal, then table or
+//! blob), `[spool] min_free_space`, and the journal not yet flushed (a flush rewrites what
+//! is alive in it before the journal file can go) — else `452 4.3.1`, cleanly, instead of
+//! failing half-way through a journal write or leaving no room to give space back. Deleted
+//! messages' space comes back when their memtables are flushed: the writer starts those
+//! flushes when a batch is refused and when the spool has emptied (at most once a second);
+//! fjall seals its active journal only past 64 MB, so up to that much returns as more mail
+//! flows.
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 use serde::{Deserialize, Serialize};
@@ -39,6 +45,12 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 /// Removals and reschedulings are not limited here: there is exactly one per message in
 /// flight, so their number is bounded by the ready queues' capacity.
 const WRITE_QUEUE_DEPTH: usize = 8192;
+/// Journal bytes an empty spool may keep before they are given back (see `Writer::reclaim`).
+const RECLAIM_EMPTY_JOURNAL: u64 = 4 << 20;
+/// How long a reading of the journal's size on disk is used before it is read again.
+const JOURNAL_SIZE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Memtable flushes started to reclaim space, at most this often.
+const RECLAIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// A batch with fewer writes than this waits `commit_delay` for more before its fsync.
 const COMMIT_SIBLINGS: usize = 8;
 
@@ -318,6 +330,9 @@ struct Writer {
     path: PathBuf,
     min_free_space: u64,
     commit_delay: std::time::Duration,
+    last_reclaim: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The journal's size on disk, read at most every [`JOURNAL_SIZE_EVERY`].
+    journal_size: std::cell::Cell<(Option<std::time::Instant>, u64)>,
 }
 
 impl Spool {
@@ -366,6 +381,8 @@ impl Spool {
             path: dir.to_path_buf(),
             min_free_space,
             commit_delay,
+            last_reclaim: std::sync::Mutex::new(None),
+            journal_size: std::cell::Cell::new((None, 0)),
         };
         let writer_thread = std::thread::Builder::new()
             .name("spool-writer".into())
@@ -517,6 +534,21 @@ impl Spool {
     }
 }
 
+/// Disk space the spool's journal files use now (blocks allocated, not their length).
+fn journal_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "jnl"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Add `op` to the batch, counting a new message's bytes.
 fn take_into(ops: &mut Vec<WriteOp>, bytes: &mut usize, op: WriteOp) {
     if let WriteOp::Store { message, .. } = &op {
@@ -549,6 +581,14 @@ impl Writer {
                 gather(&mut rx, &mut ops, &mut bytes);
             }
             let result = self.commit(&ops, bytes as u64);
+            // An empty spool with a large journal holds only deleted messages: give the
+            // space back now rather than when the memtables fill.
+            if self.counters.messages.load(Ordering::Relaxed) == 0
+                && self.db.journal_disk_space().is_ok()
+                && journal_bytes(&self.path) > RECLAIM_EMPTY_JOURNAL
+            {
+                self.reclaim();
+            }
             if let Err(e) = &result {
                 tracing::error!("spool batch of {} writes failed: {e}", ops.len());
             }
@@ -573,8 +613,23 @@ impl Writer {
 
     fn commit(&self, ops: &[WriteOp], bytes: u64) -> Result<(), SpoolError> {
         if bytes > 0 {
-            let required = bytes.saturating_mul(2).saturating_add(self.min_free_space);
-            if let Some(available) = available_space(&self.path) {
+            // Room for the message twice (journal, then its table or blob file when the
+            // memtable is flushed), the free-space floor, and the journal not yet flushed:
+            // a flush rewrites what is still alive in it, and only then is it deleted, so a
+            // spool that let the journal eat the headroom could never give space back.
+            let unflushed = self.journal_bytes_recent();
+            let required = bytes
+                .saturating_mul(2)
+                .saturating_add(self.min_free_space)
+                .saturating_add(unflushed);
+            let mut available = available_space(&self.path);
+            if available.is_some_and(|a| a < required) {
+                // Deleted messages may still hold space: start giving it back (the flush
+                // runs in fjall's background; a full disk may slow it), and look again.
+                self.reclaim();
+                available = available_space(&self.path);
+            }
+            if let Some(available) = available {
                 if available < required {
                     // Refuse new mail, but still settle what was delivered: removals free space.
                     let settles: Vec<&WriteOp> = ops
@@ -592,6 +647,39 @@ impl Writer {
             }
         }
         self.commit_ops(ops.iter())
+    }
+
+    /// The journal's size on disk, as of at most [`JOURNAL_SIZE_EVERY`] ago.
+    fn journal_bytes_recent(&self) -> u64 {
+        let (at, bytes) = self.journal_size.get();
+        if at.is_some_and(|t| t.elapsed() < JOURNAL_SIZE_EVERY) {
+            return bytes;
+        }
+        let bytes = journal_bytes(&self.path);
+        self.journal_size
+            .set((Some(std::time::Instant::now()), bytes));
+        bytes
+    }
+
+    /// Give back the space of deleted messages: their bytes stay in the journal of the
+    /// active memtables until those are flushed (the flush writes only what is still
+    /// alive), and the journal files go once every memtable they hold is flushed. Starts
+    /// the flushes (fjall runs them in the background), at most once a second.
+    fn reclaim(&self) {
+        let mut last = self.last_reclaim.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < RECLAIM_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        for ks in [&self.messages, &self.queue, &self.state] {
+            if let Err(e) = ks.rotate_memtable() {
+                tracing::warn!("spool: cannot flush a memtable to reclaim space: {e}");
+            }
+        }
+        tracing::info!(
+            journal_bytes = journal_bytes(&self.path),
+            "spool: giving back the space of deleted messages"
+        );
     }
 
     fn commit_ops<'a>(
