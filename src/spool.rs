@@ -25,7 +25,8 @@
 //! is alive in it before the journal file can go) — else `452 4.3.1`, cleanly, instead of
 //! failing half-way through a journal write or leaving no room to give space back. Deleted
 //! messages' space comes back when their memtables are flushed: the writer starts those
-//! flushes when a batch is refused and when the spool has emptied (at most once a second);
+//! flushes when a batch is refused (at most once a second; under normal load fjall flushes
+//! as memtables fill);
 //! fjall seals its active journal only past 64 MB, so up to that much returns as more mail
 //! flows.
 
@@ -45,8 +46,6 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 /// Removals and reschedulings are not limited here: there is exactly one per message in
 /// flight, so their number is bounded by the ready queues' capacity.
 const WRITE_QUEUE_DEPTH: usize = 8192;
-/// Journal bytes an empty spool may keep before they are given back (see `Writer::reclaim`).
-const RECLAIM_EMPTY_JOURNAL: u64 = 4 << 20;
 /// How long a reading of the journal's size on disk is used before it is read again.
 const JOURNAL_SIZE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Memtable flushes started to reclaim space, at most this often.
@@ -581,14 +580,6 @@ impl Writer {
                 gather(&mut rx, &mut ops, &mut bytes);
             }
             let result = self.commit(&ops, bytes as u64);
-            // An empty spool with a large journal holds only deleted messages: give the
-            // space back now rather than when the memtables fill.
-            if self.counters.messages.load(Ordering::Relaxed) == 0
-                && self.db.journal_disk_space().is_ok()
-                && journal_bytes(&self.path) > RECLAIM_EMPTY_JOURNAL
-            {
-                self.reclaim();
-            }
             if let Err(e) = &result {
                 tracing::error!("spool batch of {} writes failed: {e}", ops.len());
             }
