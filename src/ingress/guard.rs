@@ -165,10 +165,14 @@ impl Guard {
     }
 }
 
-/// Drop idle entries once the table is large.
+/// Drop idle entries once the table is large; a table still far too large after that (a
+/// flood of fresh names or addresses) starts afresh, so memory stays bounded.
 fn sweep<K, V>(map: &mut HashMap<K, V>, idle: impl Fn(&V) -> bool) {
     if map.len() >= SWEEP_AT {
         map.retain(|_, v| !idle(v));
+        if map.len() >= SWEEP_AT * 16 {
+            map.clear();
+        }
     }
 }
 
