@@ -203,62 +203,46 @@ fn load_key(path: &Path, c: &DkimConfig) -> Result<Key, String> {
         }
     }
     let expiration = c.expiration.as_ref().map_or(0, |d| d.0.as_secs());
-    let selector = c.selector.clone();
     let domain = c.domain.get_ref().to_ascii_lowercase();
-    let key = match &der {
-        PrivateKeyDer::Pkcs1(_) => Key::Rsa(
-            signer(
-                RsaKey::<Sha256>::from_key_der(der.clone_key()),
-                &domain,
-                &selector,
-                &headers,
-                expiration,
-            )
-            .map_err(|e| named(format!("{e} (RSA keys must be 2048 to 4096 bits)")))?,
-        ),
+    let (selector, headers) = (c.selector.as_str(), headers.as_slice());
+    match &der {
+        PrivateKeyDer::Pkcs1(_) => RsaKey::<Sha256>::from_key_der(der.clone_key())
+            .map(|k| Key::Rsa(signer(k, &domain, selector, headers, expiration)))
+            .map_err(|e| named(format!("{e} (RSA keys must be 2048 to 4096 bits)"))),
         PrivateKeyDer::Pkcs8(p) => match RsaKey::<Sha256>::from_key_der(der.clone_key()) {
-            Ok(k) => Key::Rsa(
-                signer(Ok(k), &domain, &selector, &headers, expiration)
-                    .map_err(|e| named(e.to_string()))?,
-            ),
-            Err(rsa) => match Ed25519Key::from_pkcs8_maybe_unchecked_der(p.secret_pkcs8_der()) {
-                Ok(k) => Key::Ed25519(
-                    signer(Ok(k), &domain, &selector, &headers, expiration)
-                        .map_err(|e| named(e.to_string()))?,
-                ),
-                Err(_) => {
-                    return Err(named(format!(
+            Ok(k) => Ok(Key::Rsa(signer(k, &domain, selector, headers, expiration))),
+            Err(rsa) => Ed25519Key::from_pkcs8_maybe_unchecked_der(p.secret_pkcs8_der())
+                .map(|k| Key::Ed25519(signer(k, &domain, selector, headers, expiration)))
+                .map_err(|_| {
+                    named(format!(
                         "neither a usable RSA key ({rsa}; 2048 to 4096 bits) nor an Ed25519 key"
-                    )))
-                }
-            },
+                    ))
+                }),
         },
-        _ => {
-            return Err(named(
-                "an EC (SEC1) key; DKIM here signs with RSA or Ed25519".into(),
-            ))
-        }
-    };
-    Ok(key)
+        _ => Err(named(
+            "an EC (SEC1) key; DKIM here signs with RSA or Ed25519".into(),
+        )),
+    }
 }
 
 fn signer<K: mail_auth::common::crypto::SigningKey>(
-    key: mail_auth::Result<K>,
+    key: K,
     domain: &str,
     selector: &str,
     headers: &[String],
     expiration: u64,
-) -> mail_auth::Result<DkimSigner<K, Done>> {
-    let mut s = DkimSigner::from_key(key?)
+) -> DkimSigner<K, Done> {
+    let s = DkimSigner::from_key(key)
         .domain(domain)
         .selector(selector)
         .headers(headers.iter().cloned())
         .header_canonicalization(Canonicalization::Relaxed)
         .body_canonicalization(Canonicalization::Relaxed);
     if expiration > 0 {
-        s = s.expiration(expiration);
+        s.expiration(expiration)
+    } else {
+        s
     }
-    Ok(s)
 }
 
 /// The lower-case domain of the first address of the first From: header, if any.
@@ -413,7 +397,7 @@ mod tests {
                 .unwrap();
         let key = Ed25519Key::from_pkcs8_der(pkcs8.as_ref()).unwrap();
         // No header to sign: mail-auth refuses (config validation requires From).
-        let signer = signer(Ok(key), "acme.example", "s1", &[], 0).unwrap();
+        let signer = signer(key, "acme.example", "s1", &[], 0);
         let signers = Signers {
             entries: vec![Entry {
                 domain: "acme.example".into(),

@@ -329,7 +329,7 @@ struct Writer {
     path: PathBuf,
     min_free_space: u64,
     commit_delay: std::time::Duration,
-    last_reclaim: std::sync::Mutex<Option<std::time::Instant>>,
+    last_reclaim: std::cell::Cell<Option<std::time::Instant>>,
     /// The journal's size on disk, read at most every [`JOURNAL_SIZE_EVERY`].
     journal_size: std::cell::Cell<(Option<std::time::Instant>, u64)>,
 }
@@ -380,7 +380,7 @@ impl Spool {
             path: dir.to_path_buf(),
             min_free_space,
             commit_delay,
-            last_reclaim: std::sync::Mutex::new(None),
+            last_reclaim: std::cell::Cell::new(None),
             journal_size: std::cell::Cell::new((None, 0)),
         };
         let writer_thread = std::thread::Builder::new()
@@ -657,11 +657,14 @@ impl Writer {
     /// alive), and the journal files go once every memtable they hold is flushed. Starts
     /// the flushes (fjall runs them in the background), at most once a second.
     fn reclaim(&self) {
-        let mut last = self.last_reclaim.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| t.elapsed() < RECLAIM_EVERY) {
+        if self
+            .last_reclaim
+            .get()
+            .is_some_and(|t| t.elapsed() < RECLAIM_EVERY)
+        {
             return;
         }
-        *last = Some(std::time::Instant::now());
+        self.last_reclaim.set(Some(std::time::Instant::now()));
         for ks in [&self.messages, &self.queue, &self.state] {
             if let Err(e) = ks.rotate_memtable() {
                 tracing::warn!("spool: cannot flush a memtable to reclaim space: {e}");

@@ -138,11 +138,7 @@ impl Client {
             s.write_all(bytes).await?;
             s.flush().await
         };
-        match tokio::time::timeout(timeout, w).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(TransportError(e.to_string())),
-            Err(_) => Err(TransportError("timed out writing to the peer".into())),
-        }
+        written_within(timeout, w).await
     }
 
     /// Send a command and read its reply, each within `t`.
@@ -316,11 +312,19 @@ impl Client {
             s.write_all_buf(&mut body.chain(&b".\r\n"[..])).await?;
             s.flush().await
         };
-        match tokio::time::timeout(self.timeouts.data, w).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(TransportError(e.to_string())),
-            Err(_) => Err(TransportError("timed out writing to the peer".into())),
-        }
+        written_within(self.timeouts.data, w).await
+    }
+}
+
+/// A write (and its flush) within `timeout`, its failure as a [`TransportError`].
+async fn written_within(
+    timeout: Duration,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<(), TransportError> {
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(TransportError(e.to_string())),
+        Err(_) => Err(TransportError("timed out writing to the peer".into())),
     }
 }
 
