@@ -13,13 +13,25 @@
 //! more than [`LOG_QUEUE_DEPTH`] records behind, clients wait rather than memory growing.
 //! The thread flushes whenever its queue runs dry, then lets records gather for 2 ms, so a
 //! record reaches the file within milliseconds of the event.
+//!
+//! A recipient's final record comes with the order to remove it from the spool
+//! ([`EventSink::write_final`]): the thread hands that removal to the spool only once the
+//! record is in the file (written to the OS, which a killed process cannot take back). A
+//! crash in between costs a repeated delivery, logged again — never a recipient gone from
+//! the spool without its record. While the log cannot write (a full disk) its removals wait
+//! with its records, and the thread tries again every 100 ms.
+//!
+//! A segment left by a killed process may end in half a line: at start, before it is
+//! compressed, it is cut back to its last whole line.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
+use switchyard_actors::message::MessageKey;
+use switchyard_actors::ports::{EventSink, SpoolPort};
 pub use switchyard_actors::record::{LogRecord, RecordKind, Response};
 
 /// How long the log thread lets records gather after writing out what it had.
@@ -40,8 +52,24 @@ pub struct LogSettings {
 /// The sending side of the event log; cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
-    tx: Sender<LogRecord>,
+    tx: Sender<Entry>,
     backlog: Arc<Backlog>,
+}
+
+/// What the log thread is given.
+enum Entry {
+    /// A record to append.
+    Record(LogRecord),
+    /// A final record, and the recipient to remove from the spool once it is written.
+    Final(LogRecord, Removal),
+    /// Answer once everything queued before it is written and its removals handed on.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// A recipient to remove from the spool once its final record is written.
+struct Removal {
+    key: MessageKey,
+    spool: Arc<dyn SpoolPort>,
 }
 
 /// Records queued and not yet written, and a wake-up for whoever waits for room.
@@ -64,9 +92,16 @@ impl EventLog {
             current: None,
             orphans: Vec::new(),
             backlog: backlog.clone(),
+            failures: 0,
         };
-        if settings.compress {
-            for path in uncompressed_segments(dir)? {
+        for entry in std::fs::read_dir(dir)?.filter_map(Result::ok) {
+            if entry.path().extension().is_some_and(|x| x == "tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        for path in uncompressed_segments(dir)? {
+            cut_partial_line(&path);
+            if settings.compress {
                 compress_later(path);
             }
         }
@@ -78,10 +113,22 @@ impl EventLog {
 
     /// Queue a record. Never blocks, never drops.
     pub fn write(&self, record: LogRecord) {
+        self.send(Entry::Record(record));
+    }
+
+    fn send(&self, entry: Entry) {
         self.backlog.pending.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(record).is_err() {
+        if self.tx.send(entry).is_err() {
             tracing::error!("event log thread has stopped; record lost");
         }
+    }
+
+    /// Wait until every record queued so far is in its file and every removal waiting on
+    /// one is handed to the spool. Shutdown calls it before the spool's last sync.
+    pub async fn sync(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.send(Entry::Barrier(done));
+        let _ = wait.await;
     }
 
     /// Records queued and not yet written.
@@ -103,9 +150,13 @@ impl EventLog {
     }
 }
 
-impl switchyard_actors::ports::EventSink for EventLog {
+impl EventSink for EventLog {
     fn write(&self, record: LogRecord) {
         EventLog::write(self, record);
+    }
+
+    fn write_final(&self, record: LogRecord, key: MessageKey, spool: Arc<dyn SpoolPort>) {
+        self.send(Entry::Final(record, Removal { key, spool }));
     }
 }
 
@@ -148,6 +199,8 @@ struct SegmentWriter {
     /// Lines no segment could take yet (none could be opened); the next one starts with them.
     orphans: Vec<u8>,
     backlog: Arc<Backlog>,
+    /// Failed writes since the last one that went through (logged once, counted each time).
+    failures: u64,
 }
 
 /// "2026-11-28T10:15:00.000Z" → "20261128-10".
@@ -173,21 +226,27 @@ fn uncompressed_segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Compress `path` to `path.zst` and remove it, on a helper thread.
+/// Compress `path` to `path.zst` and remove it, on a helper thread. The compressed file is
+/// written under a temporary name and renamed when complete, so a `.zst` is never partial
+/// (a crash or a full disk in between leaves the `.jsonl`, compressed at the next start).
+/// For a moment both exist: a reader takes the `.zst` then.
 fn compress_later(path: PathBuf) {
     let spawned = std::thread::Builder::new()
         .name("log-compress".into())
         .spawn(move || {
             let target = PathBuf::from(format!("{}.zst", path.display()));
+            let partial = PathBuf::from(format!("{}.zst.tmp", path.display()));
             let result = (|| -> std::io::Result<()> {
                 let mut input = File::open(&path)?;
-                let output = File::create(&target)?;
+                let output = File::create(&partial)?;
                 let mut encoder = zstd::stream::Encoder::new(output, 3)?;
                 std::io::copy(&mut input, &mut encoder)?;
                 encoder.finish()?.sync_all()?;
+                std::fs::rename(&partial, &target)?;
                 std::fs::remove_file(&path)
             })();
             if let Err(e) = result {
+                let _ = std::fs::remove_file(&partial);
                 tracing::error!("cannot compress log segment {}: {e}", path.display());
             }
         });
@@ -196,36 +255,110 @@ fn compress_later(path: PathBuf) {
     }
 }
 
+/// Cut a segment left by a killed process back to its last whole line (a process killed in
+/// the middle of a write may leave half a record).
+fn cut_partial_line(path: &Path) {
+    let result = (|| -> std::io::Result<Option<u64>> {
+        let data = std::fs::read(path)?;
+        let whole = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if whole == data.len() {
+            return Ok(None);
+        }
+        OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(whole as u64)?;
+        Ok(Some((data.len() - whole) as u64))
+    })();
+    match result {
+        Ok(None) => {}
+        Ok(Some(cut)) => tracing::warn!(
+            bytes = cut,
+            "event log {} ended in half a record (the process was killed while writing it): cut back to its last whole line",
+            path.display()
+        ),
+        Err(e) => tracing::error!("cannot check event log {}: {e}", path.display()),
+    }
+}
+
 impl SegmentWriter {
-    fn run(mut self, rx: Receiver<LogRecord>) {
+    fn run(mut self, rx: Receiver<Entry>) {
         let mut line = Vec::with_capacity(1024);
-        while let Ok(first) = rx.recv() {
-            let mut next = Some(first);
-            let mut written = 0;
-            while let Some(record) = next {
+        // Removals and barriers whose records are not all in the file yet.
+        let mut removals: Vec<Removal> = Vec::new();
+        let mut barriers: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
+        loop {
+            // With bytes still unwritten (a full disk), wake up to try again without waiting
+            // for a new record.
+            let first = if self.unwritten() {
+                match rx.recv_timeout(RETRY_AFTER) {
+                    Ok(entry) => Some(entry),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(entry) => Some(entry),
+                    Err(_) => break,
+                }
+            };
+            let mut next = first;
+            let mut taken = 0;
+            while let Some(entry) = next {
+                let record = match entry {
+                    Entry::Record(record) => record,
+                    Entry::Final(record, removal) => {
+                        removals.push(removal);
+                        record
+                    }
+                    Entry::Barrier(done) => {
+                        barriers.push(done);
+                        taken += 1;
+                        next = rx.try_recv().ok();
+                        continue;
+                    }
+                };
                 line.clear();
                 if serde_json::to_writer(&mut line, &record).is_ok() {
                     line.push(b'\n');
                     self.append(&hour_of(&record.timestamp), &line);
                 }
-                written += 1;
-                if written % 1024 == 0 {
-                    self.written(1024);
+                taken += 1;
+                if taken % 1024 == 0 {
+                    self.taken(1024);
                 }
                 next = rx.try_recv().ok();
             }
-            self.written(written % 1024);
+            self.taken(taken % 1024);
             self.flush_current();
+            if !self.unwritten() {
+                for r in removals.drain(..) {
+                    r.spool.remove(r.key);
+                }
+                for done in barriers.drain(..) {
+                    let _ = done.send(());
+                }
+            }
             // Let records gather for a moment before the next round: under load this thread
             // then wakes (and wakes its writers' futex) a few hundred times a second instead
             // of once per record.
             std::thread::sleep(LINGER);
         }
         self.close();
+        if !self.unwritten() {
+            for r in removals {
+                r.spool.remove(r.key);
+            }
+        }
     }
 
-    /// `n` more records are out of the queue: wake ingress if it waits for room.
-    fn written(&self, n: usize) {
+    /// Whether some bytes could not be written yet.
+    fn unwritten(&self) -> bool {
+        !self.orphans.is_empty() || self.current.as_ref().is_some_and(|s| !s.pending.is_empty())
+    }
+
+    /// `n` more entries are out of the queue: wake ingress if it waits for room.
+    fn taken(&self, n: usize) {
         let before = self.backlog.pending.fetch_sub(n, Ordering::Relaxed);
         if before > LOG_QUEUE_DEPTH && before - n <= LOG_QUEUE_DEPTH {
             self.backlog.room.notify_waiters();
@@ -233,17 +366,35 @@ impl SegmentWriter {
     }
 
     /// Write the current segment's pending bytes. A failure (a full disk) keeps them, and
-    /// the writer waits a little before the next round, which tries again first.
+    /// the next round, at most [`RETRY_AFTER`] later, tries again first.
     fn flush_current(&mut self) {
+        if self.current.is_none() && !self.orphans.is_empty() {
+            // No segment could be opened yet: try again.
+            let now = switchyard_actors::record::rfc3339(std::time::SystemTime::now());
+            self.current = self.open(&hour_of(&now));
+        }
         if let Some(s) = self.current.as_mut() {
-            if let Err(e) = s.flush() {
-                tracing::error!(
-                    pending = s.pending.len(),
-                    "cannot write event log {}: {e}; retrying",
-                    s.path.display()
-                );
-                metrics::counter!("switchyard_log_write_failures_total").increment(1);
-                std::thread::sleep(RETRY_AFTER);
+            match s.flush() {
+                Err(e) => {
+                    if self.failures == 0 {
+                        tracing::error!(
+                            pending = s.pending.len(),
+                            "cannot write event log {}: {e}; retrying every {RETRY_AFTER:?}, its records and the spool removals waiting on them are kept",
+                            s.path.display()
+                        );
+                    }
+                    self.failures += 1;
+                    metrics::counter!("switchyard_log_write_failures_total").increment(1);
+                }
+                Ok(()) if self.failures > 0 => {
+                    tracing::info!(
+                        failed_writes = self.failures,
+                        "event log {} is written again; nothing was dropped",
+                        s.path.display()
+                    );
+                    self.failures = 0;
+                }
+                Ok(()) => {}
             }
         }
     }
@@ -293,13 +444,24 @@ impl SegmentWriter {
         }
     }
 
-    /// The next segment for `hour`: the first sequence number not yet used this hour.
+    /// The next segment for `hour`: past the highest sequence number used this hour.
     fn open(&mut self, hour: &str) -> Option<Segment> {
+        let prefix = format!("{hour}-");
         let used = std::fs::read_dir(&self.dir)
             .map(|d| {
                 d.filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().starts_with(hour))
-                    .count()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let seq = name
+                            .strip_prefix(&prefix)?
+                            .split('.')
+                            .next()?
+                            .parse::<u32>()
+                            .ok()?;
+                        Some(seq + 1)
+                    })
+                    .max()
+                    .unwrap_or(0)
             })
             .unwrap_or(0);
         let path = (used..used + 1000)
@@ -325,6 +487,55 @@ impl SegmentWriter {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_final_record_is_in_the_file_before_its_recipient_leaves_the_spool() {
+        use switchyard_actors::memory::{MemorySpool, SpoolCall};
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::start(
+            dir.path(),
+            LogSettings {
+                max_segment_size: 1 << 20,
+                compress: false,
+            },
+        )
+        .unwrap();
+        let spool = Arc::new(MemorySpool::default());
+        let key = [7u8; 20];
+        let record = LogRecord {
+            recipient: Some("last@example.org".into()),
+            ..LogRecord::new(RecordKind::Delivery)
+        };
+        EventSink::write_final(&log, record, key, spool.clone());
+        for _ in 0..200 {
+            if !spool.calls().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // By the time the spool hears of it, the record is in the file.
+        let text = std::fs::read_to_string(&uncompressed_segments(dir.path()).unwrap()[0]).unwrap();
+        assert!(matches!(spool.calls()[..], [SpoolCall::Remove(k)] if k == key));
+        assert!(text.contains("last@example.org"), "{text}");
+        log.sync().await;
+    }
+
+    #[test]
+    fn a_half_written_last_line_is_cut_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("20261129-06-000.jsonl");
+        std::fs::write(&path, "{\"type\":\"Delivery\"}\n{\"type\":\"Deliv").unwrap();
+        cut_partial_line(&path);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"type\":\"Delivery\"}\n"
+        );
+        cut_partial_line(&path);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"type\":\"Delivery\"}\n"
+        );
+    }
 
     #[test]
     fn hours() {

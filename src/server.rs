@@ -35,6 +35,9 @@ async fn shutdown(
         let sessions = ingress.open_sessions();
         let connections = engine.open_connections().await;
         if sessions == 0 && connections == 0 {
+            // One more round trip through every scheduled queue: a connection's last
+            // settlement, sent before it closed, has then been handled (mailboxes are FIFO).
+            engine.queues().await;
             tracing::info!("shutdown: every session and connection ended");
             break;
         }
@@ -89,7 +92,7 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
             Err(e) => tracing::error!("spool recovery task failed: {e}"),
         }
     });
-    let ingress = Ingress::new(&loaded, spool.clone(), log, engine.clone())?;
+    let ingress = Ingress::new(&loaded, spool.clone(), log.clone(), engine.clone())?;
     let reloader = Arc::new(Reloader::new(
         path,
         &loaded,
@@ -151,6 +154,10 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
     shutdown(&ingress, &tasks, &http_engine, c.smtp.shutdown_timeout.0).await;
+    // The last settlements: their records into the log, then their removals into the spool,
+    // fsynced — so a restart repeats nothing that was finished.
+    log.sync().await;
+    spool.sync().await;
     drop(ingress);
     drop(spool);
     Ok(())

@@ -32,6 +32,16 @@ pub trait SpoolPort: Send + Sync + 'static {
 pub trait EventSink: Send + Sync + 'static {
     /// File one record.
     fn write(&self, record: LogRecord);
+
+    /// File a recipient's final record (Delivery, Bounce, Expiration, AdminBounce) and, only
+    /// once it is written, remove the recipient from `spool`. A crash between the two then
+    /// costs a repeated attempt (a duplicate delivery, logged again), never a recipient that
+    /// left the spool without its final record. This default, for sinks that write at once,
+    /// does both in order.
+    fn write_final(&self, record: LogRecord, key: MessageKey, spool: Arc<dyn SpoolPort>) {
+        self.write(record);
+        spool.remove(key);
+    }
 }
 
 /// One host to try, in order.

@@ -241,25 +241,44 @@ impl Drop for Daemon {
     }
 }
 
-/// All event-log records written so far in the log directory `dir`.
+/// All event-log records written so far in the log directory `dir`. Every whole line must
+/// be a JSON record; a last line still being written is left for the next look.
 pub fn events_in(dir: &Path) -> Vec<serde_json::Value> {
+    loop {
+        // A segment compressed (and removed) between listing and reading: look again.
+        if let Some(events) = try_events_in(dir) {
+            return events;
+        }
+    }
+}
+
+fn try_events_in(dir: &Path) -> Option<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
     files.sort();
+    // Skip a compression under way: its temporary file, and the `.jsonl` once its `.zst`
+    // is complete (both exist for a moment).
+    files.retain(|f| {
+        let name = f.display().to_string();
+        !name.ends_with(".tmp") && !std::path::Path::new(&format!("{name}.zst")).exists()
+    });
     for f in files {
         let text = if f.extension().is_some_and(|x| x == "zst") {
-            String::from_utf8(zstd::decode_all(std::fs::File::open(&f).unwrap()).unwrap()).unwrap()
+            let file = std::fs::File::open(&f).ok()?;
+            String::from_utf8(zstd::decode_all(file).unwrap()).unwrap()
         } else {
-            std::fs::read_to_string(&f).unwrap()
+            let mut text = std::fs::read_to_string(&f).ok()?;
+            text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
+            text
         };
-        out.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
-        );
+        out.extend(text.lines().map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("{}: {e}: {l:?}", f.display()))
+        }));
     }
-    out
+    Some(out)
 }
 
 /// Wait until something accepts on `addr`.

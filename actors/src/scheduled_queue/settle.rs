@@ -2,8 +2,9 @@
 //! bounced (5xx), deferred with its next retry (4xx), or expired when that retry would pass
 //! `max_age` — or bounced by an operator or a rule (AdminBounce), which is no attempt.
 //!
-//! Each settlement writes one log record, tells the spool (remove, or reschedule), and
-//! counts in this queue's own series: `switchyard_delivery_total{tenant, campaign, outcome}`
+//! Each settlement writes one log record, tells the spool (reschedule; or remove, which the
+//! event log does only once the final record is written — see `EventSink::write_final`),
+//! and counts in this queue's own series: `switchyard_delivery_total{tenant, campaign, outcome}`
 //! and `switchyard_scheduled_messages{tenant, campaign, domain}` — handles built once per
 //! queue, not looked up by labels per message.
 
@@ -178,9 +179,9 @@ impl ScheduledQueueActor {
             hops: crate::test_hooks::hops(&m.key),
             ..LogRecord::new(fate.record())
         };
-        self.all.ports.events.write(record);
         match next_due {
             Some(due) => {
+                self.all.ports.events.write(record);
                 // A retry is minutes away: its content waits in the spool, not in memory.
                 m.hot = None;
                 m.due_ms = due;
@@ -190,7 +191,10 @@ impl ScheduledQueueActor {
                     .reschedule(m.key, m.attempts, due, m.held_ms);
                 self.schedule(m);
             }
-            None => self.all.ports.spool.remove(m.key),
+            None => {
+                let spool = self.all.ports.spool.clone();
+                self.all.ports.events.write_final(record, m.key, spool);
+            }
         }
     }
 }
