@@ -2,18 +2,18 @@
 //! API of a running daemon (`--api`, `SWITCHYARD_API`; `--token`, `SWITCHYARD_TOKEN`), shown
 //! as aligned tables for people or, with `--json`, as the API's JSON for scripts.
 //!
-//! The HTTP client is a plain HTTP/1.1 exchange over a TCP stream: the admin API listens
-//! on loopback (or behind a proxy that terminates TLS), and a CLI needs no more.
+//! HTTP goes through `ureq` (plain HTTP to a loopback API, or HTTPS through a proxy that
+//! terminates TLS; chunked and compressed bodies alike), and `ctl top` reads `/metrics` with
+//! `prometheus-parse`.
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::time::Duration;
 
 /// Where and how to reach the daemon.
 pub struct Api {
-    /// `http://host:port`.
+    /// `http://host:port` (or `https://` through a TLS proxy).
     pub url: String,
     /// Bearer token.
     pub token: Option<String>,
@@ -22,15 +22,10 @@ pub struct Api {
 /// A failed command: what to print.
 pub struct CtlError(pub String);
 
-impl Api {
-    fn host_port(&self) -> Result<String, CtlError> {
-        let rest = self
-            .url
-            .strip_prefix("http://")
-            .ok_or_else(|| CtlError(format!("--api {:?} must start with http://", self.url)))?;
-        Ok(rest.trim_end_matches('/').to_string())
-    }
+/// Largest answer read (a busy daemon's `/metrics` is a few MiB).
+const MAX_ANSWER: u64 = 256 << 20;
 
+impl Api {
     /// One request; the parsed JSON answer of a 2xx, or the API's `{"error"}` as an error.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CtlError> {
         let (status, text) = self.raw(method, path, body)?;
@@ -55,36 +50,42 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, String), CtlError> {
-        let hp = self.host_port()?;
-        let unreachable = |e: std::io::Error| {
+        if !self.url.starts_with("http://") && !self.url.starts_with("https://") {
+            return Err(CtlError(format!(
+                "--api {:?} must start with http:// or https://",
+                self.url
+            )));
+        }
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        let request = request
+            .body(body.map(Value::to_string).unwrap_or_default())
+            .map_err(|e| CtlError(format!("bad request to {url}: {e}")))?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let mut response = agent.run(request).map_err(|e| {
             CtlError(format!(
                 "cannot reach the daemon at {} ({e}); is `switchyard serve` running? Set --api or SWITCHYARD_API.",
                 self.url
             ))
-        };
-        let mut s = TcpStream::connect(&hp).map_err(unreachable)?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let auth = self
-            .token
-            .as_deref()
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {hp}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .map_err(unreachable)?;
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).map_err(unreachable)?;
-        let resp = String::from_utf8_lossy(&resp);
-        let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
+        })?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_string()
+            .map_err(|e| CtlError(format!("cannot read the answer of {url}: {e}")))?;
+        Ok((status, text))
     }
 }
 
@@ -168,15 +169,12 @@ pub fn queues(api: &Api, as_json: bool) -> Result<String, CtlError> {
     ))
 }
 
-/// `ctl suspensions`.
-pub fn suspensions(api: &Api, as_json: bool) -> Result<String, CtlError> {
-    let v = api.call("GET", "/api/v1/suspensions", None)?;
+/// A list route shown as a table of `cols` (or its JSON).
+fn listing(api: &Api, path: &str, cols: &[&str], as_json: bool) -> Result<String, CtlError> {
+    let v = api.call("GET", path, None)?;
     if as_json {
         return Ok(format!("{v}\n"));
     }
-    let cols = [
-        "id", "kind", "tenant", "campaign", "source", "site", "domain", "rule", "expires", "reason",
-    ];
     let rows: Vec<Vec<String>> = v
         .as_array()
         .map(|a| {
@@ -185,17 +183,80 @@ pub fn suspensions(api: &Api, as_json: bool) -> Result<String, CtlError> {
                 .collect()
         })
         .unwrap_or_default();
+    let headers: Vec<String> = cols.iter().map(|c| c.to_uppercase()).collect();
     Ok(table(
-        &cols
-            .map(str::to_uppercase)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        &headers.iter().map(String::as_str).collect::<Vec<_>>(),
         &rows,
     ))
 }
 
-/// What `ctl suspend` and `ctl bounce` say about their target.
+/// `ctl suspensions`.
+pub fn suspensions(api: &Api, as_json: bool) -> Result<String, CtlError> {
+    let cols = [
+        "id", "kind", "tenant", "campaign", "source", "site", "domain", "rule", "expires", "reason",
+    ];
+    listing(api, "/api/v1/suspensions", &cols, as_json)
+}
+
+/// `ctl throttles`.
+pub fn throttles(api: &Api, as_json: bool) -> Result<String, CtlError> {
+    let cols = [
+        "id", "tenant", "campaign", "site", "domain", "rate", "rule", "expires", "reason",
+    ];
+    listing(api, "/api/v1/throttles", &cols, as_json)
+}
+
+/// `ctl overrides`.
+pub fn overrides(api: &Api, as_json: bool) -> Result<String, CtlError> {
+    let cols = [
+        "id", "source", "site", "domain", "options", "rule", "expires",
+    ];
+    listing(api, "/api/v1/overrides", &cols, as_json)
+}
+
+/// `ctl throttle`.
+pub fn throttle(
+    api: &Api,
+    t: &Target,
+    rate: &str,
+    duration: &str,
+    reason: &str,
+    as_json: bool,
+) -> Result<String, CtlError> {
+    let body = json!({
+        "tenant": t.tenant, "campaign": t.campaign, "domain": t.domain, "site": t.site,
+        "rate": rate, "duration": duration, "reason": reason,
+    });
+    let v = api.call("POST", "/api/v1/throttles", Some(&body))?;
+    Ok(if as_json {
+        format!("{v}\n")
+    } else {
+        format!(
+            "throttled: {} at {} (until {})\n",
+            text(&v["id"]),
+            text(&v["rate"]),
+            text(&v["expires"])
+        )
+    })
+}
+
+/// `ctl unthrottle ID` and `ctl revert ID`: end a throttle or an override now.
+pub fn end(
+    api: &Api,
+    route: &str,
+    id: &str,
+    done: &str,
+    as_json: bool,
+) -> Result<String, CtlError> {
+    api.call("DELETE", &format!("/api/v1/{route}/{id}"), None)?;
+    Ok(if as_json {
+        format!("{}\n", json!({ done: id }))
+    } else {
+        format!("{done}: {id}\n")
+    })
+}
+
+/// What `ctl suspend`, `ctl throttle` and `ctl bounce` say about their target.
 #[derive(Default)]
 pub struct Target {
     /// Tenant.
@@ -265,31 +326,36 @@ struct TenantFigures {
     bounced: f64,
 }
 
-/// Parse `name{a="x",b="y"} value` lines into (labels, value) for one metric.
-fn series<'a>(metrics: &'a str, name: &str) -> Vec<(BTreeMap<&'a str, &'a str>, f64)> {
+/// The samples of one metric in a `/metrics` text: (labels, value).
+fn series(metrics: &prometheus_parse::Scrape, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter_map(|l| {
-            let (head, value) = l.rsplit_once(' ')?;
-            let labels = head[name.len() + 1..].strip_suffix('}')?;
-            let mut map = BTreeMap::new();
-            for pair in labels.split("\",") {
-                let (k, v) = pair.split_once("=\"")?;
-                map.insert(k, v.trim_end_matches('"'));
-            }
-            Some((map, value.parse().ok()?))
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter_map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => return None,
+            };
+            let labels = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Some((labels, value))
         })
         .collect()
 }
 
-fn tenant_figures(metrics: &str) -> BTreeMap<String, TenantFigures> {
+fn tenant_figures(metrics: &prometheus_parse::Scrape) -> BTreeMap<String, TenantFigures> {
     let mut out: BTreeMap<String, TenantFigures> = BTreeMap::new();
     for (l, v) in series(metrics, "switchyard_delivery_total") {
         let f = out
-            .entry(l.get("tenant").unwrap_or(&"").to_string())
+            .entry(l.get("tenant").cloned().unwrap_or_default())
             .or_default();
-        match l.get("outcome").copied() {
+        match l.get("outcome").map(String::as_str) {
             Some("delivered") => f.delivered += v,
             Some("transient") => f.deferred += v,
             Some("bounced") | Some("expired") | Some("admin_bounced") => f.bounced += v,
@@ -297,7 +363,7 @@ fn tenant_figures(metrics: &str) -> BTreeMap<String, TenantFigures> {
         }
     }
     for (l, v) in series(metrics, "switchyard_scheduled_messages") {
-        out.entry(l.get("tenant").unwrap_or(&"").to_string())
+        out.entry(l.get("tenant").cloned().unwrap_or_default())
             .or_default()
             .queued += v;
     }
@@ -309,10 +375,12 @@ pub fn top(api: &Api, interval: Duration, iterations: u64) -> Result<(), CtlErro
     let mut before: Option<BTreeMap<String, TenantFigures>> = None;
     let mut n = 0;
     loop {
-        let (status, metrics) = api.raw("GET", "/metrics", None)?;
+        let (status, text) = api.raw("GET", "/metrics", None)?;
         if status != 200 {
             return Err(CtlError(format!("GET /metrics: {status}")));
         }
+        let metrics = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .map_err(|e| CtlError(format!("cannot read /metrics: {e}")))?;
         let now = tenant_figures(&metrics);
         let secs = interval.as_secs_f64().max(0.001);
         let rate = |t: &str, f: fn(&TenantFigures) -> f64| match &before {
@@ -353,8 +421,8 @@ pub fn top(api: &Api, interval: Duration, iterations: u64) -> Result<(), CtlErro
                         .unwrap_or(0.0);
                     (
                         v,
-                        l.get("source").unwrap_or(&"").to_string(),
-                        l.get("site").unwrap_or(&"").to_string(),
+                        l.get("source").cloned().unwrap_or_default(),
+                        l.get("site").cloned().unwrap_or_default(),
                         conns,
                     )
                 })

@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_actors::engine::{Engine, EngineSettings, Submission};
+use switchyard_actors::messages::Restore;
 use switchyard_actors::pool::{Pool, Pools};
 use switchyard_actors::ports::{EgressSource, Ports};
 use switchyard_actors::scheduled_queue::schedule::RetryPolicy;
-use switchyard_actors::suspension::{Override, Suspension};
 
 /// How often the MX-rollup sites of the shaping blocks are looked up again (answers come
 /// from the DNS cache until their TTL runs out, so this follows the TTLs).
@@ -161,33 +161,42 @@ pub fn start_engine(
     Ok((engine, dns))
 }
 
-/// Put the suspensions and overrides stored in the spool back into effect. Awaited before
-/// recovery, so held mail is held from its first moment back in a queue.
+/// Put the suspensions, throttles and overrides stored in the spool back into effect.
+/// Awaited before recovery, so held mail is held from its first moment back in a queue.
 pub async fn restore_suspensions(spool: &Spool, engine: &Engine) -> anyhow::Result<()> {
-    let read = |prefix: &str| -> anyhow::Result<Vec<Vec<u8>>> {
+    fn read<T: serde::de::DeserializeOwned>(spool: &Spool, prefix: &str) -> anyhow::Result<Vec<T>> {
         Ok(spool
             .state_entries(prefix)?
             .into_iter()
-            .map(|(_, v)| v)
+            .filter_map(|(key, v)| match serde_json::from_slice(&v) {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    tracing::error!("spool state {key} cannot be read back ({e}); left out");
+                    None
+                }
+            })
             .collect())
+    }
+    let restore = Restore {
+        suspensions: read(spool, "suspension/")?,
+        overrides: read(spool, "override/")?,
+        throttles: read(spool, "throttle/")?,
     };
-    let suspensions: Vec<Suspension> = read("suspension/")?
-        .iter()
-        .filter_map(|v| serde_json::from_slice(v).ok())
-        .collect();
-    let overrides: Vec<Override> = read("override/")?
-        .iter()
-        .filter_map(|v| serde_json::from_slice(v).ok())
-        .collect();
-    if !suspensions.is_empty() || !overrides.is_empty() {
+    let (s, o, t) = (
+        restore.suspensions.len(),
+        restore.overrides.len(),
+        restore.throttles.len(),
+    );
+    if s + o + t > 0 {
         tracing::info!(
-            suspensions = suspensions.len(),
-            overrides = overrides.len(),
+            suspensions = s,
+            overrides = o,
+            throttles = t,
             "restored from the spool"
         );
     }
     engine
-        .restore(suspensions, overrides)
+        .restore(restore)
         .await
         .ok_or_else(|| anyhow::anyhow!("the suspension register did not start"))
 }

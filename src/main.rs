@@ -135,6 +135,37 @@ enum CtlCommand {
         #[arg(long, default_value = "bounced with switchyard ctl")]
         reason: String,
     },
+    /// Active throttles, manual and automatic.
+    Throttles,
+    /// Pace a tenant's (or campaign's) mail, to a domain or site, for a while.
+    Throttle {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Site (sorted MX host names joined by commas).
+        #[arg(long)]
+        site: Option<String>,
+        /// The pace, in KumoMTA's throttle syntax, e.g. "100/h".
+        #[arg(long)]
+        rate: String,
+        /// How long, e.g. "2 hours".
+        #[arg(long)]
+        duration: String,
+        /// Why (logged and listed).
+        #[arg(long, default_value = "throttled with switchyard ctl")]
+        reason: String,
+    },
+    /// End a throttle now.
+    Unthrottle {
+        /// Throttle id (see `ctl throttles`).
+        id: String,
+    },
+    /// Active shaping overrides set by automation (SetConfig, SetDomainConfig).
+    Overrides,
+    /// End a shaping override now; its ready queues go back to their shaping.
+    Revert {
+        /// Override id (see `ctl overrides`).
+        id: String,
+    },
     /// Live view: per-tenant rates, suspensions, busiest sites.
     Top {
         /// Refresh interval.
@@ -170,6 +201,24 @@ fn ctl(api: String, token: Option<String>, json: bool, command: CtlCommand) -> E
         CtlCommand::Bounce { target: t, reason } => {
             ctl::bounce(&api, &target(t, None, None), &reason, json)
         }
+        CtlCommand::Throttles => ctl::throttles(&api, json),
+        CtlCommand::Throttle {
+            target: t,
+            site,
+            rate,
+            duration,
+            reason,
+        } => ctl::throttle(
+            &api,
+            &target(t, None, site),
+            &rate,
+            &duration,
+            &reason,
+            json,
+        ),
+        CtlCommand::Unthrottle { id } => ctl::end(&api, "throttles", &id, "unthrottled", json),
+        CtlCommand::Overrides => ctl::overrides(&api, json),
+        CtlCommand::Revert { id } => ctl::end(&api, "overrides", &id, "reverted", json),
         CtlCommand::Top {
             interval,
             iterations,

@@ -540,7 +540,8 @@ fn one_or_many<'a, 'i>(v: &'a Spanned<DeValue<'i>>) -> Vec<&'a Spanned<DeValue<'
     }
 }
 
-/// One action: `"SuspendTenant"` or `{SetConfig={name="...", value=...}}`.
+/// One action: `"SuspendTenant"`, `{ThrottleTenant="100/h"}` or
+/// `{SetConfig={name="...", value=...}}`.
 fn action(v: &Spanned<DeValue>) -> Result<Action, String> {
     let unknown = |name: &str| match closest_action(name) {
         Some(close) => format!("unknown action {name:?}; did you mean {close:?}?"),
@@ -555,11 +556,27 @@ fn action(v: &Spanned<DeValue>) -> Result<Action, String> {
             None if name == "SetConfig" || name == "SetDomainConfig" => Err(format!(
                 "{name} needs its setting: {{{name}={{name=\"max_message_rate\", value=\"1/minute\"}}}}"
             )),
+            None if name == "ThrottleTenant" || name == "ThrottleCampaign" => Err(format!(
+                "{name} needs its rate: {{{name}=\"100/h\"}}"
+            )),
             None => Err(unknown(name)),
         },
         DeValue::Table(t) if t.len() == 1 => {
             let (k, inner) = t.iter().next().ok_or("empty action")?;
             let kind = k.get_ref().as_ref();
+            if kind == "ThrottleTenant" || kind == "ThrottleCampaign" {
+                let rate = inner
+                    .get_ref()
+                    .as_str()
+                    .ok_or_else(|| format!("{kind} takes a rate: {{{kind}=\"100/h\"}}"))?
+                    .parse()
+                    .map_err(|e| format!("{kind}: {e}"))?;
+                return Ok(if kind == "ThrottleTenant" {
+                    Action::ThrottleTenant(rate)
+                } else {
+                    Action::ThrottleCampaign(rate)
+                });
+            }
             let domain = match kind {
                 "SetConfig" => false,
                 "SetDomainConfig" => true,
@@ -579,7 +596,7 @@ fn action(v: &Spanned<DeValue>) -> Result<Action, String> {
             Action::set_config(domain, name, &value).map_err(|e| format!("{kind}: {e}"))
         }
         _ => Err(format!(
-            "an action is a name ({}) or {{SetConfig={{name=..., value=...}}}}",
+            "an action is a name ({}), {{ThrottleTenant=\"N/period\"}} or {{SetConfig={{name=..., value=...}}}}",
             ACTION_NAMES.join(", ")
         )),
     }

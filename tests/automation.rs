@@ -269,7 +269,7 @@ fn suspend_moves_a_sites_traffic_to_the_other_source_until_expiry() {
 #[test]
 fn set_config_throttles_the_site_for_its_duration_then_recovers() {
     let responses = "[[rule]]\nrecipient_domain = \"slow.test\"\nlimit = 1\ncode = 451\nmsg = \"4.7.0 You are sending too fast, slow down please\"\n";
-    let shaping = "[[\"slow.test\".automation]]\nname = \"throttle\"\nregex = \"slow down please\"\naction = {SetConfig={name=\"max_message_rate\", value=\"60/min\"}}\nduration = \"20s\"\n";
+    let shaping = "[[\"slow.test\".automation]]\nname = \"throttle\"\nregex = \"slow down please\"\naction = {SetConfig={name=\"max_message_rate\", value=\"60/min,max_burst=1\"}}\nduration = \"20s\"\n";
     let w = world(
         &[("slow.test", "mx.slow.test")],
         responses,
@@ -520,7 +520,7 @@ fn a_tenant_qos_rate_paces_only_that_tenant() {
         &[("qos.test", "mx.qos.test")],
         "",
         "",
-        &format!("[tenant.\"slow\"]\nmax_message_rate = \"300/min\"\n\n{ONE_SOURCE}"),
+        &format!("[tenant.\"slow\"]\nmax_message_rate = \"300/min,max_burst=1\"\n\n{ONE_SOURCE}"),
     );
     let d = &w.d;
     send_as(d, 10, "a@slow.example", "u@qos.test", "slow");

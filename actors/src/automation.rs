@@ -8,7 +8,7 @@
 //! with `fancy-regex` and tried on its own. Which scopes apply to a reply depends on its
 //! site: see [`RuleBook::scopes_for`].
 
-use crate::shaping::{OptionValue, Shaping, ShapingOptions};
+use crate::shaping::{OptionValue, Rate, Shaping, ShapingOptions};
 use regex::RegexSet;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -64,6 +64,10 @@ pub enum Action {
     BounceTenant,
     /// Bounce the campaign's queued mail to the site.
     BounceCampaign,
+    /// Pace the tenant's mail to the site at this rate.
+    ThrottleTenant(Rate),
+    /// Pace the campaign's mail to the site (the tenant's when there is no campaign).
+    ThrottleCampaign(Rate),
 }
 
 /// The action names a shaping file may use.
@@ -76,6 +80,8 @@ pub const ACTION_NAMES: &[&str] = &[
     "Bounce",
     "BounceTenant",
     "BounceCampaign",
+    "ThrottleTenant",
+    "ThrottleCampaign",
 ];
 
 impl Action {
@@ -90,6 +96,8 @@ impl Action {
             Action::Bounce => "Bounce",
             Action::BounceTenant => "BounceTenant",
             Action::BounceCampaign => "BounceCampaign",
+            Action::ThrottleTenant(_) => "ThrottleTenant",
+            Action::ThrottleCampaign(_) => "ThrottleCampaign",
         }
     }
 
@@ -124,6 +132,9 @@ impl Action {
         match self {
             Action::SetConfig { name, value } | Action::SetDomainConfig { name, value } => {
                 format!("{}({name}={value})", self.name())
+            }
+            Action::ThrottleTenant(rate) | Action::ThrottleCampaign(rate) => {
+                format!("{}({rate})", self.name())
             }
             other => other.name().to_string(),
         }

@@ -11,6 +11,8 @@
 //!
 //! - `Suspend`, `SuspendTenant`, `SuspendCampaign` → the SuspensionRegister (which tells the
 //!   tenant, campaign or ready queue);
+//! - `ThrottleTenant`, `ThrottleCampaign` → the SuspensionRegister as a throttle of the
+//!   tenant's (campaign's) mail to the site;
 //! - `SetConfig`, `SetDomainConfig` → the SuspensionRegister as a time-limited override;
 //! - `Bounce` → the (source, site) ReadyQueueActor; `BounceTenant`, `BounceCampaign` → the
 //!   TenantActor.
@@ -22,13 +24,14 @@
 
 use crate::automation::{Action, RuleBook, RulesInForce, ThresholdWindow, Trigger};
 use crate::message::{now_ms, QueueIdentity};
-use crate::messages::{AdminBounce, BounceReady, ReplySeen, SetOverride, Suspend};
+use crate::messages::{AdminBounce, BounceReady, ReplySeen, SetOverride, SetThrottle, Suspend};
 use crate::ports::EventSink;
 use crate::ready_queue::ReadyQueues;
 use crate::record::{LogRecord, RecordKind};
 use crate::suspension::{rfc3339_ms, Override, Suspension, SuspensionKind};
 use crate::suspension_register::SuspensionRegister;
 use crate::tenant::Tenants;
+use crate::throttle::Throttle;
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -172,6 +175,20 @@ fn fire(effects: &Effects, rule: &Arc<str>, action: &Action, msg: &ReplySeen, ex
         name: name.to_string(),
         value,
         rule: Some(rule.to_string()),
+        domain: Some(q.domain.to_string()),
+        created_ms: 0,
+        expires_ms,
+    };
+    let throttle = |campaign: Option<String>, rate| Throttle {
+        id: String::new(),
+        tenant: q.tenant.to_string(),
+        campaign,
+        domain: None,
+        site: Some(msg.site.to_string()),
+        rate,
+        reason: msg.reply.match_text(),
+        rule: Some(rule.to_string()),
+        created_ms: 0,
         expires_ms,
     };
     let bounce = |campaign: Option<Option<String>>| AdminBounce {
@@ -203,6 +220,13 @@ fn fire(effects: &Effects, rule: &Arc<str>, action: &Action, msg: &ReplySeen, ex
         Action::SetDomainConfig { name, value } => effects
             .register
             .do_send(SetOverride(override_of(None, name, value.clone()))),
+        Action::ThrottleTenant(rate) => {
+            effects.register.do_send(SetThrottle(throttle(None, *rate)))
+        }
+        Action::ThrottleCampaign(rate) => effects.register.do_send(SetThrottle(throttle(
+            q.campaign.as_deref().map(str::to_string),
+            *rate,
+        ))),
         Action::Bounce => {
             if let Some(ready) = effects.ready.existing(&msg.source, &msg.site) {
                 ready.do_send(BounceReady {

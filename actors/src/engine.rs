@@ -15,8 +15,8 @@ use crate::connection::ConnectionKit;
 use crate::limits::{ProviderGates, TenantLimits};
 use crate::message::{QueueIdentity, QueuedMessage};
 use crate::messages::{
-    AdminBounce, Enqueue, ListSuspensions, QueueInfo, ReadyInfo, ReadyQueueInfo, Restore, Resume,
-    ScheduledInfo, Suspend,
+    AdminBounce, Enqueue, ListOverrides, ListSuspensions, ListThrottles, QueueInfo, ReadyInfo,
+    ReadyQueueInfo, Restore, Resume, ScheduledInfo, SetThrottle, Suspend,
 };
 use crate::pool::Pools;
 use crate::ports::Ports;
@@ -28,6 +28,7 @@ use crate::shaping::{Rate, Shaping};
 use crate::suspension::{Override, Suspension, SuspensionView};
 use crate::suspension_register::SuspensionRegister;
 use crate::tenant::{CampaignStarted, Tenants};
+use crate::throttle::Throttle;
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -290,7 +291,7 @@ impl Engine {
         self.register.send(Suspend(s)).await.ok()
     }
 
-    /// Resume a suspension (or end an override) now: `Some(true)` when the id existed.
+    /// End a suspension, throttle or override now: `Some(true)` when the id existed.
     pub async fn resume(&self, id: String) -> Option<bool> {
         self.register.send(Resume { id }).await.ok()
     }
@@ -300,19 +301,24 @@ impl Engine {
         self.register.send(ListSuspensions).await.ok()
     }
 
-    /// Put stored suspensions and overrides back into effect (at start).
-    pub async fn restore(
-        &self,
-        suspensions: Vec<Suspension>,
-        overrides: Vec<Override>,
-    ) -> Option<()> {
-        self.register
-            .send(Restore {
-                suspensions,
-                overrides,
-            })
-            .await
-            .ok()
+    /// Throttle (or re-throttle); the throttle as stored. `None` if the engine has stopped.
+    pub async fn throttle(&self, t: Throttle) -> Option<Throttle> {
+        self.register.send(SetThrottle(t)).await.ok()
+    }
+
+    /// Every active throttle, oldest first.
+    pub async fn throttles(&self) -> Option<Vec<Throttle>> {
+        self.register.send(ListThrottles).await.ok()
+    }
+
+    /// Every active shaping override, oldest first.
+    pub async fn overrides(&self) -> Option<Vec<Override>> {
+        self.register.send(ListOverrides).await.ok()
+    }
+
+    /// Put stored suspensions, throttles and overrides back into effect (at start).
+    pub async fn restore(&self, restore: Restore) -> Option<()> {
+        self.register.send(restore).await.ok()
     }
 
     /// Live actors: (tenants, campaigns, scheduled queues, ready queues).

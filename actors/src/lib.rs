@@ -10,8 +10,9 @@
 //! - [`connection`] — ConnectionActor: one SMTP session, bounce classes ([`bounce`]);
 //! - [`classifier`] — ClassifierActor: every reply, against the automation rules
 //!   ([`automation`]);
-//! - [`suspension_register`] — SuspensionRegister: suspensions and shaping overrides,
-//!   durable and self-expiring, read by the others through [`suspension::SuspensionView`];
+//! - [`suspension_register`] — SuspensionRegister: suspensions, throttles ([`throttle`])
+//!   and shaping overrides, durable and self-expiring, read by the others through
+//!   [`suspension::SuspensionView`];
 //! - [`tenant`], [`campaign`] — TenantActor, CampaignActor: a tenant's campaigns and a
 //!   campaign's scheduled queues, to which they pass what concerns them all.
 //!
@@ -46,3 +47,4 @@ pub mod suspension;
 pub mod suspension_register;
 pub mod tenant;
 pub mod test_hooks;
+pub mod throttle;

@@ -14,14 +14,16 @@
 //! - connection → scheduled queue: [`DeliveryOutcome`]; → classifier: [`ReplySeen`];
 //! - suspension register → tenant → campaign → scheduled queue: [`Recheck`];
 //!   → ready queue: [`SourceSuspension`], [`Reshape`];
-//! - classifier → register: [`Suspend`], [`SetOverride`]; → ready queue: [`BounceReady`];
-//!   → tenant: [`AdminBounce`];
+//! - classifier → register: [`Suspend`], [`SetThrottle`], [`SetOverride`]; → ready queue:
+//!   [`BounceReady`]; → tenant: [`AdminBounce`];
 //! - admin API → actors: [`QueueInfo`], [`ReadyQueueInfo`], [`AdminBounce`], [`Suspend`],
-//!   [`Resume`], [`ListSuspensions`], [`Restore`].
+//!   [`SetThrottle`], [`Resume`], [`ListSuspensions`], [`ListThrottles`], [`ListOverrides`],
+//!   [`Restore`].
 
 use crate::message::{MessageKey, Peer, QueueIdentity, QueuedMessage, Reply};
 use crate::ports::MxHost;
 use crate::suspension::{Override, Suspension};
+use crate::throttle::Throttle;
 use actix::prelude::*;
 use std::sync::Arc;
 
@@ -203,7 +205,7 @@ pub struct AdminBounce {
 #[rtype(result = "Suspension")]
 pub struct Suspend(pub Suspension);
 
-/// Resume a suspension (or end an override) now; `true` when the id existed.
+/// End a suspension, throttle or override now; `true` when the id existed.
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct Resume {
@@ -221,8 +223,24 @@ pub struct ListSuspensions;
 #[rtype(result = "()")]
 pub struct SetOverride(pub Override);
 
-/// Suspensions and overrides read back from the spool at start: put back into effect with
-/// their remaining time (those already past end at once, with a Resume record).
+/// Every active shaping override, oldest first.
+#[derive(Message)]
+#[rtype(result = "Vec<Override>")]
+pub struct ListOverrides;
+
+/// Throttle (or re-throttle) a tenant or campaign; the reply is the throttle as stored.
+#[derive(Message)]
+#[rtype(result = "Throttle")]
+pub struct SetThrottle(pub Throttle);
+
+/// Every active throttle, oldest first.
+#[derive(Message)]
+#[rtype(result = "Vec<Throttle>")]
+pub struct ListThrottles;
+
+/// Suspensions, throttles and overrides read back from the spool at start: put back into
+/// effect with their remaining time (those already past end at once, with their end
+/// record).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Restore {
@@ -230,6 +248,8 @@ pub struct Restore {
     pub suspensions: Vec<Suspension>,
     /// Overrides.
     pub overrides: Vec<Override>,
+    /// Throttles.
+    pub throttles: Vec<Throttle>,
 }
 
 /// A scheduled queue went away (reaped); its campaign forgets it.

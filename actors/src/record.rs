@@ -52,6 +52,14 @@ pub enum RecordKind {
     Resume,
     /// An automation rule fired.
     AutomationFired,
+    /// A throttle began (or was extended, or its rate changed).
+    Throttle,
+    /// A throttle ended.
+    ThrottleEnd,
+    /// A shaping override began (or was extended).
+    Override,
+    /// A shaping override ended.
+    OverrideEnd,
 }
 
 /// One event. Fields that do not apply stay `None` and are left out of the line.
@@ -116,6 +124,9 @@ pub struct LogRecord {
     /// Automation action.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// A throttle's rate (Throttle, ThrottleEnd).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
     /// Why a suspension began or ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -143,6 +154,11 @@ impl LogRecord {
             ..Default::default()
         }
     }
+}
+
+/// RFC 3339 of a timestamp in ms since the epoch.
+pub fn rfc3339_ms(ms: u64) -> String {
+    rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-28T10:15:00.000Z`.

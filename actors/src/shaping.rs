@@ -23,23 +23,85 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// A rate: "N/unit" with unit s|sec|m|min|minute|h|hr|hour|d|day (plural accepted).
+/// A rate in KumoMTA's throttle syntax: `[local:]N/[k]period[,max_burst=B]`.
+///
+/// `N` may use `,` or `_` between digits (`"1,000/hr"`, `"1_000/h"`); the period is a unit
+/// (`s`, `sec`, `second`, `m`, `min`, `minute`, `h`, `hr`, `hour`, `d`, `day`, plurals too)
+/// with an optional multiplier (`"10/5min"`). The limiter is a GCRA: one event every
+/// `period / N`, with up to `max_burst` at once — by default `N`, as in KumoMTA, so
+/// `"60/min"` lets 60 go at once and then one a second; `max_burst=1` spreads them evenly.
+/// `local:` marks a limit that stays per node when a cluster shares limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     /// How many events...
     pub count: u64,
     /// ...per this period.
     pub per: Duration,
+    /// Most events at once (`max_burst`); `None`: `count`.
+    pub burst: Option<u64>,
+    /// Written with `local:`.
+    pub local: bool,
 }
 
 impl Rate {
-    /// The GCRA quota: one event every `per / count`, with no burst beyond one, so a
-    /// throttled path sends evenly instead of in clumps.
+    /// `count` per `per`, burst `count`.
+    pub fn new(count: u64, per: Duration) -> Rate {
+        Rate {
+            count,
+            per,
+            burst: None,
+            local: false,
+        }
+    }
+
+    /// Most events at once.
+    pub fn burst(&self) -> u64 {
+        self.burst.unwrap_or(self.count).max(1)
+    }
+
+    /// Events per second, for gauges.
+    pub fn per_second(&self) -> f64 {
+        self.count as f64 / self.per.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// The GCRA quota: one event every `per / count`, `burst` at once.
     pub fn quota(&self) -> governor::Quota {
         let interval =
             (self.per / self.count.clamp(1, u32::MAX as u64) as u32).max(Duration::from_nanos(1));
+        let burst = std::num::NonZeroU32::new(self.burst().min(u32::MAX as u64) as u32)
+            .unwrap_or(std::num::NonZeroU32::MIN);
         governor::Quota::with_period(interval)
             .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
+            .allow_burst(burst)
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.local {
+            f.write_str("local:")?;
+        }
+        let secs = self.per.as_secs();
+        let (n, unit) = if self.per.subsec_nanos() != 0 || secs == 0 {
+            (self.per.as_millis() as u64, "ms")
+        } else if secs % 86_400 == 0 {
+            (secs / 86_400, "d")
+        } else if secs % 3600 == 0 {
+            (secs / 3600, "h")
+        } else if secs % 60 == 0 {
+            (secs / 60, "min")
+        } else {
+            (secs, "s")
+        };
+        write!(f, "{}/", self.count)?;
+        if n != 1 {
+            write!(f, "{n}")?;
+        }
+        f.write_str(unit)?;
+        if let Some(b) = self.burst {
+            write!(f, ",max_burst={b}")?;
+        }
+        Ok(())
     }
 }
 
@@ -47,26 +109,83 @@ impl FromStr for Rate {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!("invalid rate {s:?}; expected \"N/unit\" with unit s, min, h or day, e.g. \"100/h\"")
+            format!(
+                "invalid rate {s:?}; expected \"[local:]N/period[,max_burst=B]\" such as \"100/h\", \"1,000/hr\" or \"10/5min\""
+            )
         };
-        let (num, unit) = s.trim().split_once('/').ok_or_else(bad)?;
-        let count: u64 = num.trim().parse().map_err(|_| bad())?;
-        let unit = unit.trim().to_ascii_lowercase();
-        let secs = match unit.trim_end_matches('s') {
-            "" | "sec" | "second" => 1,
+        let mut spec = s.trim();
+        let local = match spec.strip_prefix("local:") {
+            Some(rest) => {
+                spec = rest.trim();
+                true
+            }
+            None => false,
+        };
+        // `,` may separate thousands in N, so max_burst is found by name.
+        let mut burst = None;
+        if let Some(at) = spec.find("max_burst") {
+            let (head, tail) = spec.split_at(at);
+            let value = tail["max_burst".len()..]
+                .trim()
+                .strip_prefix('=')
+                .ok_or_else(bad)?;
+            let b = parse_count(value).ok_or_else(bad)?;
+            if b == 0 {
+                return Err(format!("invalid rate {s:?}: max_burst must be at least 1"));
+            }
+            burst = Some(b);
+            spec = head.trim().strip_suffix(',').ok_or_else(bad)?.trim();
+        }
+        let (num, period) = spec.split_once('/').ok_or_else(bad)?;
+        let count = parse_count(num).ok_or_else(bad)?;
+        if count == 0 {
+            return Err(format!("invalid rate {s:?}: the count must be at least 1"));
+        }
+        let period = period.trim();
+        let digits = period.len()
+            - period
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .len();
+        let multiplier: u64 = if digits == 0 {
+            1
+        } else {
+            period[..digits].parse().map_err(|_| bad())?
+        };
+        let unit = period[digits..].trim().to_ascii_lowercase();
+        let secs: u64 = match unit
+            .strip_suffix('s')
+            .filter(|u| !u.is_empty())
+            .unwrap_or(&unit)
+        {
+            "s" | "sec" | "second" => 1,
             "m" | "min" | "minute" => 60,
             "h" | "hr" | "hour" => 3600,
             "d" | "day" => 86_400,
             _ => return Err(bad()),
         };
-        if count == 0 {
-            return Err(format!("invalid rate {s:?}: the count must be at least 1"));
+        if multiplier == 0 {
+            return Err(bad());
         }
         Ok(Rate {
             count,
-            per: Duration::from_secs(secs),
+            per: Duration::from_secs(secs.saturating_mul(multiplier)),
+            burst,
+            local,
         })
     }
+}
+
+/// An integer that may use `,` or `_` between its digits.
+fn parse_count(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() || s.starts_with([',', '_']) || s.ends_with([',', '_']) {
+        return None;
+    }
+    s.chars()
+        .filter(|c| *c != ',' && *c != '_')
+        .collect::<String>()
+        .parse()
+        .ok()
 }
 
 impl<'de> Deserialize<'de> for Rate {
@@ -265,11 +384,7 @@ fn limit(key: &str, v: &OptionValue) -> Result<usize, String> {
 
 fn rate(key: &str, v: &OptionValue) -> Result<Rate, String> {
     match v {
-        OptionValue::String(s) => s
-            .strip_prefix("local:")
-            .unwrap_or(s)
-            .parse()
-            .map_err(|e| format!("{key}: {e}")),
+        OptionValue::String(s) => s.parse().map_err(|e| format!("{key}: {e}")),
         _ => Err(format!("{key} must be a rate such as \"100/h\", got {v}")),
     }
 }
@@ -760,14 +875,62 @@ mod tests {
     #[test]
     fn rates_parse() {
         let r: Rate = "100/h".parse().unwrap();
-        assert_eq!((r.count, r.per), (100, Duration::from_secs(3600)));
+        assert_eq!(
+            (r.count, r.per, r.burst()),
+            (100, Duration::from_secs(3600), 100)
+        );
         for u in [
-            "s", "sec", "m", "min", "minute", "minutes", "h", "hr", "hour", "d", "day",
+            "s", "sec", "second", "seconds", "m", "min", "mins", "minute", "minutes", "h", "hr",
+            "hrs", "hour", "hours", "d", "day", "days",
         ] {
             assert!(format!("5/{u}").parse::<Rate>().is_ok(), "{u}");
         }
         assert!("100".parse::<Rate>().is_err());
         assert!("0/s".parse::<Rate>().is_err());
+        assert!("ten/s".parse::<Rate>().is_err());
+        assert!("10/5fortnights".parse::<Rate>().is_err());
+        assert!("10/h,max_burst=0".parse::<Rate>().is_err());
+        assert!("10/h,max_burst".parse::<Rate>().is_err());
+        assert!(",100/h".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn kumomtas_throttle_forms_parse() {
+        let cases: &[(&str, u64, u64, Option<u64>, bool)] = &[
+            ("1,000/hr", 1000, 3600, None, false),
+            ("1_000/h", 1000, 3600, None, false),
+            ("10/5min", 10, 300, None, false),
+            ("10/5 minutes", 10, 300, None, false),
+            ("local:100/s", 100, 1, None, true),
+            ("60/min,max_burst=1", 60, 60, Some(1), false),
+            ("local:1,000/hr, max_burst = 10", 1000, 3600, Some(10), true),
+            ("2/day", 2, 86_400, None, false),
+        ];
+        for &(spec, count, secs, burst, local) in cases {
+            let r: Rate = spec.parse().unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_eq!(
+                (r.count, r.per, r.burst, r.local),
+                (count, Duration::from_secs(secs), burst, local),
+                "{spec}"
+            );
+            // What is shown parses back to the same rate.
+            assert_eq!(
+                r.to_string().parse::<Rate>().unwrap(),
+                r,
+                "{spec} shown as {r}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_burst_defaults_to_the_limit() {
+        use governor::DefaultDirectRateLimiter;
+        let all_at_once =
+            DefaultDirectRateLimiter::direct("60/min".parse::<Rate>().unwrap().quota());
+        assert_eq!((0..100).filter(|_| all_at_once.check().is_ok()).count(), 60);
+        let evenly =
+            DefaultDirectRateLimiter::direct("60/min,max_burst=1".parse::<Rate>().unwrap().quota());
+        assert_eq!((0..100).filter(|_| evenly.check().is_ok()).count(), 1);
     }
 
     #[test]

@@ -7,14 +7,15 @@
 //! towards their site, and ready queues read the overrides layered on their shaping. A
 //! change bumps the view's version, so a reader re-checks only after one.
 
+use crate::limits::Limiter;
 use crate::message::now_ms;
-use crate::record::{rfc3339, LogRecord, RecordKind};
+use crate::record::{LogRecord, RecordKind};
 use crate::shaping::{OptionValue, ShapingOptions};
+use crate::throttle::{Throttle, ThrottleInForce};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, UNIX_EPOCH};
 
 /// What a suspension holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -185,11 +186,49 @@ pub struct Override {
     pub value: OptionValue,
     /// The rule that set it.
     pub rule: Option<String>,
+    /// The destination domain of the reply that fired the rule.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Created, ms since the epoch (0 for overrides stored before it was kept).
+    #[serde(default)]
+    pub created_ms: u64,
     /// Ends, ms since the epoch.
     pub expires_ms: u64,
 }
 
 impl Override {
+    /// `switchyard_override_expires_timestamp_seconds{id,source,site,rule}`: one series per
+    /// override for the dashboard's table (remaining time = value − time()); 0 once ended.
+    pub(crate) fn publish_expiry(&self, active: bool) {
+        let value = if active {
+            self.expires_ms as f64 / 1000.0
+        } else {
+            0.0
+        };
+        metrics::gauge!(
+            "switchyard_override_expires_timestamp_seconds",
+            "id" => self.id.clone(),
+            "source" => self.source.clone().unwrap_or_else(|| "*".into()),
+            "site" => self.site.clone(),
+            "rule" => self.rule.clone().unwrap_or_else(|| "manual".into())
+        )
+        .set(value);
+    }
+
+    /// Its `Override` / `OverrideEnd` record; `action` is `name=value`.
+    pub(crate) fn record(&self, kind: RecordKind) -> LogRecord {
+        LogRecord {
+            id: Some(self.id.clone()),
+            domain: self.domain.clone(),
+            source: self.source.clone(),
+            site: Some(self.site.clone()),
+            rule: self.rule.clone(),
+            action: Some(format!("{}={}", self.name, self.value)),
+            expires: Some(rfc3339_ms(self.expires_ms)),
+            ..LogRecord::new(kind)
+        }
+    }
+
     /// The override as shaping options.
     pub fn options(&self) -> ShapingOptions {
         let mut o = ShapingOptions::default();
@@ -202,10 +241,7 @@ impl Override {
     }
 }
 
-/// RFC 3339 of a ms timestamp.
-pub fn rfc3339_ms(ms: u64) -> String {
-    rfc3339(UNIX_EPOCH + Duration::from_millis(ms))
-}
+pub use crate::record::rfc3339_ms;
 
 /// A new id for a suspension or override: time then randomness.
 pub(crate) fn new_id() -> String {
@@ -222,6 +258,8 @@ struct InForce {
     sources: HashMap<(Arc<str>, Arc<str>), u64>,
     /// Active shaping overrides.
     overrides: Vec<Override>,
+    /// Throttles, by tenant.
+    throttles: HashMap<Arc<str>, Vec<ThrottleInForce>>,
 }
 
 /// The suspensions and overrides in force, written by the suspension register only.
@@ -344,5 +382,60 @@ impl SuspensionView {
     /// Replace the active overrides.
     pub(crate) fn set_overrides(&self, all: Vec<Override>) {
         self.change(|state| state.overrides = all);
+    }
+
+    /// The limiters of the throttles pacing the scheduled queue of (tenant, campaign,
+    /// domain) whose route goes to `site`.
+    pub fn throttles_for(
+        &self,
+        tenant: &str,
+        campaign: Option<&str>,
+        domain: &str,
+        site: &str,
+    ) -> Vec<Arc<Limiter>> {
+        let state = self.read();
+        state
+            .throttles
+            .get(tenant)
+            .map(|list| {
+                list.iter()
+                    .filter(|t| t.throttle.applies(tenant, campaign, domain, site))
+                    .map(|t| t.limiter.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A throttle is in force (new, changed or restored); its limiter is kept while its
+    /// rate stays the same.
+    pub(crate) fn put_throttle(&self, t: Arc<Throttle>) {
+        let tenant: Arc<str> = Arc::from(t.tenant.as_str());
+        self.change(|state| {
+            let list = state.throttles.entry(tenant).or_default();
+            let old = list
+                .iter()
+                .position(|o| o.throttle.id == t.id)
+                .map(|i| list.remove(i));
+            let limiter = match old {
+                Some(o) if o.throttle.rate == t.rate => o.limiter,
+                _ => Arc::new(Limiter::new(t.rate)),
+            };
+            list.push(ThrottleInForce {
+                throttle: t,
+                limiter,
+            });
+        });
+    }
+
+    /// A throttle ended.
+    pub(crate) fn remove_throttle(&self, t: &Throttle) {
+        self.change(|state| {
+            if let Some(list) = state.throttles.get_mut(t.tenant.as_str()) {
+                list.retain(|o| o.throttle.id != t.id);
+                if list.is_empty() {
+                    state.throttles.remove(t.tenant.as_str());
+                }
+            }
+        });
     }
 }

@@ -1,5 +1,5 @@
-//! SuspensionRegister: the register of suspensions and shaping overrides, each with its
-//! expiry — the one owner of that state.
+//! SuspensionRegister: the register of suspensions, throttles and shaping overrides, each
+//! with its expiry — the one owner of that state.
 //!
 //! A suspension is created by an automation rule (through the ClassifierActor) or by
 //! MailOps (`POST /api/v1/suspensions`). The register gives it an id, stores it durably in
@@ -16,18 +16,22 @@
 //! When a suspension expires (or is resumed) it logs `Resume`, clears the gauge, deletes the
 //! state entry, takes it out of the view and tells the same actors; held mail is then due at
 //! once. The same target suspended again while active is extended, not duplicated.
-//! SetConfig overrides work alike: kept here with their expiry, applied by the ready queues
-//! of their site.
+//! Throttles ([`crate::throttle`]) work alike: stored as `throttle/ID`, logged as `Throttle`
+//! and `ThrottleEnd`, put into the view with their limiter, and the tenant told to recheck.
+//! SetConfig overrides too: stored as `override/ID`, logged as `Override`/`OverrideEnd`,
+//! applied by the ready queues of their site.
 
 use crate::message::now_ms;
 use crate::messages::{
-    ListSuspensions, Recheck, Restore, Resume, SetOverride, SourceSuspension, Suspend,
+    ListOverrides, ListSuspensions, ListThrottles, Recheck, Restore, Resume, SetOverride,
+    SetThrottle, SourceSuspension, Suspend,
 };
 use crate::ports::Ports;
 use crate::ready_queue::ReadyQueues;
 use crate::record::RecordKind;
 use crate::suspension::{new_id, rfc3339_ms, Override, Suspension, SuspensionKind, SuspensionView};
 use crate::tenant::Tenants;
+use crate::throttle::Throttle;
 use actix::prelude::*;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -41,6 +45,7 @@ pub struct SuspensionRegister {
     ready: Arc<ReadyQueues>,
     ports: Ports,
     suspensions: HashMap<String, Suspension>,
+    throttles: HashMap<String, Throttle>,
     overrides: HashMap<String, Override>,
     timers: HashMap<String, SpawnHandle>,
 }
@@ -59,6 +64,7 @@ impl SuspensionRegister {
             ready,
             ports,
             suspensions: HashMap::new(),
+            throttles: HashMap::new(),
             overrides: HashMap::new(),
             timers: HashMap::new(),
         }
@@ -132,10 +138,21 @@ impl SuspensionRegister {
     /// the suspension in its gauges).
     fn recheck(&self, s: &Suspension) {
         if let Some(tenant) = s.tenant.as_deref() {
-            self.tenants
-                .get_or_start(&Arc::from(tenant))
-                .do_send(Recheck);
+            self.recheck_tenant(tenant);
         }
+    }
+
+    fn recheck_tenant(&self, tenant: &str) {
+        self.tenants
+            .get_or_start(&Arc::from(tenant))
+            .do_send(Recheck);
+    }
+
+    /// Put a throttle into effect (new, changed or restored).
+    fn apply_throttle(&self, t: &Throttle) {
+        self.view.put_throttle(Arc::new(t.clone()));
+        t.publish(true);
+        self.recheck_tenant(&t.tenant);
     }
 
     /// Put the overrides in force and have the ready queues of `site` reshape.
@@ -166,9 +183,25 @@ impl SuspensionRegister {
             tracing::info!(id, kind = ?s.kind, tenant = ?s.tenant, source = ?s.source, site = ?s.site, why, "suspension ended");
             return true;
         }
+        if let Some(t) = self.throttles.remove(id) {
+            self.ports.spool.delete_state(format!("throttle/{id}"));
+            self.view.remove_throttle(&t);
+            t.publish(false);
+            // Queues waiting on its limiter go again at once.
+            self.recheck_tenant(&t.tenant);
+            let mut r = t.record(RecordKind::ThrottleEnd);
+            r.reason = Some(why.to_string());
+            self.ports.events.write(r);
+            tracing::info!(id, tenant = %t.tenant, campaign = ?t.campaign, site = ?t.site, why, "throttle ended");
+            return true;
+        }
         if let Some(o) = self.overrides.remove(id) {
             self.ports.spool.delete_state(format!("override/{id}"));
             self.publish_overrides(&o.site);
+            o.publish_expiry(false);
+            let mut r = o.record(RecordKind::OverrideEnd);
+            r.reason = Some(why.to_string());
+            self.ports.events.write(r);
             tracing::info!(id, site = %o.site, option = %o.name, why, "shaping override ended");
             return true;
         }
@@ -245,11 +278,64 @@ impl Handler<SetOverride> for SuspensionRegister {
             o = existing.clone();
         } else {
             o.id = new_id();
+            if o.created_ms == 0 {
+                o.created_ms = now_ms();
+            }
             self.overrides.insert(o.id.clone(), o.clone());
         }
         self.persist(format!("override/{}", o.id), &o);
         self.publish_overrides(&o.site);
+        o.publish_expiry(true);
+        self.ports.events.write(o.record(RecordKind::Override));
+        tracing::info!(id = %o.id, source = ?o.source, site = %o.site, option = %o.name, value = %o.value, rule = ?o.rule, "shaping override until {}", rfc3339_ms(o.expires_ms));
         self.arm(&o.id.clone(), o.expires_ms, ctx);
+    }
+}
+
+impl Handler<ListOverrides> for SuspensionRegister {
+    type Result = MessageResult<ListOverrides>;
+
+    fn handle(&mut self, _: ListOverrides, _: &mut Context<Self>) -> Self::Result {
+        let mut all: Vec<Override> = self.overrides.values().cloned().collect();
+        all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        MessageResult(all)
+    }
+}
+
+impl Handler<SetThrottle> for SuspensionRegister {
+    type Result = MessageResult<SetThrottle>;
+
+    fn handle(&mut self, SetThrottle(mut t): SetThrottle, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(existing) = self.throttles.values_mut().find(|x| x.same_target(&t)) {
+            // Fired again: same id, the later expiry, the new rate.
+            existing.expires_ms = existing.expires_ms.max(t.expires_ms);
+            existing.rate = t.rate;
+            existing.reason = t.reason.clone();
+            existing.rule = t.rule.clone().or(existing.rule.take());
+            t = existing.clone();
+        } else {
+            t.id = new_id();
+            if t.created_ms == 0 {
+                t.created_ms = now_ms();
+            }
+            self.throttles.insert(t.id.clone(), t.clone());
+        }
+        self.apply_throttle(&t);
+        self.persist(format!("throttle/{}", t.id), &t);
+        self.ports.events.write(t.record(RecordKind::Throttle));
+        tracing::info!(id = %t.id, tenant = %t.tenant, campaign = ?t.campaign, domain = ?t.domain, site = ?t.site, rate = %t.rate, rule = ?t.rule, "throttled until {}", rfc3339_ms(t.expires_ms));
+        self.arm(&t.id.clone(), t.expires_ms, ctx);
+        MessageResult(t)
+    }
+}
+
+impl Handler<ListThrottles> for SuspensionRegister {
+    type Result = MessageResult<ListThrottles>;
+
+    fn handle(&mut self, _: ListThrottles, _: &mut Context<Self>) -> Self::Result {
+        let mut all: Vec<Throttle> = self.throttles.values().cloned().collect();
+        all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        MessageResult(all)
     }
 }
 
@@ -263,8 +349,14 @@ impl Handler<Restore> for SuspensionRegister {
             self.set_gauge(&s);
             self.arm(&s.id, s.expires_ms, ctx);
         }
+        for t in msg.throttles {
+            self.throttles.insert(t.id.clone(), t.clone());
+            self.apply_throttle(&t);
+            self.arm(&t.id, t.expires_ms, ctx);
+        }
         for o in msg.overrides {
             self.overrides.insert(o.id.clone(), o.clone());
+            o.publish_expiry(true);
             self.arm(&o.id, o.expires_ms, ctx);
         }
         let sites: HashSet<String> = self.overrides.values().map(|o| o.site.clone()).collect();

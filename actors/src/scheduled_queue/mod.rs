@@ -10,6 +10,7 @@
 //!   queues still have is pulled back, and the held time does not count towards `max_age`;
 //! - [`route`] — where due messages go: the domain's route (site and MX hosts), an egress
 //!   source of the tenant's pool by weight (skipping sources suspended towards the site),
+//!   paced by the tenant's QoS rate and by throttles of the tenant or campaign,
 //!   and an offer to that (source, site)'s ready queue — one offer at a time, so a slow ready
 //!   queue makes this queue wait instead of piling offers up in its mailbox;
 //! - [`settle`] — what an attempt's reply means: delivered, bounced, deferred or expired,
@@ -131,6 +132,8 @@ pub struct ScheduledQueueActor {
     line: Option<Arc<QueueLine>>,
     /// The tenant's QoS rate, if it has one.
     tenant_limiter: Option<Arc<Limiter>>,
+    /// (view version, site) → the limiters of the throttles pacing the queue, last looked up.
+    throttles_seen: Option<(u64, Arc<str>, Arc<[Arc<Limiter>]>)>,
     counters: Counters,
 }
 
@@ -166,6 +169,7 @@ impl ScheduledQueueActor {
             offer_size: route::PUMP_BATCH,
             hot_bytes: 0,
             hold_seen: None,
+            throttles_seen: None,
             held_since: None,
             offered_to: HashMap::new(),
             line: None,
@@ -306,8 +310,11 @@ impl Handler<Recheck> for ScheduledQueueActor {
         if self.held(&site) {
             self.enter_hold(ctx);
             self.publish();
-        } else {
+        } else if self.held_since.is_some() {
             self.leave_hold(ctx);
+        } else {
+            // A throttle began, changed or ended: go at the new pace now.
+            self.pump(ctx);
         }
     }
 }

@@ -5,7 +5,8 @@
 //! out; a failed lookup settles every due message with the lookup's reply (bounce or
 //! deferral). Sources are picked from the tenant's pool by smooth weighted round robin,
 //! skipping those suspended towards the site; with none left the queue waits for the first
-//! suspension to end. A tenant with a QoS rate paces how fast its queues release messages.
+//! suspension to end. A tenant with a QoS rate paces how fast its queues release messages,
+//! and so does a throttle of the tenant (or campaign) towards the site.
 //!
 //! Offers are bounded: a pump hands out at most `offer_size` messages (up to
 //! [`PUMP_BATCH`]) and the next pump waits until every ready queue has answered. A ready
@@ -70,6 +71,7 @@ impl ScheduledQueueActor {
         let mut by_source: HashMap<Arc<str>, (Arc<EgressSource>, Vec<QueuedMessage>)> =
             HashMap::new();
         let mut wait: Option<Duration> = None;
+        let throttles = self.throttles(&route.site);
         for _ in 0..self.offer_size {
             let Some(entry) = self.scheduled.first_entry() else {
                 break;
@@ -77,11 +79,14 @@ impl ScheduledQueueActor {
             if entry.key().0 > now {
                 break;
             }
-            if let Some(limiter) = &self.tenant_limiter {
-                if let Err(not_yet) = limiter.check() {
-                    wait = Some(not_yet);
-                    break;
-                }
+            if let Some(not_yet) = self
+                .tenant_limiter
+                .iter()
+                .chain(throttles.iter())
+                .find_map(|limiter| limiter.check().err())
+            {
+                wait = Some(not_yet);
+                break;
             }
             let picked = self.cursor.pick(&pool, |s| {
                 all.view.source_suspended(&s.name, &route.site).is_none()

@@ -8,6 +8,7 @@
 //! not count. When the hold ends every held message is due at once.
 
 use super::ScheduledQueueActor;
+use crate::limits::Limiter;
 use crate::message::{now_ms, MessageKey, QueuedMessage};
 use crate::messages::Withdraw;
 use crate::ready_queue::ReadyQueueActor;
@@ -124,6 +125,29 @@ impl ScheduledQueueActor {
             .is_some();
         self.hold_seen = Some((version, site.clone(), held));
         held
+    }
+
+    /// The limiters of the throttles pacing this queue towards `site` (looked up again only
+    /// after the view changed).
+    pub(super) fn throttles(&mut self, site: &Arc<str>) -> Arc<[Arc<Limiter>]> {
+        let version = self.all.view.version();
+        if let Some((v, s, limiters)) = &self.throttles_seen {
+            if *v == version && Arc::ptr_eq(s, site) {
+                return limiters.clone();
+            }
+        }
+        let limiters: Arc<[Arc<Limiter>]> = self
+            .all
+            .view
+            .throttles_for(
+                &self.id.tenant,
+                self.id.campaign.as_deref(),
+                &self.id.domain,
+                site,
+            )
+            .into();
+        self.throttles_seen = Some((version, site.clone(), limiters.clone()));
+        limiters
     }
 
     /// A suspension now holds the queue: stop, and pull back what ready queues still have.

@@ -1,9 +1,12 @@
 //! The admin HTTP server: health, `/metrics` and the `/api/v1` routes of CONTRACT.md.
 //!
-//! Handlers talk to the actors through the engine (the SuspensionRegister for suspensions). Every
+//! Handlers talk to the actors through the engine (the SuspensionRegister for suspensions;
+//! throttles and overrides are in [`controls`]). Every
 //! error is a JSON `{"error": "..."}` with a 4xx status, never a panic; bodies are read as
 //! bytes and parsed here so a malformed one gets a clear message. With `[http] token` set,
 //! every `/api/v1` route but health needs `Authorization: Bearer TOKEN`.
+
+mod controls;
 
 use crate::ingress::accept::Accepted;
 use crate::ingress::tenancy::{check_name, take_headers};
@@ -56,6 +59,13 @@ pub fn router(state: HttpState) -> Router {
             get(list_suspensions).post(create_suspension),
         )
         .route("/api/v1/suspensions/{id}", delete(resume_suspension))
+        .route(
+            "/api/v1/throttles",
+            get(controls::list_throttles).post(controls::create_throttle),
+        )
+        .route("/api/v1/throttles/{id}", delete(controls::delete_throttle))
+        .route("/api/v1/overrides", get(controls::list_overrides))
+        .route("/api/v1/overrides/{id}", delete(controls::delete_override))
         .route("/api/v1/queues", get(queues))
         .route("/api/v1/bounces", post(bounces))
         .route("/api/v1/inject", post(inject))

@@ -1,0 +1,139 @@
+//! The time-limited controls besides suspensions: throttles (`/api/v1/throttles`) and the
+//! shaping overrides automation sets (`/api/v1/overrides`). Each is listed, cancelled by id,
+//! and — throttles — created by hand; the SuspensionRegister owns them all.
+
+use super::{bad_request, parse_body, ApiError, Body, HttpState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use switchyard_actors::message::now_ms;
+use switchyard_actors::shaping::Rate;
+use switchyard_actors::suspension::{rfc3339_ms, Override};
+use switchyard_actors::throttle::Throttle;
+
+fn stopped() -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into())
+}
+
+/// A duration of a request body: humantime, more than zero.
+pub(super) fn positive_duration(text: &str) -> Result<std::time::Duration, ApiError> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| bad_request(format!("bad duration {text:?}: {e}")))?;
+    if d.is_zero() {
+        return Err(bad_request("duration must be more than 0"));
+    }
+    Ok(d)
+}
+
+fn throttle_json(t: &Throttle) -> serde_json::Value {
+    json!({
+        "id": t.id,
+        "tenant": t.tenant,
+        "campaign": t.campaign,
+        "site": t.site,
+        "domain": t.domain,
+        "rate": t.rate.to_string(),
+        "rule": t.rule,
+        "reason": t.reason,
+        "created": rfc3339_ms(t.created_ms),
+        "expires": rfc3339_ms(t.expires_ms),
+    })
+}
+
+pub(super) async fn list_throttles(State(state): State<HttpState>) -> Result<Response, ApiError> {
+    let all = state.engine.throttles().await.ok_or_else(stopped)?;
+    Ok(Json(all.iter().map(throttle_json).collect::<Vec<_>>()).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewThrottle {
+    tenant: Option<String>,
+    campaign: Option<String>,
+    domain: Option<String>,
+    site: Option<String>,
+    rate: String,
+    duration: String,
+    reason: Option<String>,
+}
+
+pub(super) async fn create_throttle(
+    State(state): State<HttpState>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: NewThrottle = parse_body(body)?;
+    let tenant = req
+        .tenant
+        .ok_or_else(|| bad_request("say which tenant to throttle (and campaign, if one)"))?;
+    let rate: Rate = req.rate.parse().map_err(bad_request)?;
+    let duration = positive_duration(&req.duration)?;
+    let now = now_ms();
+    let t = Throttle {
+        id: String::new(),
+        tenant,
+        campaign: req.campaign,
+        domain: req.domain.map(|d| d.to_ascii_lowercase()),
+        site: req.site,
+        rate,
+        reason: req
+            .reason
+            .unwrap_or_else(|| "throttled by an operator".into()),
+        rule: None,
+        created_ms: now,
+        expires_ms: now + duration.as_millis() as u64,
+    };
+    let stored = state.engine.throttle(t).await.ok_or_else(stopped)?;
+    Ok((StatusCode::CREATED, Json(throttle_json(&stored))).into_response())
+}
+
+/// End the control `id` if `exists` says it is one of the listed kind; 404 otherwise.
+async fn end(
+    state: &HttpState,
+    id: String,
+    exists: bool,
+    what: &str,
+) -> Result<Response, ApiError> {
+    if exists && state.engine.resume(id.clone()).await.ok_or_else(stopped)? {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Err(ApiError(StatusCode::NOT_FOUND, format!("no {what} {id:?}")))
+}
+
+pub(super) async fn delete_throttle(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let all = state.engine.throttles().await.ok_or_else(stopped)?;
+    let exists = all.iter().any(|t| t.id == id);
+    end(&state, id, exists, "throttle").await
+}
+
+fn override_json(o: &Override) -> serde_json::Value {
+    json!({
+        "id": o.id,
+        "source": o.source,
+        "site": o.site,
+        "domain": o.domain,
+        "options": { o.name.clone(): o.value },
+        "rule": o.rule,
+        "created": (o.created_ms > 0).then(|| rfc3339_ms(o.created_ms)),
+        "expires": rfc3339_ms(o.expires_ms),
+    })
+}
+
+pub(super) async fn list_overrides(State(state): State<HttpState>) -> Result<Response, ApiError> {
+    let all = state.engine.overrides().await.ok_or_else(stopped)?;
+    Ok(Json(all.iter().map(override_json).collect::<Vec<_>>()).into_response())
+}
+
+pub(super) async fn delete_override(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let all = state.engine.overrides().await.ok_or_else(stopped)?;
+    let exists = all.iter().any(|o| o.id == id);
+    end(&state, id, exists, "override").await
+}
