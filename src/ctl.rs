@@ -305,16 +305,39 @@ pub fn resume(api: &Api, id: &str, as_json: bool) -> Result<String, CtlError> {
     })
 }
 
-/// `ctl bounce`.
-pub fn bounce(api: &Api, t: &Target, reason: &str, as_json: bool) -> Result<String, CtlError> {
-    let body =
-        json!({"tenant": t.tenant, "campaign": t.campaign, "domain": t.domain, "reason": reason});
+/// `ctl bounce`: now, and with `duration` also what arrives until it is over.
+pub fn bounce(
+    api: &Api,
+    t: &Target,
+    duration: Option<&str>,
+    reason: &str,
+    as_json: bool,
+) -> Result<String, CtlError> {
+    let body = json!({
+        "tenant": t.tenant, "campaign": t.campaign, "domain": t.domain, "reason": reason,
+        "duration": duration,
+    });
     let v = api.call("POST", "/api/v1/bounces", Some(&body))?;
     Ok(if as_json {
         format!("{v}\n")
+    } else if v["id"].is_string() {
+        format!(
+            "bounced: {}; bouncing what arrives until {} ({})\n",
+            text(&v["bounced"]),
+            text(&v["expires"]),
+            text(&v["id"])
+        )
     } else {
         format!("bounced: {}\n", text(&v["bounced"]))
     })
+}
+
+/// `ctl bounces`.
+pub fn bounces(api: &Api, as_json: bool) -> Result<String, CtlError> {
+    let cols = [
+        "id", "tenant", "campaign", "domain", "site", "rule", "expires", "reason",
+    ];
+    listing(api, "/api/v1/bounces", &cols, as_json)
 }
 
 /// Per-tenant counters read from `/metrics`.

@@ -181,17 +181,20 @@ pub async fn restore_suspensions(spool: &Spool, engine: &Engine) -> anyhow::Resu
         suspensions: read(spool, "suspension/")?,
         overrides: read(spool, "override/")?,
         throttles: read(spool, "throttle/")?,
+        bounces: read(spool, "bounce/")?,
     };
-    let (s, o, t) = (
+    let (s, o, t, b) = (
         restore.suspensions.len(),
         restore.overrides.len(),
         restore.throttles.len(),
+        restore.bounces.len(),
     );
-    if s + o + t > 0 {
+    if s + o + t + b > 0 {
         tracing::info!(
             suspensions = s,
             overrides = o,
             throttles = t,
+            bounces = b,
             "restored from the spool"
         );
     }

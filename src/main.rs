@@ -127,13 +127,24 @@ enum CtlCommand {
         /// Suspension id (see `ctl suspensions`).
         id: String,
     },
-    /// Bounce queued mail with AdminBounce records.
+    /// Bounce queued mail with AdminBounce records (with --duration, also what arrives
+    /// until it is over).
     Bounce {
         #[command(flatten)]
         target: TargetArgs,
+        /// Keep bouncing new arrivals this long, e.g. "2 hours".
+        #[arg(long)]
+        duration: Option<String>,
         /// Why (in each AdminBounce record).
         #[arg(long, default_value = "bounced with switchyard ctl")]
         reason: String,
+    },
+    /// Bounce orders in force (from `bounce --duration` and Bounce rules).
+    Bounces,
+    /// End a bounce order now.
+    BounceCancel {
+        /// Bounce order id (see `ctl bounces`).
+        id: String,
     },
     /// Active throttles, manual and automatic.
     Throttles,
@@ -198,9 +209,19 @@ fn ctl(api: String, token: Option<String>, json: bool, command: CtlCommand) -> E
             reason,
         } => ctl::suspend(&api, &target(t, source, site), &duration, &reason, json),
         CtlCommand::Resume { id } => ctl::resume(&api, &id, json),
-        CtlCommand::Bounce { target: t, reason } => {
-            ctl::bounce(&api, &target(t, None, None), &reason, json)
-        }
+        CtlCommand::Bounce {
+            target: t,
+            duration,
+            reason,
+        } => ctl::bounce(
+            &api,
+            &target(t, None, None),
+            duration.as_deref(),
+            &reason,
+            json,
+        ),
+        CtlCommand::Bounces => ctl::bounces(&api, json),
+        CtlCommand::BounceCancel { id } => ctl::end(&api, "bounces", &id, "cancelled", json),
         CtlCommand::Throttles => ctl::throttles(&api, json),
         CtlCommand::Throttle {
             target: t,

@@ -58,11 +58,12 @@ pub enum Action {
         /// Its value.
         value: OptionValue,
     },
-    /// Bounce what waits in the (source, site) ready queue.
+    /// Bounce every tenant's mail to the destination domain, for the rule's duration.
     Bounce,
-    /// Bounce the tenant's queued mail to the site.
+    /// Bounce the tenant's mail to the site, for the rule's duration.
     BounceTenant,
-    /// Bounce the campaign's queued mail to the site.
+    /// Bounce the campaign's mail to the site (the tenant's when there is no campaign),
+    /// for the rule's duration.
     BounceCampaign,
     /// Pace the tenant's mail to the site at this rate.
     ThrottleTenant(Rate),

@@ -14,8 +14,9 @@
 //! - `ThrottleTenant`, `ThrottleCampaign` → the SuspensionRegister as a throttle of the
 //!   tenant's (campaign's) mail to the site;
 //! - `SetConfig`, `SetDomainConfig` → the SuspensionRegister as a time-limited override;
-//! - `Bounce` → the (source, site) ReadyQueueActor; `BounceTenant`, `BounceCampaign` → the
-//!   TenantActor.
+//! - `Bounce` → every TenantActor (their mail to the reply's domain, as KumoMTA scopes it);
+//!   `BounceTenant`, `BounceCampaign` → the TenantActor (its mail to the site); each also
+//!   → the SuspensionRegister as a bounce order for new arrivals until `duration` is over.
 //!
 //! Each firing writes an `AutomationFired` record and counts in
 //! `switchyard_automation_fired_total{rule, action}`; every match, fired or not (a threshold
@@ -24,14 +25,14 @@
 
 use crate::automation::{Action, RuleBook, RulesInForce, ThresholdWindow, Trigger};
 use crate::message::{now_ms, QueueIdentity};
-use crate::messages::{AdminBounce, BounceReady, ReplySeen, SetOverride, SetThrottle, Suspend};
+use crate::messages::{AdminBounce, ReplySeen, SetBounce, SetOverride, SetThrottle, Suspend};
 use crate::ports::EventSink;
-use crate::ready_queue::ReadyQueues;
 use crate::record::{LogRecord, RecordKind};
 use crate::suspension::{rfc3339_ms, Override, Suspension, SuspensionKind};
 use crate::suspension_register::SuspensionRegister;
 use crate::tenant::Tenants;
 use crate::throttle::Throttle;
+use crate::timed_bounce::TimedBounce;
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,8 +56,6 @@ pub struct Effects {
     pub rules: Arc<RulesInForce>,
     /// Suspensions and overrides.
     pub register: Addr<SuspensionRegister>,
-    /// `Bounce`: the ready queue of the reply's source and site.
-    pub ready: Arc<ReadyQueues>,
     /// `BounceTenant`, `BounceCampaign`: the tenant.
     pub tenants: Arc<Tenants>,
     /// AutomationFired records.
@@ -191,11 +190,44 @@ fn fire(effects: &Effects, rule: &Arc<str>, action: &Action, msg: &ReplySeen, ex
         created_ms: 0,
         expires_ms,
     };
-    let bounce = |campaign: Option<Option<String>>| AdminBounce {
-        campaign,
-        domain: None,
-        site: Some(msg.site.to_string()),
-        reason: format!("rule {rule}: {}", msg.reply.match_text()),
+    let reason = format!("rule {rule}: {}", msg.reply.match_text());
+    // Bounce what is queued now, and order the same for what arrives until the rule's
+    // duration is over.
+    let bounce = |tenant: Option<&str>, campaign: Option<Option<String>>, whole_domain: bool| {
+        let (domain, site) = if whole_domain {
+            (Some(q.domain.to_string()), None)
+        } else {
+            (None, Some(msg.site.to_string()))
+        };
+        let now = AdminBounce {
+            campaign: campaign.clone(),
+            domain: domain.clone(),
+            site: site.clone(),
+            reason: reason.clone(),
+        };
+        match tenant {
+            Some(t) => {
+                if let Some(tenant) = effects.tenants.registry.get(&Arc::from(t)) {
+                    tenant.do_send(now);
+                }
+            }
+            None => {
+                for tenant in effects.tenants.registry.all() {
+                    tenant.do_send(now.clone());
+                }
+            }
+        }
+        effects.register.do_send(SetBounce(TimedBounce {
+            id: String::new(),
+            tenant: tenant.map(str::to_string),
+            campaign: campaign.flatten(),
+            domain,
+            site,
+            reason: reason.clone(),
+            rule: Some(rule.to_string()),
+            created_ms: 0,
+            expires_ms,
+        }));
     };
     match action {
         Action::Suspend => effects
@@ -227,23 +259,14 @@ fn fire(effects: &Effects, rule: &Arc<str>, action: &Action, msg: &ReplySeen, ex
             q.campaign.as_deref().map(str::to_string),
             *rate,
         ))),
-        Action::Bounce => {
-            if let Some(ready) = effects.ready.existing(&msg.source, &msg.site) {
-                ready.do_send(BounceReady {
-                    reason: format!("rule {rule}: {}", msg.reply.match_text()),
-                });
-            }
-        }
-        Action::BounceTenant => {
-            if let Some(tenant) = effects.tenants.registry.get(&q.tenant) {
-                tenant.do_send(bounce(None));
-            }
-        }
-        Action::BounceCampaign => {
-            if let Some(tenant) = effects.tenants.registry.get(&q.tenant) {
-                tenant.do_send(bounce(Some(q.campaign.as_deref().map(str::to_string))));
-            }
-        }
+        Action::Bounce => bounce(None, None, true),
+        Action::BounceTenant => bounce(Some(&q.tenant), None, false),
+        // Mail without a campaign: the tenant's, as SuspendCampaign does.
+        Action::BounceCampaign => bounce(
+            Some(&q.tenant),
+            q.campaign.as_deref().map(|c| Some(c.to_string())),
+            false,
+        ),
     }
     metrics::counter!("switchyard_automation_fired_total", "rule" => rule.to_string(), "action" => action.name())
         .increment(1);

@@ -15,8 +15,8 @@ use crate::connection::ConnectionKit;
 use crate::limits::{ProviderGates, TenantLimits};
 use crate::message::{QueueIdentity, QueuedMessage};
 use crate::messages::{
-    AdminBounce, Enqueue, ListOverrides, ListSuspensions, ListThrottles, QueueInfo, ReadyInfo,
-    ReadyQueueInfo, Restore, Resume, ScheduledInfo, SetThrottle, Suspend,
+    AdminBounce, Enqueue, ListBounces, ListOverrides, ListSuspensions, ListThrottles, QueueInfo,
+    ReadyInfo, ReadyQueueInfo, Restore, Resume, ScheduledInfo, SetBounce, SetThrottle, Suspend,
 };
 use crate::pool::Pools;
 use crate::ports::Ports;
@@ -29,6 +29,7 @@ use crate::suspension::{Override, Suspension, SuspensionView};
 use crate::suspension_register::SuspensionRegister;
 use crate::tenant::{CampaignStarted, Tenants};
 use crate::throttle::Throttle;
+use crate::timed_bounce::TimedBounce;
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -168,7 +169,6 @@ impl Engine {
         classifier_ctx.run(ClassifierActor::new(Effects {
             rules: rules.clone(),
             register: register.clone(),
-            ready: ready.clone(),
             tenants: tenants.clone(),
             events: ports.events.clone(),
         }));
@@ -309,6 +309,16 @@ impl Engine {
     /// Every active throttle, oldest first.
     pub async fn throttles(&self) -> Option<Vec<Throttle>> {
         self.register.send(ListThrottles).await.ok()
+    }
+
+    /// Start (or extend) a bounce order; the order as stored.
+    pub async fn bounce_order(&self, b: TimedBounce) -> Option<TimedBounce> {
+        self.register.send(SetBounce(b)).await.ok()
+    }
+
+    /// Every active bounce order, oldest first.
+    pub async fn bounce_orders(&self) -> Option<Vec<TimedBounce>> {
+        self.register.send(ListBounces).await.ok()
     }
 
     /// Every active shaping override, oldest first.

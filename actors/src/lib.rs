@@ -10,8 +10,8 @@
 //! - [`connection`] — ConnectionActor: one SMTP session, bounce classes ([`bounce`]);
 //! - [`classifier`] — ClassifierActor: every reply, against the automation rules
 //!   ([`automation`]);
-//! - [`suspension_register`] — SuspensionRegister: suspensions, throttles ([`throttle`])
-//!   and shaping overrides, durable and self-expiring, read by the others through
+//! - [`suspension_register`] — SuspensionRegister: suspensions, throttles ([`throttle`]),
+//!   bounce orders ([`timed_bounce`]) and shaping overrides, durable and self-expiring, read by the others through
 //!   [`suspension::SuspensionView`];
 //! - [`tenant`], [`campaign`] — TenantActor, CampaignActor: a tenant's campaigns and a
 //!   campaign's scheduled queues, to which they pass what concerns them all.
@@ -48,3 +48,4 @@ pub mod suspension_register;
 pub mod tenant;
 pub mod test_hooks;
 pub mod throttle;
+pub mod timed_bounce;

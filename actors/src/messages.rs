@@ -14,16 +14,17 @@
 //! - connection → scheduled queue: [`DeliveryOutcome`]; → classifier: [`ReplySeen`];
 //! - suspension register → tenant → campaign → scheduled queue: [`Recheck`];
 //!   → ready queue: [`SourceSuspension`], [`Reshape`];
-//! - classifier → register: [`Suspend`], [`SetThrottle`], [`SetOverride`]; → ready queue:
-//!   [`BounceReady`]; → tenant: [`AdminBounce`];
+//! - classifier → register: [`Suspend`], [`SetThrottle`], [`SetBounce`], [`SetOverride`];
+//!   → tenant: [`AdminBounce`];
 //! - admin API → actors: [`QueueInfo`], [`ReadyQueueInfo`], [`AdminBounce`], [`Suspend`],
-//!   [`SetThrottle`], [`Resume`], [`ListSuspensions`], [`ListThrottles`], [`ListOverrides`],
-//!   [`Restore`].
+//!   [`SetThrottle`], [`SetBounce`], [`Resume`], [`ListSuspensions`], [`ListThrottles`],
+//!   [`ListBounces`], [`ListOverrides`], [`Restore`].
 
 use crate::message::{MessageKey, Peer, QueueIdentity, QueuedMessage, Reply};
 use crate::ports::MxHost;
 use crate::suspension::{Override, Suspension};
 use crate::throttle::Throttle;
+use crate::timed_bounce::TimedBounce;
 use actix::prelude::*;
 use std::sync::Arc;
 
@@ -176,15 +177,6 @@ pub struct SourceSuspension {
 #[rtype(result = "()")]
 pub struct Reshape;
 
-/// Bounce everything waiting in a ready queue (a `Bounce` rule fired for its source and
-/// site).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct BounceReady {
-    /// Why.
-    pub reason: String,
-}
-
 /// Bounce queued mail with AdminBounce records: one tenant's (optionally only one
 /// campaign's, one domain's or one site's); the reply is how many recipients were bounced.
 #[derive(Message, Clone)]
@@ -238,6 +230,16 @@ pub struct SetThrottle(pub Throttle);
 #[rtype(result = "Vec<Throttle>")]
 pub struct ListThrottles;
 
+/// Start (or extend) a bounce order; the reply is the order as stored.
+#[derive(Message)]
+#[rtype(result = "TimedBounce")]
+pub struct SetBounce(pub TimedBounce);
+
+/// Every active bounce order, oldest first.
+#[derive(Message)]
+#[rtype(result = "Vec<TimedBounce>")]
+pub struct ListBounces;
+
 /// Suspensions, throttles and overrides read back from the spool at start: put back into
 /// effect with their remaining time (those already past end at once, with their end
 /// record).
@@ -250,6 +252,8 @@ pub struct Restore {
     pub overrides: Vec<Override>,
     /// Throttles.
     pub throttles: Vec<Throttle>,
+    /// Bounce orders.
+    pub bounces: Vec<TimedBounce>,
 }
 
 /// A scheduled queue went away (reaped); its campaign forgets it.

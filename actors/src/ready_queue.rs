@@ -29,9 +29,9 @@ use crate::connection::{ConnectionActor, ConnectionKit, ReadyLine};
 use crate::limits::{Limiter, ProviderGate, ProviderGates};
 use crate::message::{message_id, MessageKey, QueueIdentity, Reply};
 use crate::messages::{
-    BackToSchedule, Batch, BounceReady, ConnectResult, ConnectionClosed, DeliveryOutcome,
-    NextMessage, Offer, QueueLine, ReadyInfo, ReadyItem, ReadyQueueInfo, ReadyRoom, Reshape,
-    SourceSuspension, Withdraw,
+    BackToSchedule, Batch, ConnectResult, ConnectionClosed, DeliveryOutcome, NextMessage, Offer,
+    QueueLine, ReadyInfo, ReadyItem, ReadyQueueInfo, ReadyRoom, Reshape, SourceSuspension,
+    Withdraw,
 };
 use crate::ports::{ConnectTarget, EgressSource, MxHost};
 use crate::registry::Registry;
@@ -591,14 +591,6 @@ impl Handler<SourceSuspension> for ReadyQueueActor {
             self.wake_blocked();
             self.dispatch(ctx);
         }
-    }
-}
-
-impl Handler<BounceReady> for ReadyQueueActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: BounceReady, _: &mut Context<Self>) {
-        self.hand_back(Some(msg.reason));
     }
 }
 

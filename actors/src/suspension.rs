@@ -12,6 +12,7 @@ use crate::message::now_ms;
 use crate::record::{LogRecord, RecordKind};
 use crate::shaping::{OptionValue, ShapingOptions};
 use crate::throttle::{Throttle, ThrottleInForce};
+use crate::timed_bounce::TimedBounce;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -260,6 +261,8 @@ struct InForce {
     overrides: Vec<Override>,
     /// Throttles, by tenant.
     throttles: HashMap<Arc<str>, Vec<ThrottleInForce>>,
+    /// Bounce orders.
+    bounces: Vec<Arc<TimedBounce>>,
 }
 
 /// The suspensions and overrides in force, written by the suspension register only.
@@ -425,6 +428,29 @@ impl SuspensionView {
                 limiter,
             });
         });
+    }
+
+    /// The bounce order covering the scheduled queue of (tenant, campaign, domain) whose
+    /// route goes to `site`, if any.
+    pub fn bounce_for(
+        &self,
+        tenant: &str,
+        campaign: Option<&str>,
+        domain: &str,
+        site: &str,
+    ) -> Option<Arc<TimedBounce>> {
+        let state = self.read();
+        let now = now_ms();
+        state
+            .bounces
+            .iter()
+            .find(|b| b.expires_ms > now && b.applies(tenant, campaign, domain, site))
+            .cloned()
+    }
+
+    /// Replace the active bounce orders.
+    pub(crate) fn set_bounces(&self, all: Vec<Arc<TimedBounce>>) {
+        self.change(|state| state.bounces = all);
     }
 
     /// A throttle ended.

@@ -16,6 +16,7 @@
 //! When a suspension expires (or is resumed) it logs `Resume`, clears the gauge, deletes the
 //! state entry, takes it out of the view and tells the same actors; held mail is then due at
 //! once. The same target suspended again while active is extended, not duplicated.
+//! Bounce orders ([`crate::timed_bounce`]) too: `bounce/ID`, in the view, the tenants told.
 //! Throttles ([`crate::throttle`]) work alike: stored as `throttle/ID`, logged as `Throttle`
 //! and `ThrottleEnd`, put into the view with their limiter, and the tenant told to recheck.
 //! SetConfig overrides too: stored as `override/ID`, logged as `Override`/`OverrideEnd`,
@@ -23,8 +24,8 @@
 
 use crate::message::now_ms;
 use crate::messages::{
-    ListOverrides, ListSuspensions, ListThrottles, Recheck, Restore, Resume, SetOverride,
-    SetThrottle, SourceSuspension, Suspend,
+    ListBounces, ListOverrides, ListSuspensions, ListThrottles, Recheck, Restore, Resume,
+    SetBounce, SetOverride, SetThrottle, SourceSuspension, Suspend,
 };
 use crate::ports::Ports;
 use crate::ready_queue::ReadyQueues;
@@ -32,6 +33,7 @@ use crate::record::RecordKind;
 use crate::suspension::{new_id, rfc3339_ms, Override, Suspension, SuspensionKind, SuspensionView};
 use crate::tenant::Tenants;
 use crate::throttle::Throttle;
+use crate::timed_bounce::TimedBounce;
 use actix::prelude::*;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -46,6 +48,7 @@ pub struct SuspensionRegister {
     ports: Ports,
     suspensions: HashMap<String, Suspension>,
     throttles: HashMap<String, Throttle>,
+    bounces: HashMap<String, TimedBounce>,
     overrides: HashMap<String, Override>,
     timers: HashMap<String, SpawnHandle>,
 }
@@ -65,6 +68,7 @@ impl SuspensionRegister {
             ports,
             suspensions: HashMap::new(),
             throttles: HashMap::new(),
+            bounces: HashMap::new(),
             overrides: HashMap::new(),
             timers: HashMap::new(),
         }
@@ -148,6 +152,22 @@ impl SuspensionRegister {
             .do_send(Recheck);
     }
 
+    /// Put the bounce orders in force, and have the tenants they name (every tenant, for
+    /// one without) look again, so that what they hold is bounced now.
+    fn publish_bounces(&self, changed: &TimedBounce) {
+        self.view
+            .set_bounces(self.bounces.values().cloned().map(Arc::new).collect());
+        match changed.tenant.as_deref() {
+            Some(tenant) => self.recheck_tenant(tenant),
+            None => self
+                .tenants
+                .registry
+                .all()
+                .iter()
+                .for_each(|t| t.do_send(Recheck)),
+        }
+    }
+
     /// Put a throttle into effect (new, changed or restored).
     fn apply_throttle(&self, t: &Throttle) {
         self.view.put_throttle(Arc::new(t.clone()));
@@ -193,6 +213,13 @@ impl SuspensionRegister {
             r.reason = Some(why.to_string());
             self.ports.events.write(r);
             tracing::info!(id, tenant = %t.tenant, campaign = ?t.campaign, site = ?t.site, why, "throttle ended");
+            return true;
+        }
+        if let Some(b) = self.bounces.remove(id) {
+            self.ports.spool.delete_state(format!("bounce/{id}"));
+            self.publish_bounces(&b);
+            b.publish(false);
+            tracing::info!(id, tenant = ?b.tenant, campaign = ?b.campaign, domain = ?b.domain, site = ?b.site, why, "bounce order ended");
             return true;
         }
         if let Some(o) = self.overrides.remove(id) {
@@ -329,6 +356,40 @@ impl Handler<SetThrottle> for SuspensionRegister {
     }
 }
 
+impl Handler<SetBounce> for SuspensionRegister {
+    type Result = MessageResult<SetBounce>;
+
+    fn handle(&mut self, SetBounce(mut b): SetBounce, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(existing) = self.bounces.values_mut().find(|x| x.same_target(&b)) {
+            existing.expires_ms = existing.expires_ms.max(b.expires_ms);
+            existing.reason = b.reason.clone();
+            b = existing.clone();
+        } else {
+            b.id = new_id();
+            if b.created_ms == 0 {
+                b.created_ms = now_ms();
+            }
+            self.bounces.insert(b.id.clone(), b.clone());
+        }
+        self.publish_bounces(&b);
+        b.publish(true);
+        self.persist(format!("bounce/{}", b.id), &b);
+        tracing::info!(id = %b.id, tenant = ?b.tenant, campaign = ?b.campaign, domain = ?b.domain, site = ?b.site, rule = ?b.rule, "bouncing until {}", b.expires());
+        self.arm(&b.id.clone(), b.expires_ms, ctx);
+        MessageResult(b)
+    }
+}
+
+impl Handler<ListBounces> for SuspensionRegister {
+    type Result = MessageResult<ListBounces>;
+
+    fn handle(&mut self, _: ListBounces, _: &mut Context<Self>) -> Self::Result {
+        let mut all: Vec<TimedBounce> = self.bounces.values().cloned().collect();
+        all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        MessageResult(all)
+    }
+}
+
 impl Handler<ListThrottles> for SuspensionRegister {
     type Result = MessageResult<ListThrottles>;
 
@@ -353,6 +414,14 @@ impl Handler<Restore> for SuspensionRegister {
             self.throttles.insert(t.id.clone(), t.clone());
             self.apply_throttle(&t);
             self.arm(&t.id, t.expires_ms, ctx);
+        }
+        for b in msg.bounces {
+            self.bounces.insert(b.id.clone(), b.clone());
+            b.publish(true);
+            self.arm(&b.id, b.expires_ms, ctx);
+        }
+        if let Some(b) = self.bounces.values().next().cloned() {
+            self.publish_bounces(&b);
         }
         for o in msg.overrides {
             self.overrides.insert(o.id.clone(), o.clone());

@@ -26,7 +26,6 @@ use serde_json::json;
 use std::sync::Arc;
 use switchyard_actors::engine::Engine;
 use switchyard_actors::message::now_ms;
-use switchyard_actors::messages::AdminBounce;
 use switchyard_actors::suspension::{rfc3339_ms, Suspension, SuspensionKind};
 use tokio::net::TcpListener;
 
@@ -67,7 +66,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/overrides", get(controls::list_overrides))
         .route("/api/v1/overrides/{id}", delete(controls::delete_override))
         .route("/api/v1/queues", get(queues))
-        .route("/api/v1/bounces", post(bounces))
+        .route(
+            "/api/v1/bounces",
+            get(controls::list_bounces).post(controls::bounce),
+        )
+        .route("/api/v1/bounces/{id}", delete(controls::cancel_bounce))
         .route("/api/v1/inject", post(inject))
         .route("/api/v1/reload", post(reload))
         .fallback(not_found)
@@ -307,34 +310,6 @@ async fn queues(State(state): State<HttpState>) -> impl IntoResponse {
     scheduled.sort_by(|a, b| a.name.cmp(&b.name));
     ready.sort_by(|a, b| a.name.cmp(&b.name));
     Json(json!({ "scheduled": scheduled, "ready": ready }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BounceRequest {
-    tenant: Option<String>,
-    campaign: Option<String>,
-    domain: Option<String>,
-    reason: Option<String>,
-}
-
-async fn bounces(State(state): State<HttpState>, body: Body) -> Result<Response, ApiError> {
-    let req: BounceRequest = parse_body(body)?;
-    if req.tenant.is_none() && req.campaign.is_none() && req.domain.is_none() {
-        return Err(bad_request(
-            "say what to bounce: tenant, campaign and/or domain",
-        ));
-    }
-    let bounce = AdminBounce {
-        campaign: req.campaign.map(Some),
-        domain: req.domain.map(|d| d.to_ascii_lowercase()),
-        site: None,
-        reason: req
-            .reason
-            .unwrap_or_else(|| "bounced by an operator".into()),
-    };
-    let n = state.engine.bounce(req.tenant.as_deref(), bounce).await;
-    Ok(Json(json!({ "bounced": n })).into_response())
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,8 @@
 //!   paced by the tenant's QoS rate and by throttles of the tenant or campaign,
 //!   and an offer to that (source, site)'s ready queue — one offer at a time, so a slow ready
 //!   queue makes this queue wait instead of piling offers up in its mailbox;
+//!   A bounce order covering the queue (see [`crate::timed_bounce`]) bounces what it holds
+//!   instead, for as long as the order lasts;
 //! - [`settle`] — what an attempt's reply means: delivered, bounced, deferred or expired,
 //!   with one log record each, the spool told, and the counters of this queue.
 //!
@@ -36,6 +38,7 @@ use crate::ports::{Ports, Route};
 use crate::ready_queue::{ReadyQueueActor, ReadyQueues};
 use crate::registry::{Arbiters, Lease, Registry};
 use crate::suspension::SuspensionView;
+use crate::timed_bounce::TimedBounce;
 use actix::prelude::*;
 use schedule::RetryPolicy;
 use settle::{Counters, Settlement};
@@ -134,6 +137,8 @@ pub struct ScheduledQueueActor {
     tenant_limiter: Option<Arc<Limiter>>,
     /// (view version, site) → the limiters of the throttles pacing the queue, last looked up.
     throttles_seen: Option<(u64, Arc<str>, Arc<[Arc<Limiter>]>)>,
+    /// (view version, site) → the bounce order covering the queue, last looked up.
+    bounce_seen: Option<(u64, Arc<str>, Option<Arc<TimedBounce>>)>,
     counters: Counters,
 }
 
@@ -170,6 +175,7 @@ impl ScheduledQueueActor {
             hot_bytes: 0,
             hold_seen: None,
             throttles_seen: None,
+            bounce_seen: None,
             held_since: None,
             offered_to: HashMap::new(),
             line: None,
@@ -307,6 +313,9 @@ impl Handler<Recheck> for ScheduledQueueActor {
         let Some(site) = self.route.as_ref().map(|r| r.site.clone()) else {
             return;
         };
+        if self.bounce_if_ordered(&site) {
+            return;
+        }
         if self.held(&site) {
             self.enter_hold(ctx);
             self.publish();

@@ -62,6 +62,9 @@ impl ScheduledQueueActor {
             _ => return self.resolve(ctx),
         };
         self.fresh_route = false;
+        if self.bounce_if_ordered(&route.site) {
+            return;
+        }
         if self.held(&route.site) {
             // Released by a Recheck, not by a timer.
             self.enter_hold(ctx);

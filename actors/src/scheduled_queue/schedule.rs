@@ -150,6 +150,33 @@ impl ScheduledQueueActor {
         limiters
     }
 
+    /// If a bounce order covers this queue towards `site`, bounce everything it holds (each
+    /// with an AdminBounce record naming the order's reason) and say so.
+    pub(super) fn bounce_if_ordered(&mut self, site: &Arc<str>) -> bool {
+        let version = self.all.view.version();
+        let order = match &self.bounce_seen {
+            Some((v, s, order)) if *v == version && Arc::ptr_eq(s, site) => order.clone(),
+            _ => {
+                let order = self.all.view.bounce_for(
+                    &self.id.tenant,
+                    self.id.campaign.as_deref(),
+                    &self.id.domain,
+                    site,
+                );
+                self.bounce_seen = Some((version, site.clone(), order.clone()));
+                order
+            }
+        };
+        let Some(order) = order.filter(|o| o.expires_ms > now_ms()) else {
+            return false;
+        };
+        for m in self.take_schedule() {
+            self.admin_bounce(m, &order.reason);
+        }
+        self.publish();
+        true
+    }
+
     /// A suspension now holds the queue: stop, and pull back what ready queues still have.
     pub(super) fn enter_hold(&mut self, ctx: &mut Context<Self>) {
         if self.held_since.is_some() {

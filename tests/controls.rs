@@ -1,9 +1,11 @@
-//! Throttles and overrides as MailOps sees them: an automation rule throttles one tenant
-//! (`ThrottleTenant`), the tenant next to it on the same IP and site is not slowed; the
-//! throttle is listed, survives a restart, is changed by firing again (same id, new rate),
-//! shown as a metric, recorded, and cancelled — over the API and with `switchyard ctl`.
-//! SetConfig overrides are listed and reverted the same way. Providers are played by
-//! `switchyard sink --responses`, DNS by dnsmasq, the egress source is 127.0.0.2.
+//! The time-limited controls as MailOps sees them. Throttles: an automation rule throttles
+//! one tenant (`ThrottleTenant`), the tenant next to it on the same IP and site is not
+//! slowed; the throttle is listed, survives a restart, is changed by firing again (same id,
+//! new rate), shown as a metric, recorded, and cancelled — over the API and with
+//! `switchyard ctl`. SetConfig overrides are listed and reverted the same way. Bounces with a
+//! duration keep bouncing new arrivals until they end or are cancelled. Rates take KumoMTA's
+//! throttle forms with its burst. Providers are played by `switchyard sink --responses`,
+//! DNS by dnsmasq, the egress source is 127.0.0.2.
 
 mod common;
 
@@ -411,4 +413,142 @@ fn a_rate_lets_its_burst_go_at_once_and_max_burst_spreads_it() {
         burst < even / 2.0,
         "the default burst did not let them go at once: {burst:.2}s"
     );
+}
+
+/// (AdminBounce, Delivery) records of `tenant` so far.
+fn fates(d: &Daemon, tenant: &str) -> (usize, usize) {
+    let ev = d.events();
+    let n = |kind: &str| {
+        ev.iter()
+            .filter(|e| e["type"] == kind && e["tenant"] == tenant)
+            .count()
+    };
+    (n("AdminBounce"), n("Delivery"))
+}
+
+fn wait_fates(d: &Daemon, tenant: &str, want: (usize, usize)) {
+    common::poll_until(
+        &format!("{tenant}: {want:?} (admin bounces, deliveries)"),
+        Duration::from_secs(15),
+        || {
+            let (b, dl) = fates(d, tenant);
+            vec![serde_json::json!([b, dl])]
+        },
+        |v| v[0] == serde_json::json!([want.0, want.1]),
+    );
+}
+
+#[test]
+fn bounce_rules_keep_bouncing_new_arrivals_for_their_duration() {
+    let responses = "[[rule]]\nsender_domain = \"trigger.example\"\nlimit = 1\ncode = 550\nmsg = \"5.7.1 policy violation, go away\"\n\n[[rule]]\nsender_domain = \"spam.example\"\nlimit = 1\ncode = 550\nmsg = \"5.7.1 listed on our blocklist\"\n";
+    let shaping = "[[\"b.test\".automation]]\nname = \"policy\"\nregex = \"policy violation\"\naction = \"BounceTenant\"\nduration = \"1 hour\"\n\n[[\"d.test\".automation]]\nname = \"blocklisted\"\nregex = \"blocklist\"\naction = \"Bounce\"\nduration = \"1 hour\"\n";
+    let w = world(
+        &[("b.test", "mx.b.test"), ("d.test", "mx.d.test")],
+        responses,
+        shaping,
+        &format!("[queue]\nretry_interval = \"1h\"\n\n{ONE_SOURCE}"),
+    );
+    let d = &w.d;
+    // BounceTenant: acme's mail to the site is bounced from now on, other's is not.
+    send_as(d, 1, "t@trigger.example", "u@b.test", "acme");
+    d.wait_events("the firing", |ev| !of(ev, "AutomationFired").is_empty());
+    let orders = list(d, "/api/v1/bounces");
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    assert_eq!(
+        (&orders[0]["tenant"], &orders[0]["site"], &orders[0]["rule"]),
+        (
+            &Value::from("acme"),
+            &Value::from("mx.b.test"),
+            &Value::from("policy")
+        )
+    );
+    send_as(d, 3, "a@acme.example", "u@b.test", "acme");
+    send_as(d, 2, "a@other.example", "u@b.test", "other");
+    wait_fates(d, "acme", (3, 0));
+    wait_fates(d, "other", (0, 2));
+    let bounced = of(&d.events(), "AdminBounce")
+        .iter()
+        .map(|e| e["response"]["text"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert!(
+        bounced
+            .iter()
+            .all(|t| t.contains("rule policy") && t.contains("policy violation")),
+        "{bounced:?}"
+    );
+    // Cancelled: acme's new mail goes out again.
+    let id = orders[0]["id"].as_str().unwrap();
+    let (status, body) = d.request("DELETE", &format!("/api/v1/bounces/{id}"), None);
+    assert_eq!(status, 204, "{body}");
+    send_as(d, 2, "a@acme.example", "u@b.test", "acme");
+    wait_fates(d, "acme", (3, 2));
+
+    // Bounce: KumoMTA's scope — every tenant's mail to the destination domain.
+    send_as(d, 1, "x@spam.example", "u@d.test", "acme");
+    common::poll_until(
+        "the domain-wide order",
+        Duration::from_secs(10),
+        || list(d, "/api/v1/bounces"),
+        |o| o.len() == 1 && o[0]["domain"] == "d.test",
+    );
+    send_as(d, 2, "a@other.example", "u@d.test", "other");
+    send_as(d, 1, "a@other.example", "u@b.test", "other");
+    wait_fates(d, "other", (2, 3));
+}
+
+#[test]
+fn a_manual_bounce_with_a_duration_is_kept_listed_and_cancelled() {
+    let mut w = world(
+        &[("gmail.test", "mx.gmail.test")],
+        "",
+        "",
+        &format!("[queue]\nretry_interval = \"1h\"\n\n{ONE_SOURCE}"),
+    );
+    let (status, body) = w.d.request(
+        "POST",
+        "/api/v1/bounces",
+        Some(r#"{"tenant":"acme","duration":"2 hours","reason":"account closed"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["bounced"], 0);
+    let id = v["id"].as_str().unwrap().to_string();
+    send_as(&w.d, 2, "a@acme.example", "u@gmail.test", "acme");
+    wait_fates(&w.d, "acme", (2, 0));
+    let reason = of(&w.d.events(), "AdminBounce")[0]["response"]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("account closed"), "{reason}");
+    // Kept across a restart.
+    w.d.kill();
+    w.d.spawn();
+    send_as(&w.d, 1, "a@acme.example", "u@gmail.test", "acme");
+    wait_fates(&w.d, "acme", (3, 0));
+    let table = ctl(&w.d, &["bounces"]);
+    assert!(
+        table.contains(&id) && table.contains("account closed"),
+        "{table}"
+    );
+    assert_eq!(
+        ctl(&w.d, &["bounce-cancel", &id]),
+        format!("cancelled: {id}\n")
+    );
+    send_as(&w.d, 1, "a@acme.example", "u@gmail.test", "acme");
+    wait_fates(&w.d, "acme", (3, 1));
+    let (status, _) =
+        w.d.request("DELETE", &format!("/api/v1/bounces/{id}"), None);
+    assert_eq!(status, 404);
+    // ctl bounce --duration; a bad duration is a 400.
+    let out = ctl(&w.d, &["bounce", "--tenant", "beta", "--duration", "1h"]);
+    assert!(
+        out.starts_with("bounced: 0; bouncing what arrives until "),
+        "{out}"
+    );
+    let (status, body) = w.d.request(
+        "POST",
+        "/api/v1/bounces",
+        Some(r#"{"tenant":"acme","duration":"soon"}"#),
+    );
+    assert_eq!(status, 400, "{body}");
 }
