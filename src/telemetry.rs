@@ -121,6 +121,26 @@ fn describe() {
         "switchyard_suspension_expires_timestamp_seconds",
         "When each active suspension ends (Unix time), with its rule; 0 once ended."
     );
+    describe_gauge!(
+        "switchyard_tenant_throttle_rate",
+        "Messages per second a throttle allows the tenant towards the site; 0 once ended."
+    );
+    describe_gauge!(
+        "switchyard_campaign_throttle_rate",
+        "Messages per second a throttle allows the campaign towards the site; 0 once ended."
+    );
+    describe_gauge!(
+        "switchyard_throttle_expires_timestamp_seconds",
+        "When each active throttle ends (Unix time), with its rule; 0 once ended."
+    );
+    describe_gauge!(
+        "switchyard_override_expires_timestamp_seconds",
+        "When each active shaping override ends (Unix time), with its rule; 0 once ended."
+    );
+    describe_gauge!(
+        "switchyard_bounce_expires_timestamp_seconds",
+        "When each bounce order ends (Unix time), with its rule; 0 once ended."
+    );
     describe_counter!(
         "switchyard_automation_fired_total",
         "Automation rules fired, by rule and action."

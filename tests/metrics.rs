@@ -120,7 +120,7 @@ fn promtool_accepts_metrics_and_every_dashboard_query_returns_series() {
     let w = world(
         &mx,
         "[[rule]]\nrecipient_domain = \"defer.test\"\ncode = 451\nmsg = \"4.3.0 later\"\n\n[[rule]]\nrecipient_domain = \"bounce.test\"\ncode = 550\nmsg = \"5.1.1 no such user\"\n\n[[rule]]\nrecipient_domain = \"gmail.test\"\ncode = 550\nmsg = \"5.7.26 This message does not have authentication information\"\n",
-        "[[\"gmail.test\".automation]]\nname = \"gmail-auth\"\nregex = \"does not have authentication\"\naction = \"SuspendCampaign\"\nduration = \"1h\"\n",
+        "[[\"gmail.test\".automation]]\nname = \"gmail-auth\"\nregex = \"does not have authentication\"\naction = \"SuspendCampaign\"\nduration = \"1h\"\n\n[[\"defer.test\".automation]]\nname = \"slow-down\"\nregex = \"later\"\naction = {SetConfig={name=\"max_message_rate\", value=\"100/h\"}}\nduration = \"1h\"\n",
         "[queue]\nretry_interval = \"1h\"\n\n[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.2\"\n\n[[pool]]\nname = \"default\"\nsources = [{ source = \"ip-1\", weight = 1 }]\n",
     );
     let d = &w.d;
@@ -161,6 +161,20 @@ fn promtool_accepts_metrics_and_every_dashboard_query_returns_series() {
         let (status, text) = d.request("POST", "/api/v1/suspensions", Some(body));
         assert_eq!(status, 201, "{text}");
     }
+    // A throttle and a bounce order, for their panels (the override comes from the
+    // defer.test rule).
+    let (status, text) = d.request(
+        "POST",
+        "/api/v1/throttles",
+        Some(r#"{"tenant":"beta","site":"mx.ok.test","rate":"100/h","duration":"1h"}"#),
+    );
+    assert_eq!(status, 201, "{text}");
+    let (status, text) = d.request(
+        "POST",
+        "/api/v1/bounces",
+        Some(r#"{"tenant":"gamma","duration":"1h","reason":"test"}"#),
+    );
+    assert_eq!(status, 200, "{text}");
     d.wait_events("deliveries, deferrals, bounces", |ev| {
         let n = |t: &str| ev.iter().filter(|e| e["type"] == t).count();
         n("Delivery") >= 5 && n("TransientFailure") >= 2 && n("Bounce") >= 3
