@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{send_as, world, Daemon, Dnsmasq, ResponseSink, BIN};
+use common::{ctl, send_as, world, Daemon, Dnsmasq, ResponseSink, BIN};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -80,6 +80,13 @@ fn every_route_answers_good_and_bad_input_behind_the_token() {
         ("POST", "/api/v1/suspensions"),
         ("DELETE", "/api/v1/suspensions/x"),
         ("POST", "/api/v1/bounces"),
+        ("GET", "/api/v1/bounces"),
+        ("DELETE", "/api/v1/bounces/x"),
+        ("GET", "/api/v1/throttles"),
+        ("POST", "/api/v1/throttles"),
+        ("DELETE", "/api/v1/throttles/x"),
+        ("GET", "/api/v1/overrides"),
+        ("DELETE", "/api/v1/overrides/x"),
         ("POST", "/api/v1/inject"),
         ("POST", "/api/v1/reload"),
     ] {
@@ -254,20 +261,6 @@ fn every_route_answers_good_and_bad_input_behind_the_token() {
     // Reload works behind the token.
     let (status, body) = call(a, "POST", "/api/v1/reload", t, "");
     assert_eq!(status, 200, "{body}");
-}
-
-fn ctl(d: &Daemon, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("ctl")
-        .args(args)
-        .env("SWITCHYARD_API", format!("http://{}", d.http))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -19,18 +19,10 @@ const ONE_SOURCE: &str = "[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.2\"\n
 /// Gmail's answer to a sender going too fast.
 const GMAIL_4_7_28: &str = "4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your IP address";
 
+/// `switchyard ctl ARGS`, which must succeed: its output.
 fn ctl(d: &Daemon, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("ctl")
-        .args(args)
-        .env("SWITCHYARD_API", format!("http://{}", d.http))
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(out.status.success(), "ctl {args:?}: {stdout}{stderr}");
+    let (ok, stdout, stderr) = common::ctl(d, args);
+    assert!(ok, "ctl {args:?}: {stdout}{stderr}");
     stdout
 }
 
@@ -240,6 +232,34 @@ fn ctl_throttles_lists_and_unthrottles() {
     let out = ctl(&w.d, &["unthrottle", &id]);
     assert_eq!(out, format!("unthrottled: {id}\n"));
     assert!(list(&w.d, "/api/v1/throttles").is_empty());
+    // A campaign's throttle has its own gauge.
+    let out = ctl(
+        &w.d,
+        &[
+            "throttle",
+            "--tenant",
+            "acme",
+            "--campaign",
+            "spring",
+            "--site",
+            "mx.gmail.test",
+            "--rate",
+            "36/h",
+            "--duration",
+            "1h",
+        ],
+    );
+    assert!(out.starts_with("throttled: "), "{out}");
+    w.d.wait_metric(
+        "switchyard_campaign_throttle_rate",
+        "campaign=\"spring\",site=\"mx.gmail.test\",tenant=\"acme\"",
+        0.01,
+    );
+    let listed = list(&w.d, "/api/v1/throttles");
+    assert_eq!(
+        (&listed[0]["campaign"], &listed[0]["rate"]),
+        (&Value::from("spring"), &Value::from("36/h"))
+    );
 }
 
 #[test]

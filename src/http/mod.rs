@@ -194,11 +194,7 @@ async fn create_suspension(
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: NewSuspension = parse_body(body)?;
-    let duration = humantime::parse_duration(req.duration.trim())
-        .map_err(|e| bad_request(format!("bad duration {:?}: {e}", req.duration)))?;
-    if duration.is_zero() {
-        return Err(bad_request("duration must be more than 0"));
-    }
+    let duration = controls::positive_duration(&req.duration)?;
     let kind = match (&req.tenant, &req.campaign, &req.source) {
         (Some(_), _, Some(_)) => {
             return Err(bad_request(

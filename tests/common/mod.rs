@@ -690,6 +690,21 @@ pub fn inject(d: &Daemon, n: usize, acks: &Path, extra: &[&str]) -> (bool, Strin
     python("smtp_client.py", &args)
 }
 
+/// `switchyard ctl ARGS` against the daemon's API: (success, stdout, stderr).
+pub fn ctl(d: &Daemon, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("ctl")
+        .args(args)
+        .env("SWITCHYARD_API", format!("http://{}", d.http))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Send `n` messages with swaks-like content over one smtplib session per call, through the
 /// Python client (each gets its own Message-ID); returns the client's JSON lines.
 pub fn send_many(d: &Daemon, n: usize, rcpt: &str, tenant: &str) -> Vec<serde_json::Value> {
