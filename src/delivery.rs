@@ -14,7 +14,6 @@ use switchyard_actors::engine::{Engine, EngineSettings, Submission};
 use switchyard_actors::messages::Restore;
 use switchyard_actors::pool::{Pool, Pools};
 use switchyard_actors::ports::{EgressSource, Ports};
-use switchyard_actors::scheduled_queue::schedule::RetryPolicy;
 
 /// How often the MX-rollup sites of the shaping blocks are looked up again (answers come
 /// from the DNS cache until their TTL runs out, so this follows the TTLs).
@@ -94,11 +93,7 @@ pub fn engine_settings(loaded: &LoadedConfig) -> anyhow::Result<EngineSettings> 
         tracing::warn!("{w}");
     }
     Ok(EngineSettings {
-        retry: RetryPolicy {
-            retry_interval: c.queue.retry_interval.0,
-            max_retry_interval: c.queue.max_retry_interval.0,
-            max_age: c.queue.max_age.0,
-        },
+        policies: c.queue.policies(),
         pools: Pools {
             pools: pools(loaded),
             tenant_pools: c

@@ -1,6 +1,7 @@
 //! Live reload (`SIGHUP`, `POST /api/v1/reload`): read the config and its shaping files
-//! again and put the new shaping and automation rules, and the `[[dkim]]` keys (read from
-//! disk again), in force.
+//! again and put the new shaping and automation rules, the queue policies (`[queue]` and
+//! its scopes, applied to queues that exist at their next decision), and the `[[dkim]]`
+//! keys (read from disk again), in force.
 //!
 //! Nothing is dropped: scheduled and ready queues keep their messages, suspensions and
 //! overrides stay, ready queues reshape to the new options. A file with an error is
@@ -59,7 +60,7 @@ fn restart_only(c: &LoadedConfig) -> Vec<(&'static str, String)> {
         ("source", format!("{:?}", c.source)),
         ("pool", format!("{:?}", c.pool)),
         ("tenant", format!("{:?}", c.tenant)),
-        ("queue", format!("{:?}", c.queue)),
+        ("queue", format!("reap_after {:?}", c.queue.reap_after)),
         ("spool", format!("{:?}", c.spool)),
         ("dns", format!("{:?}", c.dns)),
         ("data_dir", format!("{:?}", c.data_dir)),
@@ -102,6 +103,8 @@ impl Reloader {
         let rules = shaping.rules.rules().len();
         self.engine
             .replace_shaping(Arc::new(shaping.shaping), Arc::new(shaping.rules));
+        self.engine
+            .replace_queue_policies(loaded.config.queue.policies());
         // Keys read again: a key swapped on disk is in force from now on.
         self.dkim.replace(signers);
         let restart_needed = restart_only(&loaded)

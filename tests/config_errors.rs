@@ -9,6 +9,18 @@ use std::process::Command;
 /// (config text, the exact first line of the expected error, after the file name)
 const BROKEN: &[(&str, &str)] = &[
     (
+        "[queue.domain.\"gmail.com\"]\negress_pool = \"gmail-ips\"\n",
+        ":2:15: [queue.domain.\"gmail.com\"] names egress_pool \"gmail-ips\", which no [[pool]] defines",
+    ),
+    (
+        "[queue.campaign.\"spring\"]\nmax_age = \"1h\"\n",
+        ":1:17: [queue.campaign.\"spring\"]: name the campaign as \"campaign:tenant\"",
+    ),
+    (
+        "[queue.tenant.\"acme\"]\nmax_agee = \"1h\"\n",
+        ":2:1: unknown field `max_agee`",
+    ),
+    (
         "[smtp]\nlisten = [\"127.0.0.1:2525\"]\nmax_mesage_size = \"10MiB\"\n",
         ":3:1: unknown field `max_mesage_size`",
     ),

@@ -20,9 +20,9 @@ use crate::messages::{
 };
 use crate::pool::Pools;
 use crate::ports::Ports;
+use crate::queue_policy::{PoliciesInForce, QueuePolicies};
 use crate::ready_queue::ReadyQueues;
 use crate::registry::{Arbiters, Lease, Registry};
-use crate::scheduled_queue::schedule::RetryPolicy;
 use crate::scheduled_queue::{ScheduledQueueActor, ScheduledQueues};
 use crate::shaping::{Rate, Shaping};
 use crate::suspension::{Override, Suspension, SuspensionView};
@@ -38,8 +38,8 @@ use std::time::Duration;
 /// Everything the engine is configured with.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
-    /// Retry schedule.
-    pub retry: RetryPolicy,
+    /// Queue policy per scope (retry, expiry, pool, pace).
+    pub policies: QueuePolicies,
     /// Egress pools and which tenant uses which.
     pub pools: Pools,
     /// Traffic shaping.
@@ -74,6 +74,7 @@ pub struct Engine {
     rules: Arc<RulesInForce>,
     register: Addr<SuspensionRegister>,
     pools: Pools,
+    policies: Arc<PoliciesInForce>,
 }
 
 impl Engine {
@@ -116,6 +117,7 @@ impl Engine {
             settings.rules.clone(),
         ));
         let view = Arc::new(SuspensionView::default());
+        let policies = Arc::new(PoliciesInForce::new(settings.policies.clone()));
         // The classifier and the register need what needs them: take their addresses first.
         let classifier_ctx = Context::<ClassifierActor>::new();
         let register_ctx = Context::<SuspensionRegister>::new();
@@ -153,7 +155,7 @@ impl Engine {
             view: view.clone(),
             ports: ports.clone(),
             bounces,
-            retry: settings.retry,
+            policies: policies.clone(),
             pools: settings.pools.clone(),
             tenant_limits: TenantLimits::new(&settings.tenant_rates),
             reap_after: settings.reap_after,
@@ -180,6 +182,7 @@ impl Engine {
             rules,
             register,
             pools: settings.pools,
+            policies,
         }
     }
 
@@ -355,6 +358,17 @@ impl Engine {
     /// Outbound connections open now (every ready queue's).
     pub async fn open_connections(&self) -> usize {
         self.queues().await.1.iter().map(|r| r.connections).sum()
+    }
+
+    /// Put reloaded queue policies in force: each scheduled queue takes its own at its next
+    /// decision.
+    pub fn replace_queue_policies(&self, policies: QueuePolicies) {
+        self.policies.replace(policies);
+    }
+
+    /// The queue policies in force.
+    pub fn queue_policies(&self) -> Arc<QueuePolicies> {
+        self.policies.get()
     }
 
     /// The egress pools.

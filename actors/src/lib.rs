@@ -38,6 +38,7 @@ pub mod message;
 pub mod messages;
 pub mod pool;
 pub mod ports;
+pub mod queue_policy;
 pub mod ready_queue;
 pub mod record;
 pub mod registry;

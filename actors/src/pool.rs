@@ -48,6 +48,14 @@ impl Pools {
             })
     }
 
+    /// The pool of a scheduled queue whose policy may name one (`egress_pool`): that pool
+    /// if it exists, else the tenant's.
+    pub fn pool_of(&self, tenant: &str, egress_pool: Option<&str>) -> Arc<Pool> {
+        egress_pool
+            .and_then(|name| self.pools.get(name).cloned())
+            .unwrap_or_else(|| self.pool_for(tenant))
+    }
+
     /// Whether any pool has a source named `source`.
     pub fn has_source(&self, source: &str) -> bool {
         self.pools

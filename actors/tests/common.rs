@@ -11,7 +11,7 @@ use switchyard_actors::memory::{MemoryPorts, ScriptedConnector};
 use switchyard_actors::message::{now_ms, LoadedMessage, QueueIdentity, QueuedMessage, Reply};
 use switchyard_actors::pool::{Pool, Pools};
 use switchyard_actors::ports::EgressSource;
-use switchyard_actors::scheduled_queue::schedule::RetryPolicy;
+use switchyard_actors::queue_policy::{QueuePolicies, RetryPolicy};
 use switchyard_actors::shaping::Shaping;
 
 /// Settings for tests: one source, retries after a minute, reaping after `reap_after`.
@@ -30,11 +30,11 @@ pub fn settings(shaping: Shaping, rules: RuleBook, reap_after: Duration) -> Engi
         }),
     );
     EngineSettings {
-        retry: RetryPolicy {
+        policies: QueuePolicies::uniform(RetryPolicy {
             retry_interval: Duration::from_secs(60),
             max_retry_interval: Duration::from_secs(600),
             max_age: Duration::from_secs(3600),
-        },
+        }),
         pools: Pools {
             pools,
             tenant_pools: HashMap::new(),

@@ -263,6 +263,72 @@ pub struct QueueConfig {
     pub max_age: HumanDuration,
     /// An empty scheduled or ready queue is reaped after this long.
     pub reap_after: HumanDuration,
+    /// `[queue.domain."D"]`: policy for mail to one destination domain.
+    pub domain: BTreeMap<String, QueueScope>,
+    /// `[queue.tenant."T"]`: policy for one tenant's mail.
+    pub tenant: BTreeMap<String, QueueScope>,
+    /// `[queue.campaign."C:T"]`: policy for one campaign of a tenant.
+    pub campaign: BTreeMap<Spanned<String>, QueueScope>,
+}
+
+/// One scope's queue policy: each key optional, the scope below applies where unset.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueScope {
+    /// First retry delay.
+    pub retry_interval: Option<HumanDuration>,
+    /// Cap on the retry delay.
+    pub max_retry_interval: Option<HumanDuration>,
+    /// Age at which mail expires.
+    pub max_age: Option<HumanDuration>,
+    /// Egress pool (domain and tenant scopes only).
+    pub egress_pool: Option<Spanned<String>>,
+    /// Pace of each scheduled queue of the scope.
+    pub max_message_rate: Option<Rate>,
+}
+
+impl QueueScope {
+    /// As a layer of the actors' queue policy.
+    pub fn layer(&self) -> switchyard_actors::queue_policy::PolicyLayer {
+        switchyard_actors::queue_policy::PolicyLayer {
+            retry_interval: self.retry_interval.map(|d| d.0),
+            max_retry_interval: self.max_retry_interval.map(|d| d.0),
+            max_age: self.max_age.map(|d| d.0),
+            egress_pool: self.egress_pool.as_ref().map(|p| p.get_ref().clone()),
+            max_message_rate: self.max_message_rate,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The queue policies of every scope.
+    pub fn policies(&self) -> switchyard_actors::queue_policy::QueuePolicies {
+        use switchyard_actors::queue_policy::{QueuePolicies, RetryPolicy};
+        let mut p = QueuePolicies::uniform(RetryPolicy {
+            retry_interval: self.retry_interval.0,
+            max_retry_interval: self.max_retry_interval.0,
+            max_age: self.max_age.0,
+        });
+        p.domains = self
+            .domain
+            .iter()
+            .map(|(d, s)| (d.to_ascii_lowercase(), s.layer()))
+            .collect();
+        p.tenants = self
+            .tenant
+            .iter()
+            .map(|(t, s)| (t.clone(), s.layer()))
+            .collect();
+        p.campaigns = self
+            .campaign
+            .iter()
+            .filter_map(|(key, s)| {
+                let (campaign, tenant) = key.get_ref().split_once(':')?;
+                Some(((tenant.to_string(), campaign.to_string()), s.layer()))
+            })
+            .collect();
+        p
+    }
 }
 
 impl Default for QueueConfig {
@@ -273,6 +339,9 @@ impl Default for QueueConfig {
             max_retry_interval: HumanDuration(Duration::from_secs(4 * 3600)),
             max_age: HumanDuration(Duration::from_secs(3 * 86_400)),
             reap_after: HumanDuration(Duration::from_secs(300)),
+            domain: BTreeMap::new(),
+            tenant: BTreeMap::new(),
+            campaign: BTreeMap::new(),
         }
     }
 }
@@ -676,6 +745,43 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
                     ),
                 );
             }
+        }
+    }
+    let pool_exists = |name: &str| pools.contains(name) || (c.pool.is_empty() && name == "default");
+    for (scope, scopes) in [("domain", &c.queue.domain), ("tenant", &c.queue.tenant)] {
+        for (name, q) in scopes {
+            if let Some(pool) = &q.egress_pool {
+                if !pool_exists(pool.get_ref()) {
+                    err(
+                        pool.span(),
+                        format!(
+                            "[queue.{scope}.{name:?}] names egress_pool {:?}, which no [[pool]] defines",
+                            pool.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for (key, q) in &c.queue.campaign {
+        if !key
+            .get_ref()
+            .split_once(':')
+            .is_some_and(|(c, t)| !c.is_empty() && !t.is_empty())
+        {
+            err(
+                key.span(),
+                format!(
+                    "[queue.campaign.{:?}]: name the campaign as \"campaign:tenant\", e.g. \"spring:acme\"",
+                    key.get_ref()
+                ),
+            );
+        }
+        if let Some(pool) = &q.egress_pool {
+            err(
+                pool.span(),
+                "egress_pool is set per tenant or domain ([queue.tenant.\"T\"], [queue.domain.\"D\"]), not per campaign".into(),
+            );
         }
     }
     for u in &c.smtp.user {

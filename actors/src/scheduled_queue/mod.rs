@@ -10,7 +10,9 @@
 //!   queues still have is pulled back, and the held time does not count towards `max_age`;
 //! - [`route`] — where due messages go: the domain's route (site and MX hosts), an egress
 //!   source of the tenant's pool by weight (skipping sources suspended towards the site),
-//!   paced by the tenant's QoS rate and by throttles of the tenant or campaign,
+//!   paced by the tenant's QoS rate, the queue's own `max_message_rate` and throttles of
+//!   the tenant or campaign; retry, expiry, pool and pace come from the queue's policy
+//!   ([`crate::queue_policy`], looked up again after a reload),
 //!   and an offer to that (source, site)'s ready queue — one offer at a time, so a slow ready
 //!   queue makes this queue wait instead of piling offers up in its mailbox;
 //!   A bounce order covering the queue (see [`crate::timed_bounce`]) bounces what it holds
@@ -35,12 +37,12 @@ use crate::messages::{
 };
 use crate::pool::{Pool, PoolCursor, Pools};
 use crate::ports::{Ports, Route};
+use crate::queue_policy::{PoliciesInForce, QueuePolicy};
 use crate::ready_queue::{ReadyQueueActor, ReadyQueues};
 use crate::registry::{Arbiters, Lease, Registry};
 use crate::suspension::SuspensionView;
 use crate::timed_bounce::TimedBounce;
 use actix::prelude::*;
-use schedule::RetryPolicy;
 use settle::{Counters, Settlement};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -65,8 +67,8 @@ pub struct ScheduledQueues {
     pub ports: Ports,
     /// Bounce classes of failures found without a connection (DNS).
     pub bounces: Arc<BounceClassifier>,
-    /// The retry schedule.
-    pub retry: RetryPolicy,
+    /// Retry, expiry, pool and pace per scope.
+    pub policies: Arc<PoliciesInForce>,
     /// Egress pools and which tenant uses which.
     pub pools: Pools,
     /// Tenants' QoS rates.
@@ -135,6 +137,10 @@ pub struct ScheduledQueueActor {
     line: Option<Arc<QueueLine>>,
     /// The tenant's QoS rate, if it has one.
     tenant_limiter: Option<Arc<Limiter>>,
+    /// Its queue policy, and the version of the policies it was looked up in.
+    policy: (u64, QueuePolicy),
+    /// Its own pace (`max_message_rate` of its queue policy).
+    queue_limiter: Option<Limiter>,
     /// (view version, site) → the limiters of the throttles pacing the queue, last looked up.
     throttles_seen: Option<(u64, Arc<str>, Arc<[Arc<Limiter>]>)>,
     /// (view version, site) → the bounce order covering the queue, last looked up.
@@ -151,9 +157,12 @@ impl ScheduledQueueActor {
         serial: u64,
     ) -> Self {
         let counters = Counters::new(&id, all.campaign_labels);
+        let policy = all.policies.get().policy_for(&id);
         ScheduledQueueActor {
             name: id.name(),
-            pool: all.pools.pool_for(&id.tenant),
+            pool: all.pools.pool_of(&id.tenant, policy.egress_pool.as_deref()),
+            queue_limiter: policy.max_message_rate.map(Limiter::new),
+            policy: (all.policies.version(), policy),
             tenant_limiter: all.tenant_limits.of(&id.tenant),
             id,
             all,
@@ -181,6 +190,25 @@ impl ScheduledQueueActor {
             line: None,
             counters,
         }
+    }
+
+    /// Its queue policy, looked up again (pool and pace with it) after a reload.
+    fn refresh_policy(&mut self) {
+        let version = self.all.policies.version();
+        if self.policy.0 == version {
+            return;
+        }
+        let policy = self.all.policies.get().policy_for(&self.id);
+        if policy.egress_pool != self.policy.1.egress_pool {
+            self.pool = self
+                .all
+                .pools
+                .pool_of(&self.id.tenant, policy.egress_pool.as_deref());
+            self.cursor = PoolCursor::default();
+        }
+        self.queue_limiter =
+            Limiter::keep_or_new(self.queue_limiter.take(), policy.max_message_rate);
+        self.policy = (version, policy);
     }
 
     /// Publish the gauge; note when the queue became empty.

@@ -62,6 +62,7 @@ impl ScheduledQueueActor {
             _ => return self.resolve(ctx),
         };
         self.fresh_route = false;
+        self.refresh_policy();
         if self.bounce_if_ordered(&route.site) {
             return;
         }
@@ -86,6 +87,8 @@ impl ScheduledQueueActor {
                 .tenant_limiter
                 .iter()
                 .chain(throttles.iter())
+                .map(|l| &**l)
+                .chain(self.queue_limiter.iter())
                 .find_map(|limiter| limiter.check().err())
             {
                 wait = Some(not_yet);

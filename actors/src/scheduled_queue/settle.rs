@@ -125,6 +125,7 @@ impl ScheduledQueueActor {
         if !s.admin {
             m.attempts += 1;
         }
+        self.refresh_policy();
         let now = now_ms();
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let (fate, next_due) = if s.admin {
@@ -135,7 +136,8 @@ impl ScheduledQueueActor {
             (Fate::Bounced, None)
         } else {
             match self
-                .all
+                .policy
+                .1
                 .retry
                 .next_due(m.attempts, now, m.created_ms, m.held_ms, jitter)
             {
