@@ -156,7 +156,8 @@ pub fn start_engine(
     Ok((engine, dns))
 }
 
-/// Put the suspensions, throttles and overrides stored in the spool back into effect.
+/// Put the suspensions, throttles, bounce orders, overrides and automation threshold
+/// windows stored in the spool back into effect.
 /// Awaited before recovery, so held mail is held from its first moment back in a queue.
 pub async fn restore_suspensions(spool: &Spool, engine: &Engine) -> anyhow::Result<()> {
     fn read<T: serde::de::DeserializeOwned>(spool: &Spool, prefix: &str) -> anyhow::Result<Vec<T>> {
@@ -193,6 +194,17 @@ pub async fn restore_suspensions(spool: &Spool, engine: &Engine) -> anyhow::Resu
             "restored from the spool"
         );
     }
+    let windows: Vec<switchyard_actors::classifier::StoredWindow> = read(spool, "threshold/")?;
+    if !windows.is_empty() {
+        tracing::info!(
+            windows = windows.len(),
+            "threshold windows restored from the spool"
+        );
+    }
+    engine
+        .restore_windows(windows)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the classifier did not start"))?;
     engine
         .restore(restore)
         .await

@@ -162,6 +162,34 @@ fn a_threshold_rule_fires_on_the_third_match_not_the_second() {
 }
 
 #[test]
+fn a_threshold_half_counted_before_a_sigkill_fires_on_the_remaining_matches_after_restart() {
+    let responses = "[[rule]]\nrecipient_domain = \"th.test\"\ncode = 451\nmsg = \"4.7.1 Please slow down (greylisted)\"\n";
+    let shaping = "[[\"th.test\".automation]]\nname = \"slow\"\nregex = \"Please slow down\"\ntrigger = {Threshold=\"3/10m\"}\naction = \"SuspendTenant\"\nduration = \"1 hour\"\n";
+    let mut w = world(
+        &[("th.test", "mx.th.test")],
+        responses,
+        shaping,
+        &format!("[queue]\nretry_interval = \"1h\"\n\n{ONE_SOURCE}"),
+    );
+    for n in 1..=2 {
+        send_as(&w.d, 1, "a@acme.example", "u@th.test", "acme");
+        w.d.wait_events("a deferral", count("TransientFailure", "acme", n));
+    }
+    // Windows reach the spool within a second; then the process is killed.
+    std::thread::sleep(Duration::from_millis(1500));
+    w.d.kill();
+    w.d.spawn();
+    assert!(w.d.suspensions().is_empty());
+    assert!(of(&w.d.events(), "AutomationFired", "").is_empty());
+    // The third match since the first two — after the restart — fires the rule.
+    send_as(&w.d, 1, "b@acme.example", "u@th.test", "acme");
+    let ev =
+        w.d.wait_events("the firing", count("AutomationFired", "", 1));
+    assert_eq!(of(&ev, "AutomationFired", "")[0]["rule"], "slow");
+    assert_eq!(w.d.wait_suspensions(1)[0]["tenant"], "acme");
+}
+
+#[test]
 fn suspend_moves_a_sites_traffic_to_the_other_source_until_expiry() {
     // Yahoo's own rule from KumoMTA's shaping.toml, on a provider matched by MX suffix.
     let shaping = "[provider.\"yahoo\"]\nmatch = [{MXSuffix = \".yahoodns.test\"}]\n\n[[provider.\"yahoo\".automation]]\nregex = \"\\\\[TS?S04\\\\]\"\naction = \"Suspend\"\nduration = \"6s\"\n";

@@ -12,7 +12,7 @@ use crate::shaping::{OptionValue, Rate, Shaping, ShapingOptions};
 use regex::RegexSet;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where a rule was written.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -415,24 +415,26 @@ impl RuleBook {
     }
 }
 
-/// Matches of one rule for one source × site within the rule's window.
-#[derive(Debug, Default)]
+/// Matches of one rule for one source × site within the rule's window, as wall-clock
+/// milliseconds (so that they can be stored and outlive a restart).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ThresholdWindow {
-    hits: VecDeque<Instant>,
+    hits: VecDeque<u64>,
 }
 
 impl ThresholdWindow {
-    /// Count a match at `now`; true when it makes `count` within `period` (the window then
-    /// starts afresh, so the next firing needs `count` new matches).
-    pub fn hit(&mut self, now: Instant, count: u32, period: Duration) -> bool {
+    /// Count a match at `now_ms`; true when it makes `count` within `period` (the window
+    /// then starts afresh, so the next firing needs `count` new matches).
+    pub fn hit(&mut self, now_ms: u64, count: u32, period: Duration) -> bool {
+        let period = period.as_millis() as u64;
         while self
             .hits
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= period)
+            .is_some_and(|t| now_ms.saturating_sub(*t) >= period)
         {
             self.hits.pop_front();
         }
-        self.hits.push_back(now);
+        self.hits.push_back(now_ms);
         if self.hits.len() >= count as usize {
             self.hits.clear();
             true
@@ -442,10 +444,15 @@ impl ThresholdWindow {
     }
 
     /// Whether it holds no recent matches (and can be dropped).
-    pub fn is_stale(&self, now: Instant, period: Duration) -> bool {
+    pub fn is_stale(&self, now_ms: u64, period: Duration) -> bool {
         self.hits
             .back()
-            .is_none_or(|t| now.duration_since(*t) >= period)
+            .is_none_or(|t| now_ms.saturating_sub(*t) >= period.as_millis() as u64)
+    }
+
+    /// Whether it holds no matches.
+    pub fn is_empty(&self) -> bool {
+        self.hits.is_empty()
     }
 }
 
@@ -512,11 +519,11 @@ mod tests {
         assert!(Trigger::threshold("2/hr").is_ok());
         assert!(Trigger::threshold("two/hr").is_err());
         let mut w = ThresholdWindow::default();
-        let t0 = Instant::now();
+        let t0 = 1_000_000;
         assert!(!w.hit(t0, 3, Duration::from_secs(60)));
-        assert!(!w.hit(t0 + Duration::from_secs(70), 3, Duration::from_secs(60)));
-        assert!(!w.hit(t0 + Duration::from_secs(80), 3, Duration::from_secs(60)));
-        assert!(w.hit(t0 + Duration::from_secs(90), 3, Duration::from_secs(60)));
+        assert!(!w.hit(t0 + 70_000, 3, Duration::from_secs(60)));
+        assert!(!w.hit(t0 + 80_000, 3, Duration::from_secs(60)));
+        assert!(w.hit(t0 + 90_000, 3, Duration::from_secs(60)));
     }
 
     #[test]

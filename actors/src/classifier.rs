@@ -18,6 +18,11 @@
 //!   `BounceTenant`, `BounceCampaign` → the TenantActor (its mail to the site); each also
 //!   → the SuspensionRegister as a bounce order for new arrivals until `duration` is over.
 //!
+//! Threshold windows count per rule × source × site; they are written to the spool's
+//! `state` keyspace (at most once a second each) and read back at start, so matches counted
+//! before a restart still count, and a reload keeps those of rules that kept their name.
+//! The cache of which scopes apply to a site starts afresh when MX rollup re-resolves.
+//!
 //! Each firing writes an `AutomationFired` record and counts in
 //! `switchyard_automation_fired_total{rule, action}`; every match, fired or not (a threshold
 //! counts several), counts in the classifier's own `switchyard_classifier_matches_total{rule}`. The reply itself keeps its normal
@@ -26,7 +31,7 @@
 use crate::automation::{Action, RuleBook, RulesInForce, ThresholdWindow, Trigger};
 use crate::message::{now_ms, QueueIdentity};
 use crate::messages::{AdminBounce, ReplySeen, SetBounce, SetOverride, SetThrottle, Suspend};
-use crate::ports::EventSink;
+use crate::ports::{EventSink, SpoolPort};
 use crate::record::{LogRecord, RecordKind};
 use crate::suspension::{rfc3339_ms, Override, Suspension, SuspensionKind};
 use crate::suspension_register::SuspensionRegister;
@@ -36,7 +41,6 @@ use crate::timed_bounce::TimedBounce;
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Most (site, domain) scope lists kept; the cache starts afresh beyond it.
 const SCOPE_CACHE_LIMIT: usize = 100_000;
@@ -45,6 +49,38 @@ const WINDOW_SWEEP_AT: usize = 10_000;
 
 /// (site, domain) of a reply: which rule scopes apply depends on both.
 type SiteAndDomain = (Arc<str>, Arc<str>);
+
+/// A threshold window's identity: (rule name, source, site).
+type WindowKey = (Arc<str>, Arc<str>, Arc<str>);
+
+/// Changed threshold windows are written to the spool at most this often.
+const WINDOW_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A threshold window as stored in the spool's `state` keyspace (`threshold/...`), so that
+/// half-counted matches outlive a restart.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredWindow {
+    /// The rule's name.
+    pub rule: String,
+    /// Egress source.
+    pub source: String,
+    /// Site.
+    pub site: String,
+    /// Its matches.
+    pub window: ThresholdWindow,
+}
+
+impl StoredWindow {
+    /// Its key in the `state` keyspace.
+    pub fn state_key(rule: &str, source: &str, site: &str) -> String {
+        format!("threshold/{}", serde_json::json!([rule, source, site]))
+    }
+}
+
+/// Threshold windows read back at start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RestoreWindows(pub Vec<StoredWindow>);
 
 /// Replies that may wait in the classifier's mailbox; a connection whose report finds it
 /// full waits for room (the classifier is the bound then, not memory).
@@ -60,14 +96,22 @@ pub struct Effects {
     pub tenants: Arc<Tenants>,
     /// AutomationFired records.
     pub events: Arc<dyn EventSink>,
+    /// Where threshold windows are kept across restarts.
+    pub spool: Arc<dyn SpoolPort>,
 }
 
 /// The automation state.
 pub struct ClassifierActor {
     effects: Effects,
     scopes: HashMap<SiteAndDomain, Arc<[usize]>>,
-    windows: HashMap<(usize, Arc<str>, Arc<str>), ThresholdWindow>,
-    /// The rules the cache and windows belong to.
+    /// The site index version the scope cache was filled under.
+    sites_seen: u64,
+    /// Threshold windows by (rule name, source, site): kept across reloads for rules of
+    /// the same name, and across restarts through the spool.
+    windows: HashMap<WindowKey, ThresholdWindow>,
+    /// Windows changed since they were last written.
+    dirty: std::collections::HashSet<WindowKey>,
+    /// The rules the cache belongs to.
     book: Arc<RuleBook>,
     /// `switchyard_classifier_matches_total` by rule index of `book`.
     matches: HashMap<usize, metrics::Counter>,
@@ -79,7 +123,9 @@ impl ClassifierActor {
         ClassifierActor {
             effects,
             scopes: HashMap::new(),
+            sites_seen: 0,
             windows: HashMap::new(),
+            dirty: std::collections::HashSet::new(),
             book: Arc::new(RuleBook::default()),
             matches: HashMap::new(),
         }
@@ -88,11 +134,33 @@ impl ClassifierActor {
     fn automate(&mut self, msg: &ReplySeen, text: &str) {
         let rules = self.effects.rules.rules();
         if !Arc::ptr_eq(&rules, &self.book) {
-            // Reloaded: scopes and windows refer to the old rules.
+            // Reloaded: the scope cache and counters refer to the old rules' indexes; the
+            // windows of rules that kept their name (and a threshold) stay.
             self.book = rules.clone();
             self.scopes.clear();
-            self.windows.clear();
             self.matches.clear();
+            let kept: std::collections::HashSet<&str> = rules
+                .rules()
+                .iter()
+                .filter(|r| matches!(r.trigger, Trigger::Threshold { .. }))
+                .map(|r| &*r.name)
+                .collect();
+            let gone: Vec<WindowKey> = self
+                .windows
+                .keys()
+                .filter(|k| !kept.contains(&*k.0))
+                .cloned()
+                .collect();
+            for k in gone {
+                self.windows.remove(&k);
+                self.dirty.insert(k);
+            }
+        }
+        let sites = self.effects.rules.shaping().sites.version();
+        if sites != self.sites_seen {
+            // MX rollup re-resolved: which block applies to a site may have changed.
+            self.sites_seen = sites;
+            self.scopes.clear();
         }
         if rules.rules().is_empty() {
             return;
@@ -112,7 +180,7 @@ impl ClassifierActor {
             }
         };
         let matched = rules.matching(&scopes, text, msg.reply.internal);
-        let now = Instant::now();
+        let now = now_ms();
         for r in matched {
             let rule = &rules.rules()[r];
             self.matches
@@ -123,27 +191,68 @@ impl ClassifierActor {
                 .increment(1);
             if let Trigger::Threshold { count, period } = rule.trigger {
                 if self.windows.len() >= WINDOW_SWEEP_AT {
-                    self.windows.retain(|(i, _, _), w| {
-                        !w.is_stale(
-                            now,
-                            match rules.rules()[*i].trigger {
-                                Trigger::Threshold { period, .. } => period,
-                                Trigger::Immediate => std::time::Duration::ZERO,
-                            },
-                        )
-                    });
+                    self.sweep(now);
                 }
-                let window = self
+                let key = (rule.name.clone(), msg.source.clone(), msg.site.clone());
+                let fired = self
                     .windows
-                    .entry((r, msg.source.clone(), msg.site.clone()))
-                    .or_default();
-                if !window.hit(now, count, period) {
+                    .entry(key.clone())
+                    .or_default()
+                    .hit(now, count, period);
+                self.dirty.insert(key);
+                if !fired {
                     continue;
                 }
             }
             let expires_ms = now_ms() + rule.duration.as_millis() as u64;
             for action in &rule.actions {
                 fire(&self.effects, &rule.name, action, msg, expires_ms);
+            }
+        }
+    }
+}
+
+impl ClassifierActor {
+    /// Drop windows without recent matches (the rule's period has passed since the last).
+    fn sweep(&mut self, now: u64) {
+        let periods: HashMap<&str, std::time::Duration> = self
+            .book
+            .rules()
+            .iter()
+            .filter_map(|r| match r.trigger {
+                Trigger::Threshold { period, .. } => Some((&*r.name, period)),
+                Trigger::Immediate => None,
+            })
+            .collect();
+        let stale: Vec<WindowKey> = self
+            .windows
+            .iter()
+            .filter(|(k, w)| periods.get(&*k.0).is_none_or(|p| w.is_stale(now, *p)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.windows.remove(&k);
+            self.dirty.insert(k);
+        }
+    }
+
+    /// Write the windows changed since the last flush (an empty or dropped one is deleted).
+    fn flush_windows(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            let state_key = StoredWindow::state_key(&key.0, &key.1, &key.2);
+            match self.windows.get(&key).filter(|w| !w.is_empty()) {
+                Some(w) => {
+                    let stored = StoredWindow {
+                        rule: key.0.to_string(),
+                        source: key.1.to_string(),
+                        site: key.2.to_string(),
+                        window: w.clone(),
+                    };
+                    if let Ok(v) = serde_json::to_vec(&stored) {
+                        self.effects.spool.put_state(state_key, v);
+                    }
+                }
+                None => self.effects.spool.delete_state(state_key),
             }
         }
     }
@@ -290,6 +399,26 @@ impl Actor for ClassifierActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX);
+        // Threshold windows reach the spool at most once a second each, however many
+        // replies count in them.
+        ctx.run_interval(WINDOW_FLUSH_EVERY, |act, _| act.flush_windows());
+    }
+}
+
+impl Handler<RestoreWindows> for ClassifierActor {
+    type Result = ();
+
+    fn handle(&mut self, RestoreWindows(stored): RestoreWindows, _: &mut Context<Self>) {
+        for s in stored {
+            let key = (
+                Arc::from(s.rule.as_str()),
+                Arc::from(s.source.as_str()),
+                Arc::from(s.site.as_str()),
+            );
+            self.windows.insert(key, s.window);
+        }
+        // Those of rules gone since are dropped at the first reply (a reload's check).
+        self.book = Arc::new(RuleBook::default());
     }
 }
 

@@ -10,7 +10,7 @@
 use crate::automation::{RuleBook, RulesInForce};
 use crate::bounce::BounceClassifier;
 use crate::campaign::{CampaignKey, Campaigns, QueueStarted};
-use crate::classifier::{ClassifierActor, Effects};
+use crate::classifier::{ClassifierActor, Effects, RestoreWindows, StoredWindow};
 use crate::connection::ConnectionKit;
 use crate::limits::{ProviderGates, TenantLimits};
 use crate::message::{QueueIdentity, QueuedMessage};
@@ -75,6 +75,7 @@ pub struct Engine {
     register: Addr<SuspensionRegister>,
     pools: Pools,
     policies: Arc<PoliciesInForce>,
+    classifier: Addr<ClassifierActor>,
 }
 
 impl Engine {
@@ -168,11 +169,12 @@ impl Engine {
             ready.clone(),
             ports.clone(),
         ));
-        classifier_ctx.run(ClassifierActor::new(Effects {
+        let classifier = classifier_ctx.run(ClassifierActor::new(Effects {
             rules: rules.clone(),
             register: register.clone(),
             tenants: tenants.clone(),
             events: ports.events.clone(),
+            spool: ports.spool.clone(),
         }));
         Engine {
             tenants,
@@ -183,6 +185,7 @@ impl Engine {
             register,
             pools: settings.pools,
             policies,
+            classifier,
         }
     }
 
@@ -358,6 +361,11 @@ impl Engine {
     /// Outbound connections open now (every ready queue's).
     pub async fn open_connections(&self) -> usize {
         self.queues().await.1.iter().map(|r| r.connections).sum()
+    }
+
+    /// Put stored threshold windows back (at start).
+    pub async fn restore_windows(&self, windows: Vec<StoredWindow>) -> Option<()> {
+        self.classifier.send(RestoreWindows(windows)).await.ok()
     }
 
     /// Put reloaded queue policies in force: each scheduled queue takes its own at its next

@@ -669,6 +669,9 @@ impl Default for DomainShaping {
 #[derive(Debug, Default)]
 pub struct SiteIndex {
     sites: RwLock<HashMap<Arc<str>, String>>,
+    /// Bumped whenever a block's site changes: caches of which block applies to a site
+    /// (the classifier's scope cache) start afresh when they see a new number.
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl SiteIndex {
@@ -685,6 +688,11 @@ impl SiteIndex {
     /// other block already standing for that site, if one does (an ambiguity to warn about).
     pub fn set(&self, block: &str, site: Arc<str>) -> Option<String> {
         let mut map = self.sites.write().unwrap_or_else(|e| e.into_inner());
+        if map.get(&site).is_some_and(|b| b == block) {
+            return None;
+        }
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         map.retain(|_, b| b != block);
         match map.get(&site) {
             Some(other) if other != block => Some(other.clone()),
@@ -693,6 +701,11 @@ impl SiteIndex {
                 None
             }
         }
+    }
+
+    /// Bumped by every change.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
