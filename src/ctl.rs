@@ -340,6 +340,81 @@ pub fn bounces(api: &Api, as_json: bool) -> Result<String, CtlError> {
     listing(api, "/api/v1/bounces", &cols, as_json)
 }
 
+/// A query-string value, percent-encoded.
+fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `ctl explain`: why a tenant's mail to a domain behaves as it does.
+pub fn explain(api: &Api, t: &Target, as_json: bool) -> Result<String, CtlError> {
+    let (Some(tenant), Some(domain)) = (&t.tenant, &t.domain) else {
+        return Err(CtlError("explain needs --tenant and --domain".into()));
+    };
+    let mut path = format!(
+        "/api/v1/explain?tenant={}&domain={}",
+        query_value(tenant),
+        query_value(domain)
+    );
+    for (key, value) in [("campaign", &t.campaign), ("source", &t.source)] {
+        if let Some(v) = value {
+            path.push_str(&format!("&{key}={}", query_value(v)));
+        }
+    }
+    let v = api.call("GET", &path, None)?;
+    if as_json {
+        return Ok(format!("{v}\n"));
+    }
+    let mut out = format!(
+        "{} -> {} (site {})\n\nQUEUE POLICY\n",
+        text(&v["tenant"]),
+        text(&v["domain"]),
+        text(&v["site"])
+    );
+    let rows: Vec<Vec<String>> = v["queue_policy"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, x)| vec![k.clone(), text(&x["value"]), text(&x["from"])])
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&table(&["KEY", "VALUE", "FROM"], &rows));
+    for path in v["shaping"].as_array().into_iter().flatten() {
+        out.push_str(&format!("\nSHAPING via {}\n", text(&path["source"])));
+        let rows: Vec<Vec<String>> = path["options"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, x)| {
+                        vec![
+                            k.clone(),
+                            text(&x["value"]),
+                            text(&x["block"]),
+                            text(&x["at"]),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push_str(&table(&["OPTION", "VALUE", "BLOCK", "AT"], &rows));
+    }
+    for key in ["suspensions", "throttles", "overrides", "bounces"] {
+        let list = v[key].as_array().cloned().unwrap_or_default();
+        out.push_str(&format!("\n{} ({})\n", key.to_uppercase(), list.len()));
+        for x in list {
+            out.push_str(&format!("  {x}\n"));
+        }
+    }
+    Ok(out)
+}
+
 /// Per-tenant counters read from `/metrics`.
 #[derive(Default, Clone)]
 struct TenantFigures {

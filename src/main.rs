@@ -146,6 +146,15 @@ enum CtlCommand {
         /// Bounce order id (see `ctl bounces`).
         id: String,
     },
+    /// Why a tenant's mail to a domain behaves as it does: queue policy, shaping with the
+    /// file:line of each value, and what applies now.
+    Explain {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Only this egress source (default: every source of the path's pool).
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Active throttles, manual and automatic.
     Throttles,
     /// Pace a tenant's (or campaign's) mail, to a domain or site, for a while.
@@ -222,6 +231,9 @@ fn ctl(api: String, token: Option<String>, json: bool, command: CtlCommand) -> E
         ),
         CtlCommand::Bounces => ctl::bounces(&api, json),
         CtlCommand::BounceCancel { id } => ctl::end(&api, "bounces", &id, "cancelled", json),
+        CtlCommand::Explain { target: t, source } => {
+            ctl::explain(&api, &target(t, source, None), json)
+        }
         CtlCommand::Throttles => ctl::throttles(&api, json),
         CtlCommand::Throttle {
             target: t,

@@ -26,7 +26,7 @@ use switchyard_actors::automation::{
 use switchyard_actors::bounce::{rules_from_toml, BounceClassifier};
 use switchyard_actors::ports::MxResolver;
 use switchyard_actors::shaping::{
-    DomainShaping, OptionValue, Provider, ProviderMatch, Rate, Shaping, ShapingOptions,
+    DomainShaping, OptionValue, Origin, Provider, ProviderMatch, Rate, Shaping, ShapingOptions,
 };
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -157,8 +157,39 @@ impl Loader {
         }
     }
 
+    /// Note where `name` of `block` was set, for `explain`.
+    fn origin(&mut self, src: &SourceText, block: &str, name: &str, v: &Spanned<DeValue>) {
+        let at = src.error(span_of(v), "");
+        self.shaping
+            .origins
+            .entry(block.to_string())
+            .or_default()
+            .insert(
+                name.to_string(),
+                Origin {
+                    value: option_value(v.get_ref()).to_string(),
+                    at: format!("{}:{}", at.file, at.line),
+                },
+            );
+    }
+
+    /// A block is replaced (`replace_base`): forget where its options and its sources' came
+    /// from.
+    fn forget_origins(&mut self, block: &str) {
+        let sources = format!("{block}.sources.");
+        self.shaping
+            .origins
+            .retain(|k, _| k != block && !k.starts_with(&sources));
+    }
+
     /// Set options from a block's remaining keys; warn (once per name) about the others.
-    fn options(&mut self, src: &SourceText, table: &DeTable, skip: &[&str]) -> ShapingOptions {
+    fn options(
+        &mut self,
+        src: &SourceText,
+        table: &DeTable,
+        skip: &[&str],
+        block: &str,
+    ) -> ShapingOptions {
         let mut o = ShapingOptions::default();
         for (k, v) in table {
             let key = k.get_ref().as_ref();
@@ -166,7 +197,7 @@ impl Loader {
                 continue;
             }
             match o.set(key, &option_value(v.get_ref())) {
-                Ok(true) => {}
+                Ok(true) => self.origin(src, block, key, v),
                 Ok(false) => {
                     if self.warned.insert(key.to_string()) {
                         self.warnings.push(src.error(
@@ -185,6 +216,7 @@ impl Loader {
         &mut self,
         src: &SourceText,
         v: &Spanned<DeValue>,
+        block: &str,
     ) -> HashMap<String, ShapingOptions> {
         let mut out = HashMap::new();
         let DeValue::Table(t) = v.get_ref() else {
@@ -192,10 +224,11 @@ impl Loader {
                 .push(src.error(span_of(v), "sources must be a table of source names"));
             return out;
         };
-        for (name, block) in t {
-            match block.get_ref() {
+        for (name, table) in t {
+            match table.get_ref() {
                 DeValue::Table(b) => {
-                    let o = self.options(src, b, &[]);
+                    let o =
+                        self.options(src, b, &[], &format!("{block}.sources.{}", name.get_ref()));
                     out.insert(name.get_ref().to_string(), o);
                 }
                 _ => self.errors.push(src.error(
@@ -209,11 +242,14 @@ impl Loader {
 
     fn domain(&mut self, src: &SourceText, name: &str, table: &DeTable) {
         const STRUCTURE: &[&str] = &["automation", "sources", "mx_rollup", "replace_base"];
-        let options = self.options(src, table, STRUCTURE);
         let replace = self.flag(src, table, "replace_base").unwrap_or(false);
+        if replace {
+            self.forget_origins(name);
+        }
+        let options = self.options(src, table, STRUCTURE, name);
         let mx_rollup = self.flag(src, table, "mx_rollup");
         let sources = match table.get("sources") {
-            Some(v) => self.sources(src, v),
+            Some(v) => self.sources(src, v, name),
             None => HashMap::new(),
         };
         let scope = if name == "default" {
@@ -266,8 +302,17 @@ impl Loader {
             "provider_connection_limit",
             "provider_max_message_rate",
         ];
-        let options = self.options(src, table, STRUCTURE);
+        let block = format!("provider.{name}");
         let replace = self.flag(src, table, "replace_base").unwrap_or(false);
+        if replace {
+            self.forget_origins(&block);
+        }
+        let options = self.options(src, table, STRUCTURE, &block);
+        for key in ["provider_connection_limit", "provider_max_message_rate"] {
+            if let Some(v) = table.get(key) {
+                self.origin(src, &block, key, v);
+            }
+        }
         let matches = table.get("match").map(|m| self.matches(src, m));
         let connection_limit =
             table
@@ -299,7 +344,7 @@ impl Loader {
             }
         });
         let sources = match table.get("sources") {
-            Some(v) => self.sources(src, v),
+            Some(v) => self.sources(src, v, &block),
             None => HashMap::new(),
         };
         let scope = Scope::Provider(name.into());

@@ -85,3 +85,93 @@ fn a_domains_egress_pool_sends_through_that_pool_and_a_reload_changes_it() {
     assert_eq!(peers("gmail.test", &got)[3..], ["127.0.0.2", "127.0.0.2"]);
     w.d.kill();
 }
+
+#[test]
+fn explain_names_the_block_and_line_of_every_option_of_a_layered_path() {
+    let shaping = "[provider.\"googleish\"]\nmatch = [{MXSuffix = \".gmail.test\"}]\nmax_message_rate = \"100/s\"\nconnection_limit = 5\n\n[\"gmail.test\"]\nmx_rollup = false\nconnection_limit = 3\n\n[\"gmail.test\".sources.\"ip-1\"]\nmax_deliveries_per_connection = 50\n";
+    let w = world(
+        &[("gmail.test", "mx.gmail.test")],
+        "",
+        shaping,
+        &format!("[queue.tenant.\"acme\"]\nmax_age = \"2h\"\n\n{TWO_POOLS}"),
+    );
+    let (status, body) = w.d.request(
+        "POST",
+        "/api/v1/throttles",
+        Some(r#"{"tenant":"acme","domain":"gmail.test","rate":"10/min","duration":"1h"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let v =
+        w.d.get_json("/api/v1/explain?tenant=acme&domain=gmail.test&source=ip-1");
+    assert_eq!(v["site"], "mx.gmail.test", "{v}");
+    let text = std::fs::read_to_string(w.d.dir.path().join("shaping.toml")).unwrap();
+    let line_of = |option: &str, after: &str| -> usize {
+        let start = text.find(after).unwrap();
+        text[..start].matches('\n').count()
+            + text[start..]
+                .lines()
+                .position(|l| l.starts_with(&format!("{option} =")))
+                .unwrap()
+            + 1
+    };
+    let options = &v["shaping"][0]["options"];
+    let expect = [
+        ("smtp_port", "default", "[\"default\"]"),
+        ("prohibited_hosts", "default", "[\"default\"]"),
+        (
+            "max_message_rate",
+            "provider.googleish",
+            "[provider.\"googleish\"]",
+        ),
+        ("connection_limit", "gmail.test", "[\"gmail.test\"]"),
+        (
+            "max_deliveries_per_connection",
+            "gmail.test.sources.ip-1",
+            "[\"gmail.test\".sources.\"ip-1\"]",
+        ),
+    ];
+    for (option, block, header) in expect {
+        let o = &options[option];
+        assert_eq!(o["block"], block, "{option}: {o}");
+        let at = o["at"].as_str().unwrap();
+        assert!(
+            at.ends_with(&format!("shaping.toml:{}", line_of(option, header))),
+            "{option} at {at}, expected line {} of\n{text}",
+            line_of(option, header)
+        );
+    }
+    assert_eq!(
+        options["connection_limit"]["value"], "3",
+        "the domain block wins"
+    );
+    assert_eq!(
+        v["shaping"][0]["blocks"],
+        serde_json::json!([
+            "default",
+            "provider.googleish",
+            "gmail.test",
+            "gmail.test.sources.ip-1"
+        ])
+    );
+    assert_eq!(v["queue_policy"]["max_age"]["value"], "2h");
+    assert_eq!(
+        v["queue_policy"]["max_age"]["from"],
+        "[queue.tenant.\"acme\"]"
+    );
+    assert_eq!(v["queue_policy"]["retry_interval"]["from"], "[queue]");
+    assert_eq!(v["throttles"][0]["rate"], "10/min");
+    // The same from the command line; a path without a tenant is a 400.
+    let (ok, out, err) = common::ctl(
+        &w.d,
+        &["explain", "--tenant", "acme", "--domain", "gmail.test"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("SHAPING via ip-1")
+            && out.contains("provider.googleish")
+            && out.contains("THROTTLES (1)"),
+        "{out}"
+    );
+    let (status, body) = w.d.get("/api/v1/explain?domain=gmail.test");
+    assert_eq!(status, 400, "{body}");
+}

@@ -363,6 +363,18 @@ impl Engine {
         self.queues().await.1.iter().map(|r| r.connections).sum()
     }
 
+    /// The route (site and hosts) of `domain`, as the scheduled queues see it.
+    pub async fn route(
+        &self,
+        domain: &str,
+    ) -> Result<crate::ports::Route, crate::ports::RouteError> {
+        self.queues
+            .ports
+            .resolver
+            .resolve(Arc::from(domain.to_ascii_lowercase()))
+            .await
+    }
+
     /// Put stored threshold windows back (at start).
     pub async fn restore_windows(&self, windows: Vec<StoredWindow>) -> Option<()> {
         self.classifier.send(RestoreWindows(windows)).await.ok()

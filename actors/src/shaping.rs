@@ -17,7 +17,7 @@ use crate::message::Reply;
 use crate::ports::{MxHost, Timeouts, TlsMode};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
@@ -722,6 +722,30 @@ pub struct Shaping {
     pub providers: Vec<Arc<Provider>>,
     /// Sites of the MX-rollup destination blocks.
     pub sites: SiteIndex,
+    /// Where each option of each block was set, for `explain`: block → option → origin.
+    /// Blocks are named `default`, `default.sources.S`, `provider.P`,
+    /// `provider.P.sources.S`, `D` and `D.sources.S`.
+    pub origins: HashMap<String, BTreeMap<String, Origin>>,
+}
+
+/// Where an option's value was written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Origin {
+    /// The value as written.
+    pub value: String,
+    /// `file:line`.
+    pub at: String,
+}
+
+/// One option of a path as `explain` shows it: its value, the block that gave it and where.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Explained {
+    /// The value as written.
+    pub value: String,
+    /// The block it came from.
+    pub block: String,
+    /// `file:line`.
+    pub at: String,
 }
 
 /// What shaping says about one (source, site): its options and the providers it belongs to.
@@ -787,6 +811,40 @@ impl Shaping {
             options: o,
             providers,
         }
+    }
+
+    /// The blocks layered for mail from `source` to `domain` on `site`, in order (later
+    /// wins), as named in [`Shaping::origins`].
+    pub fn layers(&self, domain: &str, site: &str, source: &str) -> Vec<String> {
+        let mut out = vec!["default".to_string(), format!("default.sources.{source}")];
+        for p in self.providers_for(domain, site) {
+            out.push(format!("provider.{}", p.name));
+            out.push(format!("provider.{}.sources.{source}", p.name));
+        }
+        if let Some((name, _)) = self.domain_block(domain, site) {
+            out.push(name.to_string());
+            out.push(format!("{name}.sources.{source}"));
+        }
+        out
+    }
+
+    /// Every option set for mail from `source` to `domain` on `site`, with the block and the
+    /// `file:line` its value comes from (the same layering as [`Shaping::path`]).
+    pub fn explain(&self, domain: &str, site: &str, source: &str) -> BTreeMap<String, Explained> {
+        let mut out = BTreeMap::new();
+        for layer in self.layers(domain, site, source) {
+            for (name, o) in self.origins.get(&layer).into_iter().flatten() {
+                out.insert(
+                    name.clone(),
+                    Explained {
+                        value: o.value.clone(),
+                        block: layer.clone(),
+                        at: o.at.clone(),
+                    },
+                );
+            }
+        }
+        out
     }
 
     /// The settings of the ready queue for `source` → `site`, first met through `domain`.

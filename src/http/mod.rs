@@ -7,6 +7,7 @@
 //! every `/api/v1` route but health needs `Authorization: Bearer TOKEN`.
 
 mod controls;
+mod explain;
 
 use crate::ingress::accept::Accepted;
 use crate::ingress::tenancy::{check_name, take_headers};
@@ -64,6 +65,7 @@ pub fn router(state: HttpState) -> Router {
         )
         .route("/api/v1/throttles/{id}", delete(controls::delete_throttle))
         .route("/api/v1/overrides", get(controls::list_overrides))
+        .route("/api/v1/explain", get(explain::explain))
         .route("/api/v1/overrides/{id}", delete(controls::delete_override))
         .route("/api/v1/queues", get(queues))
         .route(
