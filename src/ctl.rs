@@ -342,14 +342,7 @@ pub fn bounces(api: &Api, as_json: bool) -> Result<String, CtlError> {
 
 /// A query-string value, percent-encoded.
 fn query_value(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// `ctl explain`: why a tenant's mail to a domain behaves as it does.
