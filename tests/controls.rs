@@ -572,3 +572,58 @@ fn a_manual_bounce_with_a_duration_is_kept_listed_and_cancelled() {
     );
     assert_eq!(status, 400, "{body}");
 }
+
+#[test]
+fn set_domain_config_paces_only_the_triggering_domain_from_the_triggering_source() {
+    // a.test and b.test share one site (the same MX); a.test's provider verdict must not
+    // slow b.test down.
+    let responses = "[[rule]]\nrecipient_domain = \"a.test\"\nlimit = 1\ncode = 451\nmsg = \"4.7.0 You are sending too fast, slow down please\"\n";
+    let shaping = "[[\"a.test\".automation]]\nname = \"domain-slow\"\nregex = \"slow down please\"\naction = {SetDomainConfig={name=\"max_message_rate\", value=\"1/minute\"}}\nduration = \"1 hour\"\n";
+    let w = world(
+        &[("a.test", "mx.shared.test"), ("b.test", "mx.shared.test")],
+        responses,
+        shaping,
+        &format!("[queue]\nretry_interval = \"1s\"\nmax_retry_interval = \"1s\"\n\n{ONE_SOURCE}"),
+    );
+    send_as(&w.d, 1, "x@acme.example", "u@a.test", "acme");
+    w.d.wait_events("the override", |ev| !of(ev, "Override").is_empty());
+    let o = &list(&w.d, "/api/v1/overrides")[0];
+    assert_eq!(
+        (&o["source"], &o["site"], &o["domain"]),
+        (
+            &Value::from("ip-1"),
+            &Value::from("mx.shared.test"),
+            &Value::from("a.test")
+        ),
+        "{o}"
+    );
+    send_as(&w.d, 5, "y@acme.example", "u@a.test", "acme");
+    send_as(&w.d, 5, "z@acme.example", "u@b.test", "acme");
+    // b.test's five go at once over the shared ready queue.
+    let got = w.sink.wait("b.test's 5", Duration::from_secs(15), |g| {
+        g.iter()
+            .filter(|r| r["code"] == 250 && r["rcpts"][0] == "u@b.test")
+            .count()
+            >= 5
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let a = w
+        .sink
+        .received()
+        .iter()
+        .filter(|r| r["code"] == 250 && r["rcpts"][0] == "u@a.test")
+        .count();
+    assert!(
+        a <= 2,
+        "a.test not paced at 1/minute: {a} delivered; {got:?}"
+    );
+    // a.test has a ready queue of its own meanwhile.
+    let queues = w.d.get_json("/api/v1/queues");
+    let lanes: Vec<&str> = queues["ready"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["site"].as_str().unwrap())
+        .collect();
+    assert!(lanes.contains(&"mx.shared.test/a.test"), "{lanes:?}");
+}

@@ -13,7 +13,9 @@
 //!   tenant, campaign or ready queue);
 //! - `ThrottleTenant`, `ThrottleCampaign` → the SuspensionRegister as a throttle of the
 //!   tenant's (campaign's) mail to the site;
-//! - `SetConfig`, `SetDomainConfig` → the SuspensionRegister as a time-limited override;
+//! - `SetConfig`, `SetDomainConfig` → the SuspensionRegister as a time-limited override
+//!   (SetConfig: the source × site ready queue; SetDomainConfig: the triggering source's
+//!   mail to the triggering domain, which gets a ready queue of its own meanwhile);
 //! - `Bounce` → every TenantActor (their mail to the reply's domain, as KumoMTA scopes it);
 //!   `BounceTenant`, `BounceCampaign` → the TenantActor (its mail to the site); each also
 //!   → the SuspensionRegister as a bounce order for new arrivals until `duration` is over.
@@ -276,9 +278,12 @@ fn fire(effects: &Effects, rule: &Arc<str>, action: &Action, msg: &ReplySeen, ex
         created_ms: 0,
         expires_ms,
     };
-    let override_of = |source: Option<&str>, name: &str, value| Override {
+    // SetConfig: the (source, site) ready queue; SetDomainConfig (KumoMTA's scope): the
+    // triggering source's mail to the triggering domain only, in a ready queue of its own.
+    let override_of = |domain_only: bool, name: &str, value| Override {
         id: String::new(),
-        source: source.map(str::to_string),
+        domain_only,
+        source: Some(msg.source.to_string()),
         site: msg.site.to_string(),
         name: name.to_string(),
         value,
@@ -353,14 +358,14 @@ fn fire(effects: &Effects, rule: &Arc<str>, action: &Action, msg: &ReplySeen, ex
             };
             effects.register.do_send(Suspend(suspension(kind)))
         }
-        Action::SetConfig { name, value } => effects.register.do_send(SetOverride(override_of(
-            Some(&msg.source),
-            name,
-            value.clone(),
-        ))),
+        Action::SetConfig { name, value } => {
+            effects
+                .register
+                .do_send(SetOverride(override_of(false, name, value.clone())))
+        }
         Action::SetDomainConfig { name, value } => effects
             .register
-            .do_send(SetOverride(override_of(None, name, value.clone()))),
+            .do_send(SetOverride(override_of(true, name, value.clone()))),
         Action::ThrottleTenant(rate) => {
             effects.register.do_send(SetThrottle(throttle(None, *rate)))
         }

@@ -49,8 +49,28 @@ const PROVIDER_SLOT_RECHECK: Duration = Duration::from_millis(200);
 /// Messages (offers, requests of connections) that may wait in a ready queue's mailbox.
 const MAILBOX: usize = 256;
 
-/// (source name, site) of a ready queue.
+/// (source name, lane) of a ready queue: the lane is its site, or `site/domain` for a
+/// domain that has a ready queue of its own ([`lane_of`]).
 pub type ReadyKey = (Arc<str>, Arc<str>);
+
+/// The lane of `domain`'s mail on `site`: the site itself, shared by every domain of the
+/// site (MX rollup), or `site/domain` when the domain goes alone — its block says
+/// `mx_rollup = false`, or a SetDomainConfig override for it is in force.
+pub fn lane_of(site: &Arc<str>, domain: &str, alone: bool) -> Arc<str> {
+    if alone {
+        format!("{site}/{domain}").into()
+    } else {
+        site.clone()
+    }
+}
+
+/// Whether a ready queue's lane belongs to `site`.
+fn on_site(lane: &str, site: &str) -> bool {
+    lane == site
+        || lane
+            .strip_prefix(site)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
 
 /// Every ready queue, and what starting one needs.
 pub struct ReadyQueues {
@@ -80,9 +100,11 @@ impl ReadyQueues {
         site: &Arc<str>,
         hosts: &Arc<[MxHost]>,
         domain: &Arc<str>,
+        alone: bool,
     ) -> Addr<ReadyQueueActor> {
+        let lane = lane_of(site, domain, alone);
         self.registry
-            .get_or_start(&(source.name.clone(), site.clone()), |serial| {
+            .get_or_start(&(source.name.clone(), lane.clone()), |serial| {
                 let (source, site, hosts, domain, all) = (
                     source.clone(),
                     site.clone(),
@@ -90,32 +112,46 @@ impl ReadyQueues {
                     domain.clone(),
                     self.clone(),
                 );
+                let lane = Lane {
+                    name: lane,
+                    alone: alone.then(|| domain.clone()),
+                };
                 ReadyQueueActor::start_in_arbiter(&Arbiter::current(), move |_| {
-                    ReadyQueueActor::new(source, site, hosts, domain, all, serial)
+                    ReadyQueueActor::new(source, site, lane, hosts, domain, all, serial)
                 })
             })
     }
 
-    /// The running ready queue of (source, site), if there is one.
-    pub fn existing(&self, source: &str, site: &str) -> Option<Addr<ReadyQueueActor>> {
-        self.registry.get(&(Arc::from(source), Arc::from(site)))
+    /// The running ready queues of (source, site): the shared one and the lanes of domains
+    /// that go alone.
+    pub fn existing(&self, source: &str, site: &str) -> Vec<Addr<ReadyQueueActor>> {
+        self.registry
+            .filtered(|(s, lane)| &**s == source && on_site(lane, site))
     }
 
     /// Tell every ready queue of `site` (or every one) to recompute its settings.
     pub fn reshape(&self, site: Option<&str>) {
         for addr in self
             .registry
-            .filtered(|(_, s)| site.is_none_or(|site| &**s == site))
+            .filtered(|(_, lane)| site.is_none_or(|site| on_site(lane, site)))
         {
             addr.do_send(Reshape);
         }
     }
 }
 
-/// The ready queue for one (source, site).
+/// A ready queue's lane: its registry name and metrics `site` label, and the one domain it
+/// carries when that domain goes alone.
+struct Lane {
+    name: Arc<str>,
+    alone: Option<Arc<str>>,
+}
+
+/// The ready queue for one (source, site) — or (source, site, domain) for a domain alone.
 pub struct ReadyQueueActor {
     source: Arc<EgressSource>,
     site: Arc<str>,
+    lane: Lane,
     hosts: Arc<[MxHost]>,
     /// The hosts its connections may try, or why none may (`prohibited_hosts`, `skip_hosts`).
     targets: Result<Arc<[MxHost]>, Reply>,
@@ -153,9 +189,10 @@ pub struct ReadyQueueActor {
 
 impl ReadyQueueActor {
     /// A new, empty ready queue.
-    pub fn new(
+    fn new(
         source: Arc<EgressSource>,
         site: Arc<str>,
+        lane: Lane,
         hosts: Arc<[MxHost]>,
         domain: Arc<str>,
         all: Arc<ReadyQueues>,
@@ -164,7 +201,7 @@ impl ReadyQueueActor {
         let path = all.rules.shaping().path(&domain, &site, &source.name);
         let labels = [
             ("source", source.name.to_string()),
-            ("site", site.to_string()),
+            ("site", lane.name.to_string()),
         ];
         let ready_gauge = metrics::gauge!("switchyard_ready_messages", &labels);
         let connections_gauge = metrics::gauge!("switchyard_connections", &labels);
@@ -186,6 +223,7 @@ impl ReadyQueueActor {
             failures: 0,
             source,
             site,
+            lane,
             targets: Ok(hosts.clone()),
             hosts,
             all,
@@ -219,7 +257,10 @@ impl ReadyQueueActor {
             .iter()
             .map(|p| self.all.gates.gate(p, &self.source.name))
             .collect();
-        let over = self.all.view.overrides_for(&self.source.name, &self.site);
+        let over =
+            self.all
+                .view
+                .overrides_for(&self.source.name, &self.site, self.lane.alone.as_deref());
         let settings = PathSettings::from_options(&self.base.overlay(&over));
         self.message_limiter =
             Limiter::keep_or_new(self.message_limiter.take(), settings.max_message_rate);
@@ -444,7 +485,7 @@ impl Actor for ReadyQueueActor {
                         .is_some_and(|t| t.elapsed() >= act.all.reap_after);
                 if idle_long && !act.reaped {
                     act.reaped = true;
-                    let key = (act.source.name.clone(), act.site.clone());
+                    let key = (act.source.name.clone(), act.lane.name.clone());
                     act.all.registry.retire(&key, act.serial, 0);
                     ctx.stop();
                 }
@@ -608,9 +649,9 @@ impl Handler<ReadyQueueInfo> for ReadyQueueActor {
 
     fn handle(&mut self, _: ReadyQueueInfo, _: &mut Context<Self>) -> Self::Result {
         MessageResult(ReadyInfo {
-            name: format!("{}->{}", self.source.name, self.site),
+            name: format!("{}->{}", self.source.name, self.lane.name),
             source: self.source.name.to_string(),
-            site: self.site.to_string(),
+            site: self.lane.name.to_string(),
             messages: self.ready.len(),
             connections: self.connections,
             suspended: self.suspended,

@@ -778,6 +778,12 @@ impl Shaping {
             .map(|(n, d)| (n.as_str(), d))
     }
 
+    /// Whether `domain`'s own block says `mx_rollup = false`: its mail then has ready queues
+    /// of its own instead of sharing its site's.
+    pub fn alone(&self, domain: &str) -> bool {
+        self.domains.get(domain).is_some_and(|d| !d.mx_rollup)
+    }
+
     /// Providers matching `domain` on `site`, in file order.
     pub fn providers_for(&self, domain: &str, site: &str) -> Vec<Arc<Provider>> {
         let hosts = site_hosts(site);

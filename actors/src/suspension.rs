@@ -190,6 +190,10 @@ pub struct Override {
     /// The destination domain of the reply that fired the rule.
     #[serde(default)]
     pub domain: Option<String>,
+    /// SetDomainConfig, KumoMTA's scope: only `domain`'s mail from `source`, which goes to a
+    /// ready queue of its own while the override lasts.
+    #[serde(default)]
+    pub domain_only: bool,
     /// Created, ms since the epoch (0 for overrides stored before it was kept).
     #[serde(default)]
     pub created_ms: u64,
@@ -238,7 +242,8 @@ impl Override {
     }
 
     pub(crate) fn same_target(&self, o: &Override) -> bool {
-        (&self.source, &self.site, &self.name) == (&o.source, &o.site, &o.name)
+        let lane = |x: &Override| x.domain_only.then(|| x.domain.clone());
+        (&self.source, &self.site, &self.name, lane(self)) == (&o.source, &o.site, &o.name, lane(o))
     }
 }
 
@@ -328,8 +333,10 @@ impl SuspensionView {
             .filter(|&t| t > now_ms())
     }
 
-    /// The overrides in force for the ready queue of (source, site), layered in order.
-    pub fn overrides_for(&self, source: &str, site: &str) -> ShapingOptions {
+    /// The overrides in force for the ready queue of (source, site) — of `alone`'s own lane
+    /// when the queue carries one domain alone — layered in order. A domain-only override
+    /// (SetDomainConfig) applies to that domain's lane only.
+    pub fn overrides_for(&self, source: &str, site: &str, alone: Option<&str>) -> ShapingOptions {
         let state = self.read();
         let now = now_ms();
         let mut o = ShapingOptions::default();
@@ -337,11 +344,26 @@ impl SuspensionView {
             if x.site == site
                 && x.expires_ms > now
                 && x.source.as_deref().is_none_or(|s| s == source)
+                && (!x.domain_only || x.domain.as_deref() == alone)
             {
                 o = o.overlay(&x.options());
             }
         }
         o
+    }
+
+    /// Whether a domain-only override gives `domain`'s mail from `source` to `site` a ready
+    /// queue of its own now.
+    pub fn domain_alone(&self, source: &str, site: &str, domain: &str) -> bool {
+        let state = self.read();
+        let now = now_ms();
+        state.overrides.iter().any(|x| {
+            x.domain_only
+                && x.expires_ms > now
+                && x.site == site
+                && x.domain.as_deref() == Some(domain)
+                && x.source.as_deref().is_none_or(|s| s == source)
+        })
     }
 
     /// A tenant or campaign suspension is in force (new, extended or restored).

@@ -112,7 +112,7 @@ impl SuspensionRegister {
             SuspensionKind::Source => {
                 if let (Some(source), Some(site)) = (&s.source, &s.site) {
                     self.view.set_source(source, site, Some(s.expires_ms));
-                    if let Some(ready) = self.ready.existing(source, site) {
+                    for ready in self.ready.existing(source, site) {
                         ready.do_send(SourceSuspension { suspended: true });
                     }
                 }
@@ -130,7 +130,7 @@ impl SuspensionRegister {
             SuspensionKind::Source => {
                 if let (Some(source), Some(site)) = (&s.source, &s.site) {
                     self.view.set_source(source, site, None);
-                    if let Some(ready) = self.ready.existing(source, site) {
+                    for ready in self.ready.existing(source, site) {
                         ready.do_send(SourceSuspension { suspended: false });
                     }
                 }

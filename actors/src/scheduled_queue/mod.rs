@@ -131,7 +131,7 @@ pub struct ScheduledQueueActor {
     hold_seen: Option<(u64, Arc<str>, bool)>,
     /// Since when (ms) a suspension holds the queue.
     held_since: Option<u64>,
-    /// Ready queues this queue has handed messages to, by source.
+    /// Ready queues this queue has handed messages to, by source and lane.
     offered_to: HashMap<Arc<str>, Addr<ReadyQueueActor>>,
     /// How ready queues and connections reach this queue (set when it starts).
     line: Option<Arc<QueueLine>>,

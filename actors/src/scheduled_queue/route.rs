@@ -148,11 +148,21 @@ impl ScheduledQueueActor {
             }
             return;
         };
-        let ready = self
-            .all
-            .ready
-            .ready_queue(&source, &route.site, &route.hosts, &self.id.domain);
-        self.offered_to.insert(source.name.clone(), ready.clone());
+        // A domain goes alone (a ready queue of its own) when its block says
+        // `mx_rollup = false` or a SetDomainConfig override for it is in force.
+        let alone = self.all.ready.rules.shaping().alone(&self.id.domain)
+            || self
+                .all
+                .view
+                .domain_alone(&source.name, &route.site, &self.id.domain);
+        let ready =
+            self.all
+                .ready
+                .ready_queue(&source, &route.site, &route.hosts, &self.id.domain, alone);
+        // Keyed by source and lane: a domain may have offered to both its site's shared
+        // ready queue and its own, and a hold must pull back from each.
+        let offered_key: Arc<str> = format!("{}/{alone}", source.name).into();
+        self.offered_to.insert(offered_key.clone(), ready.clone());
         let keys: Vec<MessageKey> = messages.iter().map(|m| m.key).collect();
         let items = messages
             .iter()
@@ -204,7 +214,7 @@ impl ScheduledQueueActor {
                             // refused for a suspended source (pick another), or made room
                             // meanwhile: go again now.
                             if gone {
-                                act.offered_to.remove(&source_name);
+                                act.offered_to.remove(&offered_key);
                             }
                         } else {
                             act.blocked_until = Some(Instant::now() + READY_FULL_FALLBACK);
