@@ -53,11 +53,36 @@ async fn shutdown(
     }
 }
 
+/// Raise the open-files limit to its hard maximum (every SMTP session, outbound connection,
+/// spool and log file is a descriptor), and say what it is.
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a properly sized out-parameter for getrlimit/setrlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!("cannot read the open-files limit");
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            tracing::warn!(open_files = before, "cannot raise the open-files limit");
+            return;
+        }
+    }
+    tracing::info!(from = before, open_files = lim.rlim_cur, "open-files limit");
+}
+
 /// Run the daemon on `loaded` (read from `path`, or the embedded default) until a stop
 /// signal; SIGHUP reloads.
 pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<()> {
     let c = &loaded.config;
     let telemetry = Telemetry::install()?;
+    raise_open_files();
     telemetry.spawn_upkeep();
     let data_dir = &c.data_dir;
     std::fs::create_dir_all(data_dir)

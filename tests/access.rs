@@ -101,6 +101,44 @@ fn one_address_gets_a_bounded_number_of_sessions_unless_it_may_relay() {
     }
 }
 
+#[test]
+fn new_connections_from_one_address_are_paced_unless_it_may_relay() {
+    let d = Daemon::start(
+        "[smtp]\nrelay_hosts = [\"127.0.0.1/32\"]\nmax_connection_rate_per_ip = \"3/min\"\n",
+    );
+    let from = |ip: &str| Raw::from_stream(socket2_connect(ip, d.smtp));
+    // The burst (3), each closed at once: the rate counts connections, not sessions open.
+    for _ in 0..3 {
+        let mut r = from("127.0.0.3");
+        assert!(r.line().starts_with("220"));
+        r.send(b"QUIT\r\n");
+    }
+    assert!(
+        from("127.0.0.3").line().starts_with("421 4.7.0"),
+        "the fourth new connection within the minute"
+    );
+    assert!(
+        from("127.0.0.4").line().starts_with("220"),
+        "another address"
+    );
+    for _ in 0..10 {
+        assert!(from("127.0.0.1").line().starts_with("220"), "a relay host");
+    }
+}
+
+#[test]
+fn the_open_files_limit_is_raised_to_its_maximum_at_start() {
+    let d = Daemon::start("");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], fields[4], "soft = hard: {line}");
+    assert!(d.log().contains("open-files limit"), "{}", d.log());
+}
+
 /// A TCP connection to `to` from the local address `ip`.
 fn socket2_connect(ip: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
     let local: std::net::SocketAddr = format!("{ip}:0").parse().unwrap();

@@ -241,3 +241,148 @@ fn a_bare_lf_dot_lf_does_not_end_the_message() {
     );
     assert_eq!(d.metric("switchyard_spool_messages", ""), Some(1.0));
 }
+
+/// What the spool must hold for a DATA body sent as `sent` (without the end mark), as the
+/// README states it: every line break is CRLF (a bare LF becomes CRLF, a bare CR stays a CR),
+/// and a "." that starts a CRLF line is removed (dot-unstuffing, RFC 5321 §4.5.2) — the only
+/// end is <CRLF>.<CRLF>.
+fn stored_form(sent: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut line_start = true;
+    let mut i = 0;
+    while i < sent.len() {
+        let b = sent[i];
+        if line_start && b == b'.' {
+            line_start = false;
+            i += 1;
+            continue;
+        }
+        match b {
+            b'\n' => {
+                let after_cr = out.last() == Some(&b'\r') && i > 0 && sent[i - 1] == b'\r';
+                if !after_cr {
+                    out.push(b'\r');
+                }
+                out.push(b'\n');
+                line_start = after_cr;
+            }
+            _ => {
+                out.push(b);
+                line_start = false;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn a_smuggling_matrix_never_ends_data_early_and_is_stored_as_sent() {
+    let mut d = Daemon::start(&format!(
+        "{CONFIG}\n[routes]\n\"example.org\" = \"127.0.0.1:9\"\n"
+    ));
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "lf-dot-lf",
+            b"before\n.\nMAIL FROM:<ceo@bank.example>\r\nafter",
+        ),
+        (
+            "cr-dot-cr",
+            b"before\r.\rMAIL FROM:<ceo@bank.example>\r\nafter",
+        ),
+        (
+            "lf-dot-crlf",
+            b"before\n.\r\nMAIL FROM:<ceo@bank.example>\r\nafter",
+        ),
+        (
+            "crlf-dot-lf",
+            b"before\r\n.\nMAIL FROM:<ceo@bank.example>\r\nafter",
+        ),
+        ("nul-in-header", b"X-Nul: a\0b\r\n\r\nbody"),
+        (
+            "8bit-in-header",
+            "X-Name: Zoë Ørsted ünïcødé\r\n\r\nbody".as_bytes(),
+        ),
+    ];
+    let mut raw = Raw::connect(d.smtp);
+    assert!(raw.cmd("EHLO client.test").starts_with("250"));
+    let mut ids = Vec::new();
+    for (name, body) in cases {
+        assert!(raw.cmd("MAIL FROM:<a@example.com>").starts_with("250"));
+        assert!(raw
+            .cmd(&format!("RCPT TO:<{name}@example.org>"))
+            .starts_with("250"));
+        assert!(raw.cmd("DATA").starts_with("354"));
+        let mut message =
+            format!("Message-ID: <{name}@matrix.test>\r\nSubject: {name}\r\n").into_bytes();
+        message.extend_from_slice(body);
+        message.extend_from_slice(b"\r\n.\r\n");
+        raw.send(&message);
+        let reply = raw.reply();
+        assert!(reply.starts_with("250 2.0.0"), "{name}: {reply}");
+        ids.push((
+            name,
+            reply.rsplit(' ').next().unwrap().trim().to_string(),
+            message,
+        ));
+    }
+    assert!(
+        raw.cmd("QUIT").starts_with("221"),
+        "no forged command was read as one"
+    );
+    let receptions = d.wait_events("six receptions", |ev| {
+        ev.iter().filter(|e| e["type"] == "Reception").count() >= cases.len()
+    });
+    assert_eq!(
+        receptions
+            .iter()
+            .filter(|e| e["type"] == "Reception")
+            .count(),
+        cases.len(),
+        "one message per DATA, nothing smuggled"
+    );
+    d.kill();
+    let spool = switchyard::spool::Spool::open(&d.dir.path().join("data/spool"), 0).unwrap();
+    let stored: std::collections::HashMap<String, Vec<u8>> = spool
+        .queue_entries()
+        .map(|e| {
+            let (id, _, _) = e.unwrap();
+            let (_, body) = spool.read_message(id).unwrap().unwrap();
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let mid = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Message-ID: "))
+                .unwrap()
+                .trim()
+                .to_string();
+            (mid, body)
+        })
+        .collect();
+    for (name, _, message) in &ids {
+        // Without the end mark's ".\r\n"; its leading CRLF ends the last line.
+        let sent = &message[..message.len() - 3];
+        let want = stored_form(sent);
+        // The spool keeps the message in wire form (dot-stuffed) after the Received header
+        // switchyard adds: what the next hop reads is that, dot-unstuffed.
+        let kept = &stored[&format!("<{name}@matrix.test>")];
+        let from = kept.windows(11).position(|w| w == b"Message-ID:").unwrap();
+        assert!(
+            kept.iter()
+                .enumerate()
+                .all(|(i, b)| *b != b'\n' || (i > 0 && kept[i - 1] == b'\r')),
+            "{name}: a bare LF was kept"
+        );
+        let got = &stored_form(&kept[from..]);
+        assert_eq!(
+            String::from_utf8_lossy(got),
+            String::from_utf8_lossy(&want),
+            "{name}: stored differs from what was sent"
+        );
+        assert_eq!(got, &want, "{name}: bytes");
+        // And nothing the client sent as text ended the message: its last line is there.
+        assert!(
+            got.ends_with(b"after\r\n") || got.ends_with(b"body\r\n"),
+            "{name}"
+        );
+    }
+}

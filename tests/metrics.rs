@@ -358,3 +358,78 @@ fn campaign_labels_can_be_turned_off() {
     assert!(lines.len() >= 2, "{metrics}");
     assert!(lines.iter().all(|l| !l.contains("campaign=")), "{lines:?}");
 }
+
+#[test]
+fn counters_whose_labels_are_known_are_exported_at_zero_from_the_start() {
+    let w = world(
+        &[("ok.test", "mx.ok.test")],
+        "",
+        "[[\"ok.test\".automation]]\nname = \"ok-auth\"\nregex = \"does not have authentication\"\naction = [\"SuspendTenant\", {ThrottleTenant = \"10/min\"}]\nduration = \"1h\"\n",
+        "[tenant.\"acme\"]\n\n[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.2\"\n\n[[pool]]\nname = \"default\"\nsources = [{ source = \"ip-1\", weight = 1 }]\n",
+    );
+    let d = &w.d;
+    // Before any mail: the rule's counters and the configured tenant's reception count.
+    for (name, labels) in [
+        (
+            "switchyard_automation_fired_total",
+            "action=\"SuspendTenant\",rule=\"ok-auth\"",
+        ),
+        (
+            "switchyard_automation_fired_total",
+            "action=\"ThrottleTenant\",rule=\"ok-auth\"",
+        ),
+        ("switchyard_classifier_matches_total", "rule=\"ok-auth\""),
+        ("switchyard_received_total", "tenant=\"acme\""),
+    ] {
+        assert_eq!(d.metric(name, labels), Some(0.0), "{name}{{{labels}}}");
+    }
+    // A first message: its queue's every outcome and bounce class, its ready queue's every
+    // outcome.
+    send_as(d, 1, "a@acme.example", "u@ok.test", "acme");
+    d.wait_metric(
+        "switchyard_delivery_total",
+        "outcome=\"delivered\",tenant=\"acme\"",
+        1.0,
+    );
+    for (name, labels) in [
+        (
+            "switchyard_delivery_total",
+            "outcome=\"bounced\",tenant=\"acme\"",
+        ),
+        (
+            "switchyard_delivery_total",
+            "outcome=\"expired\",tenant=\"acme\"",
+        ),
+        (
+            "switchyard_delivery_total",
+            "outcome=\"admin_bounced\",tenant=\"acme\"",
+        ),
+        (
+            "switchyard_bounce_class_total",
+            "class=\"Uncategorized\",tenant=\"acme\"",
+        ),
+        (
+            "switchyard_ready_delivery_total",
+            "outcome=\"transient\",site=\"mx.ok.test\",source=\"ip-1\"",
+        ),
+    ] {
+        assert_eq!(d.metric(name, labels), Some(0.0), "{name}{{{labels}}}");
+    }
+    // A rule added by a reload counts from 0 at once.
+    let shaping = w.d.dir.path().join("shaping.toml");
+    let text = std::fs::read_to_string(&shaping).unwrap();
+    std::fs::write(
+        &shaping,
+        format!("{text}\n[[\"ok.test\".automation]]\nname = \"added\"\nregex = \"later\"\naction = \"Suspend\"\nduration = \"1h\"\n"),
+    )
+    .unwrap();
+    let (status, body) = d.request("POST", "/api/v1/reload", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        d.metric(
+            "switchyard_automation_fired_total",
+            "action=\"Suspend\",rule=\"added\""
+        ),
+        Some(0.0)
+    );
+}

@@ -257,6 +257,7 @@ pub struct RulesInForce {
 impl RulesInForce {
     /// These in force.
     pub fn new(shaping: Arc<Shaping>, rules: Arc<RuleBook>) -> RulesInForce {
+        rules.export_counters();
         RulesInForce {
             current: std::sync::RwLock::new((shaping, rules)),
         }
@@ -293,6 +294,7 @@ impl RulesInForce {
 
     /// Put reloaded shaping and rules in force.
     pub fn replace(&self, shaping: Arc<Shaping>, rules: Arc<RuleBook>) {
+        rules.export_counters();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = (shaping, rules);
     }
 }
@@ -359,6 +361,21 @@ impl RuleBook {
             })
             .collect::<Result<_, _>>()?;
         Ok(RuleBook { rules, scopes })
+    }
+
+    /// Export every rule's counters at 0 — `switchyard_classifier_matches_total{rule}` and
+    /// `switchyard_automation_fired_total{rule,action}` for each of its actions — so that
+    /// `increase()` and `rate()` see the first match and the first firing, not only the
+    /// second.
+    pub fn export_counters(&self) {
+        for r in &self.rules {
+            metrics::counter!("switchyard_classifier_matches_total", "rule" => r.name.to_string())
+                .increment(0);
+            for a in &r.actions {
+                metrics::counter!("switchyard_automation_fired_total", "rule" => r.name.to_string(), "action" => a.name())
+                    .increment(0);
+            }
+        }
     }
 
     /// The rules, by index.

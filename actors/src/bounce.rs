@@ -18,6 +18,15 @@ pub struct BounceClassifier {
 }
 
 impl BounceClassifier {
+    /// Every class it can give, [`UNCATEGORIZED`] included, each once.
+    pub fn classes(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.classes.iter().map(String::as_str).collect();
+        out.push(UNCATEGORIZED);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Compile (class, pattern) rules in priority order. On a bad pattern, its index and why.
     pub fn new(rules: &[(String, String)]) -> Result<BounceClassifier, (usize, String)> {
         for (i, (_, p)) in rules.iter().enumerate() {

@@ -203,6 +203,11 @@ impl ReadyQueueActor {
             ("source", source.name.to_string()),
             ("site", lane.name.to_string()),
         ];
+        // Every outcome at 0 from the start, so that increase() sees the first one.
+        for outcome in crate::record::OUTCOMES {
+            metrics::counter!("switchyard_ready_delivery_total", "source" => source.name.to_string(), "site" => site.to_string(), "outcome" => outcome)
+                .increment(0);
+        }
         let ready_gauge = metrics::gauge!("switchyard_ready_messages", &labels);
         let connections_gauge = metrics::gauge!("switchyard_connections", &labels);
         let providers = path

@@ -62,6 +62,16 @@ pub enum RecordKind {
     OverrideEnd,
 }
 
+/// The `outcome` label values of `switchyard_delivery_total` and
+/// `switchyard_ready_delivery_total`.
+pub const OUTCOMES: [&str; 5] = [
+    "delivered",
+    "transient",
+    "bounced",
+    "expired",
+    "admin_bounced",
+];
+
 /// One event. Fields that do not apply stay `None` and are left out of the line.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LogRecord {

@@ -160,6 +160,9 @@ pub struct SmtpConfig {
     pub max_connections: usize,
     /// Concurrent sessions from one client IP (`relay_hosts` exempt); more get `421 4.7.0`.
     pub max_connections_per_ip: usize,
+    /// New connections from one client IP (`relay_hosts` exempt); faster ones get
+    /// `421 4.7.0`. KumoMTA's rate syntax; the burst defaults to the count.
+    pub max_connection_rate_per_ip: Rate,
     /// AUTH failures from one client IP within a window before its AUTH is locked out.
     pub auth_failure_limit: CountPer,
     /// How long a client IP's AUTH stays locked out.
@@ -187,6 +190,7 @@ impl Default for SmtpConfig {
             idle_timeout: HumanDuration(std::time::Duration::from_secs(300)),
             max_connections: 2000,
             max_connections_per_ip: 100,
+            max_connection_rate_per_ip: Rate::new(300, std::time::Duration::from_secs(60)),
             auth_failure_limit: CountPer {
                 count: 5,
                 window: std::time::Duration::from_secs(600),

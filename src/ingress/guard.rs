@@ -1,8 +1,10 @@
 //! The ingress's guard against a client that asks too much: concurrent sessions per client
 //! IP, and AUTH failures.
 //!
-//! - Sessions: at most `[smtp] max_connections_per_ip` at once from one IP (`relay_hosts`
-//!   exempt: they are our own injectors); one more gets `421 4.7.0` at connect.
+//! - Sessions: at most `[smtp] max_connections_per_ip` at once from one IP, and new ones at
+//!   most at `max_connection_rate_per_ip` (default `"300/min"`, a GCRA with the count as
+//!   burst: one timestamp per IP) — `relay_hosts` exempt: they are our own injectors; one
+//!   more gets `421 4.7.0` at connect.
 //! - AUTH failures are counted per client IP: `auth_failure_limit` ("5/10m") failures within
 //!   the window lock that IP's AUTH out for `auth_lockout` (`454 4.7.0`, then the session
 //!   ends), without a password being checked — so guessing costs no argon2 time either.
@@ -26,6 +28,8 @@ const SWEEP_AT: usize = 4096;
 #[derive(Default)]
 struct Client {
     sessions: usize,
+    /// GCRA's theoretical arrival time of the next connection.
+    next_connection: Option<Instant>,
     failures: VecDeque<Instant>,
     locked_until: Option<Instant>,
 }
@@ -33,6 +37,7 @@ struct Client {
 /// Limits per client IP and per AUTH user name.
 pub struct Guard {
     per_ip: usize,
+    rate: crate::config::Rate,
     exempt: Vec<Cidr>,
     limit: CountPer,
     lockout: Duration,
@@ -67,9 +72,16 @@ pub struct Failure {
 
 impl Guard {
     /// A guard with the `[smtp]` limits.
-    pub fn new(per_ip: usize, exempt: Vec<Cidr>, limit: CountPer, lockout: Duration) -> Arc<Guard> {
+    pub fn new(
+        per_ip: usize,
+        rate: crate::config::Rate,
+        exempt: Vec<Cidr>,
+        limit: CountPer,
+        lockout: Duration,
+    ) -> Arc<Guard> {
         Arc::new(Guard {
             per_ip,
+            rate,
             exempt,
             limit,
             lockout,
@@ -90,14 +102,26 @@ impl Guard {
                 ip: None,
             });
         }
+        let now = Instant::now();
         let mut clients = self.lock_clients();
         sweep(&mut clients, |c| {
-            c.sessions == 0 && c.failures.is_empty() && c.locked_until.is_none()
+            c.sessions == 0
+                && c.failures.is_empty()
+                && c.locked_until.is_none()
+                && c.next_connection.is_none_or(|t| t <= now)
         });
         let c = clients.entry(ip).or_default();
         if c.sessions >= self.per_ip {
             return None;
         }
+        // GCRA: one connection every `per / count`, up to `burst` ahead of that pace.
+        let interval = self.rate.per / self.rate.count.clamp(1, u32::MAX as u64) as u32;
+        let slack = interval * (self.rate.burst().min(u32::MAX as u64) as u32).saturating_sub(1);
+        let tat = c.next_connection.map_or(now, |t| t.max(now));
+        if tat > now + slack {
+            return None;
+        }
+        c.next_connection = Some(tat + interval);
         c.sessions += 1;
         Some(SessionSlot {
             guard: self.clone(),
@@ -183,6 +207,7 @@ mod tests {
     fn guard() -> Arc<Guard> {
         Guard::new(
             2,
+            "4/min".parse().unwrap(),
             vec!["10.0.0.0/8".parse().unwrap()],
             CountPer {
                 count: 3,
@@ -203,6 +228,21 @@ mod tests {
         assert!(g.open(ip).is_some());
         let exempt: IpAddr = "10.1.2.3".parse().unwrap();
         let _all: Vec<_> = (0..10).map(|_| g.open(exempt).unwrap()).collect();
+    }
+
+    #[test]
+    fn new_connections_per_ip_are_paced_and_relay_hosts_are_not() {
+        let g = guard();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        // A burst of 4 ("4/min"), then one every 15 s.
+        for _ in 0..4 {
+            assert!(g.open(ip).is_some());
+        }
+        assert!(g.open(ip).is_none(), "the fifth within the minute");
+        let other: IpAddr = "192.0.2.10".parse().unwrap();
+        assert!(g.open(other).is_some(), "another address has its own pace");
+        let exempt: IpAddr = "10.9.9.9".parse().unwrap();
+        assert!((0..50).all(|_| g.open(exempt).is_some()));
     }
 
     #[test]

@@ -73,6 +73,17 @@ impl Ingress {
         engine: Arc<switchyard_actors::engine::Engine>,
     ) -> anyhow::Result<Arc<Ingress>> {
         let c = &loaded.config;
+        // The tenants known from the config count from 0, so that increase() sees their
+        // first message.
+        let known = c
+            .tenant
+            .keys()
+            .cloned()
+            .chain(c.smtp.user.iter().map(|u| u.tenant.get_ref().clone()))
+            .chain([c.tenancy.default_tenant.clone()]);
+        for tenant in known {
+            metrics::counter!("switchyard_received_total", "tenant" => tenant).increment(0);
+        }
         let tls = match (&c.smtp.tls_certificate, &c.smtp.tls_private_key) {
             (Some(cert), Some(key)) => Some(tls_acceptor(
                 &loaded.resolve(cert.get_ref()),
@@ -95,6 +106,7 @@ impl Ingress {
             ),
             guard: guard::Guard::new(
                 c.smtp.max_connections_per_ip,
+                c.smtp.max_connection_rate_per_ip,
                 c.smtp.relay_hosts.values.clone(),
                 c.smtp.auth_failure_limit,
                 c.smtp.auth_lockout.0,

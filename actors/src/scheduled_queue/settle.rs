@@ -39,7 +39,16 @@ enum Fate {
 }
 
 impl Fate {
-    fn outcome(self) -> &'static str {
+    const ALL: [Fate; 5] = [
+        Fate::Delivered,
+        Fate::Transient,
+        Fate::Bounced,
+        Fate::Expired,
+        Fate::AdminBounced,
+    ];
+
+    /// The outcome label.
+    pub(crate) fn outcome(self) -> &'static str {
         match self {
             Fate::Delivered => "delivered",
             Fate::Transient => "transient",
@@ -70,17 +79,33 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub fn new(id: &QueueIdentity, campaign_labels: bool) -> Counters {
+    /// The queue's series; every outcome, and every bounce class of its tenant, exported at
+    /// 0 from the start so that `increase()` sees the first one.
+    pub fn new(id: &QueueIdentity, campaign_labels: bool, bounce_classes: &[&str]) -> Counters {
         let mut labels = vec![("tenant", id.tenant.to_string())];
         if campaign_labels {
             labels.push(("campaign", id.campaign.as_deref().unwrap_or("").to_string()));
         }
         let mut gauge_labels = labels.clone();
         gauge_labels.push(("domain", id.domain.to_string()));
+        let delivery = Fate::ALL
+            .iter()
+            .map(|&fate| {
+                let mut l = labels.clone();
+                l.push(("outcome", fate.outcome().to_string()));
+                let c = metrics::counter!("switchyard_delivery_total", &l);
+                c.increment(0);
+                (fate, c)
+            })
+            .collect();
+        for class in bounce_classes {
+            metrics::counter!("switchyard_bounce_class_total", "tenant" => id.tenant.to_string(), "class" => class.to_string())
+                .increment(0);
+        }
         Counters {
             queued: metrics::gauge!("switchyard_scheduled_messages", &gauge_labels),
             labels,
-            delivery: HashMap::new(),
+            delivery,
             ready_delivery: HashMap::new(),
         }
     }
@@ -198,5 +223,16 @@ impl ScheduledQueueActor {
                 self.all.ports.events.write_final(record, m.key, spool);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fate;
+
+    #[test]
+    fn the_outcome_labels_are_the_records_list() {
+        let labels: Vec<&str> = Fate::ALL.iter().map(|f| f.outcome()).collect();
+        assert_eq!(labels, crate::record::OUTCOMES);
     }
 }
