@@ -386,3 +386,33 @@ fn a_smuggling_matrix_never_ends_data_early_and_is_stored_as_sent() {
         );
     }
 }
+
+#[test]
+fn a_client_trickling_a_command_a_byte_at_a_time_gets_421_like_a_silent_one() {
+    // Slowloris: each byte comes well within idle_timeout (2 s), the line never within it.
+    let d = Daemon::start(CONFIG);
+    let mut raw = Raw::connect(d.smtp);
+    let mut writer = raw.stream.try_clone().unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    let line = b"EHLO slow.client.test\r\n";
+    let trickle = std::thread::spawn(move || {
+        for b in line {
+            if std::io::Write::write_all(&mut writer, &[*b]).is_err() {
+                return;
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    });
+    let reply = raw.reply();
+    let when = sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(reply.starts_with("421 4.4.2"), "{reply:?}");
+    assert!(
+        when < line.len(),
+        "answered only after the whole line ({when} of {} bytes)",
+        line.len()
+    );
+    trickle.join().unwrap();
+    still_serving(&d);
+}

@@ -154,7 +154,8 @@ pub struct SmtpConfig {
     pub tls_private_key: Option<Spanned<PathBuf>>,
     /// Offer AUTH without TLS (only for trusted networks).
     pub allow_plaintext_auth: bool,
-    /// A client silent this long gets `421` and is dropped.
+    /// A command line must arrive whole within this (a silent client, or one trickling a
+    /// byte at a time, gets `421` and is dropped); each read of DATA within it too.
     pub idle_timeout: HumanDuration,
     /// Concurrent client sessions; more get `421` at connect.
     pub max_connections: usize,

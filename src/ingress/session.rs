@@ -728,7 +728,9 @@ fn split_address_literal(line: &[u8]) -> Option<(Vec<u8>, String)> {
 }
 
 /// Read one line of at most `max` octets (LF included). A longer line is read to its end and
-/// thrown away without being buffered, and reported as [`Input::TooLong`].
+/// thrown away without being buffered, and reported as [`Input::TooLong`]. The whole line
+/// must arrive within `idle`, not each of its pieces: a client trickling a byte at a time
+/// (slowloris) gets [`Input::Timeout`] like a silent one.
 async fn read_line<R: AsyncBufRead + Unpin>(
     r: &mut R,
     max: usize,
@@ -736,8 +738,9 @@ async fn read_line<R: AsyncBufRead + Unpin>(
 ) -> std::io::Result<Input> {
     let mut line = Vec::new();
     let mut too_long = false;
+    let deadline = tokio::time::Instant::now() + idle;
     loop {
-        let chunk = match tokio::time::timeout(idle, r.fill_buf()).await {
+        let chunk = match tokio::time::timeout_at(deadline, r.fill_buf()).await {
             Err(_) => return Ok(Input::Timeout),
             Ok(c) => c?,
         };
