@@ -259,16 +259,31 @@ fn compress_later(path: PathBuf) {
 /// the middle of a write may leave half a record).
 fn cut_partial_line(path: &Path) {
     let result = (|| -> std::io::Result<Option<u64>> {
-        let data = std::fs::read(path)?;
-        let whole = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        if whole == data.len() {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        // Read back from the end a block at a time, up to the last line break: a segment may
+        // be hundreds of MiB, its torn record a few hundred bytes.
+        let mut end = len;
+        let mut block = vec![0u8; 64 * 1024];
+        let whole = loop {
+            if end == 0 {
+                break 0;
+            }
+            let start = end.saturating_sub(block.len() as u64);
+            let n = (end - start) as usize;
+            file.seek(SeekFrom::Start(start))?;
+            file.read_exact(&mut block[..n])?;
+            if let Some(i) = block[..n].iter().rposition(|b| *b == b'\n') {
+                break start + i as u64 + 1;
+            }
+            end = start;
+        };
+        if whole == len {
             return Ok(None);
         }
-        OpenOptions::new()
-            .write(true)
-            .open(path)?
-            .set_len(whole as u64)?;
-        Ok(Some((data.len() - whole) as u64))
+        file.set_len(whole)?;
+        Ok(Some(len - whole))
     })();
     match result {
         Ok(None) => {}

@@ -14,17 +14,26 @@ pub const UNCATEGORIZED: &str = "Uncategorized";
 #[derive(Debug, Clone)]
 pub struct BounceClassifier {
     set: RegexSet,
+    /// The class of each rule, by the rule's index in `set`.
     classes: Vec<String>,
+    /// Every class it can give, [`UNCATEGORIZED`] included, each once (worked out once:
+    /// every scheduled queue exports its tenant's counters of them at 0).
+    distinct: Vec<String>,
+}
+
+/// `classes` and [`UNCATEGORIZED`], sorted, each once.
+fn distinct(classes: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = classes.to_vec();
+    out.push(UNCATEGORIZED.to_string());
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 impl BounceClassifier {
     /// Every class it can give, [`UNCATEGORIZED`] included, each once.
-    pub fn classes(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = self.classes.iter().map(String::as_str).collect();
-        out.push(UNCATEGORIZED);
-        out.sort_unstable();
-        out.dedup();
-        out
+    pub fn classes(&self) -> &[String] {
+        &self.distinct
     }
 
     /// Compile (class, pattern) rules in priority order. On a bad pattern, its index and why.
@@ -35,9 +44,11 @@ impl BounceClassifier {
             }
         }
         let set = RegexSet::new(rules.iter().map(|(_, p)| p)).map_err(|e| (0, e.to_string()))?;
+        let classes: Vec<String> = rules.iter().map(|(c, _)| c.clone()).collect();
         Ok(BounceClassifier {
             set,
-            classes: rules.iter().map(|(c, _)| c.clone()).collect(),
+            distinct: distinct(&classes),
+            classes,
         })
     }
 
@@ -46,6 +57,7 @@ impl BounceClassifier {
         BounceClassifier {
             set: RegexSet::empty(),
             classes: Vec::new(),
+            distinct: distinct(&[]),
         }
     }
 

@@ -114,6 +114,25 @@ impl QueuePolicies {
         }
     }
 
+    /// The scopes that apply to the scheduled queue `id`, in the order they are layered
+    /// (later wins), each with its section name: `[queue.domain."D"]`,
+    /// `[queue.tenant."T"]`, `[queue.campaign."C:T"]`.
+    pub fn layers_for(&self, id: &QueueIdentity) -> Vec<(String, &PolicyLayer)> {
+        let mut out = Vec::new();
+        if let Some(l) = self.domains.get(&*id.domain) {
+            out.push((format!("[queue.domain.\"{}\"]", id.domain), l));
+        }
+        if let Some(l) = self.tenants.get(&*id.tenant) {
+            out.push((format!("[queue.tenant.\"{}\"]", id.tenant), l));
+        }
+        if let Some(c) = &id.campaign {
+            if let Some(l) = self.campaigns.get(&(id.tenant.to_string(), c.to_string())) {
+                out.push((format!("[queue.campaign.\"{c}:{}\"]", id.tenant), l));
+            }
+        }
+        out
+    }
+
     /// The policy of the scheduled queue `id`.
     pub fn policy_for(&self, id: &QueueIdentity) -> QueuePolicy {
         let mut p = QueuePolicy {
@@ -121,16 +140,8 @@ impl QueuePolicies {
             egress_pool: None,
             max_message_rate: None,
         };
-        if let Some(l) = self.domains.get(&*id.domain) {
+        for (_, l) in self.layers_for(id) {
             l.apply(&mut p);
-        }
-        if let Some(l) = self.tenants.get(&*id.tenant) {
-            l.apply(&mut p);
-        }
-        if let Some(c) = &id.campaign {
-            if let Some(l) = self.campaigns.get(&(id.tenant.to_string(), c.to_string())) {
-                l.apply(&mut p);
-            }
         }
         p
     }

@@ -28,35 +28,18 @@ fn stopped() -> ApiError {
     ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into())
 }
 
-/// Where a queue policy value comes from: the most specific section that sets it.
+/// Where a queue policy value comes from: the last layered section that sets it.
 fn policy_source(
     policies: &switchyard_actors::queue_policy::QueuePolicies,
     id: &QueueIdentity,
     set: impl Fn(&switchyard_actors::queue_policy::PolicyLayer) -> bool,
 ) -> String {
-    let campaign = id.campaign.as_deref().and_then(|c| {
-        policies
-            .campaigns
-            .get(&(id.tenant.to_string(), c.to_string()))
-            .filter(|l| set(l))
-            .map(|_| format!("[queue.campaign.\"{c}:{}\"]", id.tenant))
-    });
-    campaign
-        .or_else(|| {
-            policies
-                .tenants
-                .get(&*id.tenant)
-                .filter(|l| set(l))
-                .map(|_| format!("[queue.tenant.\"{}\"]", id.tenant))
-        })
-        .or_else(|| {
-            policies
-                .domains
-                .get(&*id.domain)
-                .filter(|l| set(l))
-                .map(|_| format!("[queue.domain.\"{}\"]", id.domain))
-        })
-        .unwrap_or_else(|| "[queue]".into())
+    policies
+        .layers_for(id)
+        .into_iter()
+        .rev()
+        .find(|(_, l)| set(l))
+        .map_or_else(|| "[queue]".into(), |(section, _)| section)
 }
 
 pub(super) async fn explain(

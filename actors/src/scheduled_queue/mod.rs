@@ -156,7 +156,7 @@ impl ScheduledQueueActor {
         parent: Recipient<QueueGone>,
         serial: u64,
     ) -> Self {
-        let counters = Counters::new(&id, all.campaign_labels, &all.bounces.classes());
+        let counters = Counters::new(&id, all.campaign_labels, all.bounces.classes());
         let policy = all.policies.get().policy_for(&id);
         ScheduledQueueActor {
             name: id.name(),

@@ -81,7 +81,7 @@ pub(crate) struct Counters {
 impl Counters {
     /// The queue's series; every outcome, and every bounce class of its tenant, exported at
     /// 0 from the start so that `increase()` sees the first one.
-    pub fn new(id: &QueueIdentity, campaign_labels: bool, bounce_classes: &[&str]) -> Counters {
+    pub fn new(id: &QueueIdentity, campaign_labels: bool, bounce_classes: &[String]) -> Counters {
         let mut labels = vec![("tenant", id.tenant.to_string())];
         if campaign_labels {
             labels.push(("campaign", id.campaign.as_deref().unwrap_or("").to_string()));
@@ -99,7 +99,7 @@ impl Counters {
             })
             .collect();
         for class in bounce_classes {
-            metrics::counter!("switchyard_bounce_class_total", "tenant" => id.tenant.to_string(), "class" => class.to_string())
+            metrics::counter!("switchyard_bounce_class_total", "tenant" => id.tenant.to_string(), "class" => class.clone())
                 .increment(0);
         }
         Counters {
