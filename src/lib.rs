@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
+pub mod fuzzing;
 pub mod http;
 pub mod ingress;
 pub mod logs;

@@ -103,10 +103,9 @@ impl DataReader {
             let b = input[i];
             i += 1;
             self.state = match (self.state, b) {
-                (State::LineStart, b'.') => {
-                    self.count_line(1);
-                    State::Dot
-                }
+                // The dot is not counted: RFC 5321 §4.5.3.1.6 leaves out the dot doubled for
+                // transparency, which the relayed form may get back.
+                (State::LineStart, b'.') => State::Dot,
                 (State::Dot, b'\r') => State::DotCr,
                 (State::DotCr, b'\n') => return Some(i),
                 // ".X": a stuffed dot; the dot itself is dropped.
@@ -118,6 +117,7 @@ impl DataReader {
                 }
                 (State::Cr, b'\n') => {
                     self.push(b'\n');
+                    self.count_line(1);
                     self.line_len = 0;
                     State::LineStart
                 }
@@ -159,6 +159,7 @@ impl DataReader {
                 // purpose of finding the end mark.
                 self.push(b'\r');
                 self.push(b'\n');
+                self.count_line(2);
                 self.line_len = 0;
                 State::Text
             }
@@ -303,5 +304,26 @@ mod tests {
         let mut ok = vec![b'a'; 998];
         ok.extend_from_slice(b"\r\n.\r\n");
         assert!(read(&ok, 1 << 20).1.is_ok());
+    }
+
+    /// 1000 octets with the CRLF, leaving out a dot doubled for transparency (RFC 5321
+    /// §4.5.3.1.6); a bare LF counts as the CRLF it is stored as.
+    #[test]
+    fn line_limit_is_exact() {
+        let line = |head: &[u8], n: usize, tail: &[u8]| {
+            let mut v = head.to_vec();
+            v.extend(std::iter::repeat_n(b'a', n));
+            v.extend_from_slice(tail);
+            v.extend_from_slice(b"\r\n.\r\n");
+            read(&v, 1 << 20).1.map(|_| ())
+        };
+        assert_eq!(line(b"", 998, b"\r\n"), Ok(()));
+        assert_eq!(line(b"", 999, b"\r\n"), Err(DataProblem::LineTooLong));
+        assert_eq!(line(b".", 998, b"\r\n"), Ok(()), "stuffed dot");
+        assert_eq!(line(b"", 998, b"\n"), Ok(()));
+        assert_eq!(line(b"", 999, b"\n"), Err(DataProblem::LineTooLong), "stored as CRLF");
+        // Found by the data_reader fuzz target: a line after a bare LF that starts with a
+        // dot gets the dot doubled when relayed, which must not make it too long.
+        assert_eq!(line(b"x\n.", 997, b"\r\n"), Ok(()));
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod accept;
 pub mod auth;
+pub mod command;
 pub mod data;
 pub mod guard;
 pub mod session;

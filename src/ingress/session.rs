@@ -14,7 +14,8 @@ use super::tenancy::{check_name, take_headers};
 use super::Ingress;
 use crate::logs::{LogRecord, RecordKind};
 use crate::spool::MessageId;
-use smtp_proto::{Error as ParseError, Request, AUTH_LOGIN, AUTH_PLAIN};
+use super::command::parse_command;
+use smtp_proto::{Request, AUTH_LOGIN, AUTH_PLAIN};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,6 +27,9 @@ pub const MAX_COMMAND_LINE: usize = 512;
 const MAX_AUTH_LINE: usize = 12_288;
 /// Bad commands before the session is dropped, as Postfix's `smtpd_hard_error_limit`.
 const MAX_ERRORS: u32 = 20;
+/// NOOP, RSET, VRFY and HELP commands between two messages before each one more counts as
+/// an error (Postfix's `smtpd_junk_command_limit`): a client cannot idle forever on them.
+const MAX_JUNK_COMMANDS: u32 = 100;
 /// Failed AUTH attempts before the session is dropped.
 const MAX_AUTH_FAILURES: u32 = 3;
 /// Reply bytes buffered before they are written even if more commands are pipelined.
@@ -73,6 +77,8 @@ pub struct Session {
     auth_tenant: Option<String>,
     auth_failures: u32,
     errors: u32,
+    /// Junk commands since the last message (see [`MAX_JUNK_COMMANDS`]).
+    junk: u32,
     transaction: Option<Transaction>,
     out: Vec<u8>,
 }
@@ -96,6 +102,7 @@ impl Session {
             auth_tenant: None,
             auth_failures: 0,
             errors: 0,
+            junk: 0,
             transaction: None,
             out: Vec::with_capacity(1024),
         }
@@ -227,60 +234,28 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        // smtp-proto does not take address literals (`user@[127.0.0.1]`, RFC 5321 §4.1.3):
-        // parse with a placeholder domain and put the literal back.
-        let literal = split_address_literal(line);
-        let line = literal.as_ref().map(|(l, _)| l.as_slice()).unwrap_or(line);
-        let request = match Request::parse(&mut line.iter()) {
-            Ok(Request::Rcpt { mut to }) if literal.is_some() => {
-                let lit = literal
-                    .as_ref()
-                    .map(|(_, lit)| lit.as_str())
-                    .unwrap_or_default();
-                to.address = to.address.replace(LITERAL_PLACEHOLDER, lit).into();
-                Request::Rcpt { to }
-            }
-            Ok(Request::Mail { mut from }) if literal.is_some() => {
-                let lit = literal
-                    .as_ref()
-                    .map(|(_, lit)| lit.as_str())
-                    .unwrap_or_default();
-                from.address = from.address.replace(LITERAL_PLACEHOLDER, lit).into();
-                Request::Mail { from }
-            }
+        let request = match parse_command(line) {
             Ok(r) => r,
-            Err(e) => {
-                let (code, text) = match e {
-                    ParseError::UnknownCommand => (500, "5.5.1 Unknown command".to_string()),
-                    ParseError::InvalidSenderAddress => {
-                        (501, "5.1.7 Invalid sender address".into())
-                    }
-                    ParseError::InvalidRecipientAddress => {
-                        (501, "5.1.3 Invalid recipient address".into())
-                    }
-                    ParseError::SyntaxError { syntax } => (501, format!("5.5.4 Syntax: {syntax}")),
-                    ParseError::InvalidParameter { param } => {
-                        (501, format!("5.5.4 Invalid parameter {param}"))
-                    }
-                    ParseError::UnsupportedParameter { param } => (
-                        555,
-                        format!(
-                            "5.5.4 Unsupported parameter {}",
-                            param.chars().take(40).collect::<String>()
-                        ),
-                    ),
-                    _ => (500, "5.5.2 Syntax error".into()),
-                };
+            Err((code, text)) => {
                 self.error(code, &text);
                 return Ok(Next::Continue);
             }
         };
+        if matches!(
+            request,
+            Request::Noop { .. } | Request::Rset | Request::Vrfy { .. } | Request::Help { .. }
+        ) {
+            self.junk += 1;
+            if self.junk > MAX_JUNK_COMMANDS {
+                self.errors += 1;
+            }
+        }
         match request {
-            Request::Ehlo { host } => self.hello(host.into_owned(), true),
-            Request::Helo { host } => self.hello(host.into_owned(), false),
+            Request::Ehlo { host } => self.hello(host, true),
+            Request::Helo { host } => self.hello(host, false),
             Request::Lhlo { .. } => self.error(500, "5.5.1 LHLO is for LMTP"),
-            Request::Mail { from } => self.mail(from.address.into_owned(), from.size),
-            Request::Rcpt { to } => self.rcpt(to.address.into_owned()),
+            Request::Mail { from } => self.mail(from.address, from.size),
+            Request::Rcpt { to } => self.rcpt(to.address),
             Request::Data => return self.data(io).await,
             Request::Rset => {
                 self.transaction = None;
@@ -303,7 +278,7 @@ impl Session {
                 initial_response,
             } => {
                 return self
-                    .auth(mechanism, initial_response.into_owned(), io)
+                    .auth(mechanism, initial_response, io)
                     .await
             }
             Request::Bdat { .. }
@@ -560,9 +535,12 @@ impl Session {
         self.flush(io.get_mut()).await?;
         let data_started = Instant::now();
         let mut reader = DataReader::new(self.ctx.smtp.max_message_size.0 as usize, declared_size);
+        // Each line must arrive whole within idle_timeout (Postfix's smtpd_per_record_deadline),
+        // so a client trickling its message a byte at a time is dropped like a silent one.
         let idle = self.ctx.smtp.idle_timeout.0;
+        let mut deadline = tokio::time::Instant::now() + idle;
         loop {
-            let chunk = match tokio::time::timeout(idle, io.fill_buf()).await {
+            let chunk = match tokio::time::timeout_at(deadline, io.fill_buf()).await {
                 Err(_) => {
                     self.transaction = None;
                     let host = self.ctx.hostname.clone();
@@ -577,6 +555,7 @@ impl Session {
                 return Ok(Next::Close);
             }
             let n = chunk.len();
+            let line_ended = memchr::memchr(b'\n', chunk).is_some();
             match reader.feed(chunk) {
                 Some(end) => {
                     io.consume(end);
@@ -584,7 +563,11 @@ impl Session {
                 }
                 None => io.consume(n),
             }
+            if line_ended {
+                deadline = tokio::time::Instant::now() + idle;
+            }
         }
+        self.junk = 0;
         let Some(tx) = self.transaction.take() else {
             return Ok(Next::Continue);
         };
@@ -694,39 +677,6 @@ impl Session {
     }
 }
 
-/// Stands in for an address literal while smtp-proto parses the command.
-const LITERAL_PLACEHOLDER: &str = "address-literal.invalid";
-
-/// If `line` is a MAIL/RCPT command whose address has a valid address-literal domain, the
-/// line with the literal replaced by [`LITERAL_PLACEHOLDER`], and the literal.
-fn split_address_literal(line: &[u8]) -> Option<(Vec<u8>, String)> {
-    let head = line.get(..5)?;
-    if !head.eq_ignore_ascii_case(b"RCPT ") && !head.eq_ignore_ascii_case(b"MAIL ") {
-        return None;
-    }
-    let start = line.windows(2).position(|w| w == b"@[")? + 1;
-    let len = line[start..].iter().position(|&b| b == b']')? + 1;
-    if line.get(start + len) != Some(&b'>') {
-        return None;
-    }
-    let literal = std::str::from_utf8(&line[start..start + len]).ok()?;
-    let inner = &literal[1..literal.len() - 1];
-    let valid = match inner.get(..5) {
-        Some(p) if p.eq_ignore_ascii_case("IPv6:") => {
-            inner[5..].parse::<std::net::Ipv6Addr>().is_ok()
-        }
-        _ => inner.parse::<std::net::Ipv4Addr>().is_ok(),
-    };
-    if !valid {
-        return None;
-    }
-    let mut rewritten = Vec::with_capacity(line.len());
-    rewritten.extend_from_slice(&line[..start]);
-    rewritten.extend_from_slice(LITERAL_PLACEHOLDER.as_bytes());
-    rewritten.extend_from_slice(&line[start + len..]);
-    Some((rewritten, literal.to_string()))
-}
-
 /// Read one line of at most `max` octets (LF included). A longer line is read to its end and
 /// thrown away without being buffered, and reported as [`Input::TooLong`]. The whole line
 /// must arrive within `idle`, not each of its pieces: a client trickling a byte at a time
@@ -767,24 +717,5 @@ async fn read_line<R: AsyncBufRead + Unpin>(
                 Input::Line(line)
             });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn address_literals() {
-        let (line, lit) =
-            split_address_literal(b"RCPT TO:<nobody@[127.0.0.1]> NOTIFY=NEVER\r\n").unwrap();
-        assert_eq!(lit, "[127.0.0.1]");
-        assert_eq!(
-            line,
-            b"RCPT TO:<nobody@address-literal.invalid> NOTIFY=NEVER\r\n"
-        );
-        assert!(split_address_literal(b"RCPT TO:<a@[IPv6:::1]>\r\n").is_some());
-        assert!(split_address_literal(b"RCPT TO:<a@[999.1.1.1]>\r\n").is_none());
-        assert!(split_address_literal(b"RCPT TO:<a@example.com>\r\n").is_none());
     }
 }

@@ -51,8 +51,22 @@ pub struct Client {
     usable: bool,
 }
 
-fn parse_reply(raw: &[u8]) -> Reply {
+/// Whether `line` (one line of a reply) is its last: "250-more" continues, "250 last" (or a
+/// bare "250") ends it.
+pub fn ends_reply(line: &[u8]) -> bool {
+    line.len() < 4 || line[3] != b'-'
+}
+
+/// One whole reply as read from the peer. A reply that does not parse, or whose code is
+/// outside 2xx–5xx (RFC 5321 §4.2.1), is a protocol error: a made-up `451 4.5.0`, so the
+/// message is tried again rather than bounced on the word of a confused server.
+pub fn parse_reply(raw: &[u8]) -> Reply {
     match ResponseReceiver::default().parse(&mut raw.iter()) {
+        Ok(r) if !(200..600).contains(&r.code) => Reply::internal(
+            451,
+            "4.5.0",
+            format!("reply code {} from peer is not 2xx-5xx", r.code),
+        ),
         Ok(r) => {
             let enhanced =
                 (r.esc[0] != 0).then(|| format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2]));
@@ -62,7 +76,9 @@ fn parse_reply(raw: &[u8]) -> Reply {
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
                 .collect::<Vec<_>>()
-                .join(" ");
+                .join(" ")
+                // NUL and other controls from a broken peer go no further than here.
+                .replace(|c: char| c.is_ascii_control(), " ");
             Reply {
                 code: r.code,
                 enhanced,
@@ -112,8 +128,7 @@ impl Client {
                     return Err(TransportError("reply too long".into()));
                 }
                 let line = &raw[start..];
-                // "250-more" continues, "250 last" (or a bare "250") ends the reply.
-                if line.len() < 4 || line[3] != b'-' {
+                if ends_reply(line) {
                     return Ok(raw);
                 }
             }
