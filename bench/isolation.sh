@@ -22,12 +22,7 @@ N=${1:-20000}; HELD=${2:-10000}; STUCK=${3:-100000}
 work=$(mktemp -d /var/tmp/switchyard-isolation.XXXXXX)
 base=$((20000 + RANDOM % 10000))
 sy_port=$base; sy_http=$((base + 1)); sink_port=$((base + 2)); held_port=$((base + 3))
-pids=()
-cleanup() {
-  for p in "${pids[@]}" ${sy_pid:-}; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+sy_cleanup_on_exit "$work"
 cargo build --release -q
 smtp-sink -u root 127.0.0.1:$sink_port 256 & pids+=($!)
 python3 bench/held_sink.py "$held_port" >/dev/null & pids+=($!)

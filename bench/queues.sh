@@ -18,12 +18,7 @@ Q=$((T * C * D))
 work=$(mktemp -d /var/tmp/switchyard-queues.XXXXXX)
 base=$((20000 + RANDOM % 10000))
 sy_port=$base; sy_http=$((base + 1)); held_port=$((base + 2)); sink_port=$((base + 3))
-pids=()
-cleanup() {
-  for p in "${pids[@]}" ${sy_pid:-}; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+sy_cleanup_on_exit "$work"
 cargo build --release -q
 
 python3 bench/held_sink.py "$held_port" >/dev/null & pids+=($!)

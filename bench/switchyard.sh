@@ -4,6 +4,8 @@
 #   sy_start DIR             start it on that config (log in DIR/switchyard.log), set
 #                            $sy_pid, and wait for its HTTP port
 #   sy_metric REGEX          the sum of the /metrics lines matching REGEX
+#   sy_cleanup_on_exit DIR   on exit, kill $sy_pid and every pid in the array `pids`
+#                            (started empty), and remove DIR
 
 sy_config() {
   local dir=$1; shift
@@ -26,4 +28,10 @@ sy_start() {
 
 sy_metric() {
   curl -s "127.0.0.1:$sy_http/metrics" | awk -v m="$1" '$0 ~ m {s+=$2} END{printf "%d\n", s}'
+}
+
+sy_cleanup_on_exit() {
+  sy_work=$1
+  pids=()
+  trap 'for p in "${pids[@]}" ${sy_pid:-}; do kill "$p" 2>/dev/null || true; done; rm -rf "$sy_work"' EXIT
 }

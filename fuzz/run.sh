@@ -32,6 +32,10 @@ for t in "${targets[@]}"; do
       echo "note: $shared absent, fuzzing $t without KumoMTA's files as seeds"
     fi
   fi
+  # Crashes of earlier runs are kept in regressions/ already; count only this run's.
+  for c in artifacts/"$t"/crash-* artifacts/"$t"/timeout-* artifacts/"$t"/oom-*; do
+    [ -e "$c" ] && cp "$c" "regressions/$t/" && rm "$c"
+  done
   log="artifacts/$t/fuzz.log"
   start=$(date +%s)
   cargo fuzz run -s none -a -O "$t" "corpus/$t" "${extra[@]}" -- \

@@ -74,7 +74,10 @@ pub fn data_reader(data: &[u8]) {
         }
         at += piece.len();
     }
-    assert_eq!(end, pieces_end, "end of data depends on how the input was split");
+    assert_eq!(
+        end, pieces_end,
+        "end of data depends on how the input was split"
+    );
     assert_eq!(whole.total(), pieces.total());
     if let Some(n) = end {
         let read = &input[..n];
@@ -85,18 +88,30 @@ pub fn data_reader(data: &[u8]) {
         );
     }
     let body = whole.finish();
-    assert_eq!(body, pieces.finish(), "body depends on how the input was split");
+    assert_eq!(
+        body,
+        pieces.finish(),
+        "body depends on how the input was split"
+    );
 
     if let (Some(_), Ok(body)) = (end, body) {
         let mut wire = wire_form(body.clone());
         wire.extend_from_slice(b".\r\n");
         let mut again = DataReader::new(wire.len(), 0);
-        assert_eq!(again.feed(&wire), Some(wire.len()), "relayed form ends early or late");
+        assert_eq!(
+            again.feed(&wire),
+            Some(wire.len()),
+            "relayed form ends early or late"
+        );
         let mut expected = body;
         if !expected.ends_with(b"\r\n") {
             expected.extend_from_slice(b"\r\n");
         }
-        assert_eq!(again.finish(), Ok(expected), "relayed form reads back differently");
+        assert_eq!(
+            again.finish(),
+            Ok(expected),
+            "relayed form reads back differently"
+        );
     }
 }
 
@@ -123,9 +138,18 @@ pub fn outbound_reply(data: &[u8]) {
 fn check_position(e: &crate::config::ConfigError, name: &str, text: &str) {
     assert_eq!(e.file, name);
     let lines = text.split('\n').count();
-    assert!(e.line >= 1 && e.line <= lines, "{e} (text has {lines} lines)");
-    let width = text.split('\n').nth(e.line - 1).map_or(0, |l| l.chars().count());
-    assert!(e.col >= 1 && e.col <= width + 1, "{e} (line is {width} wide)");
+    assert!(
+        e.line >= 1 && e.line <= lines,
+        "{e} (text has {lines} lines)"
+    );
+    let width = text
+        .split('\n')
+        .nth(e.line - 1)
+        .map_or(0, |l| l.chars().count());
+    assert!(
+        e.col >= 1 && e.col <= width + 1,
+        "{e} (line is {width} wide)"
+    );
 }
 
 /// The config loader on a `switchyard.toml` text.

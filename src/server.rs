@@ -77,11 +77,36 @@ fn raise_open_files() {
     tracing::info!(from = before, open_files = lim.rlim_cur, "open-files limit");
 }
 
+/// Every `refresh`: publish the gauges that change only now and then (or they vanish from
+/// /metrics, see `telemetry::gauge_idle_timeout`), and give free heap back to the kernel.
+async fn upkeep(
+    refresh: Duration,
+    engine: Arc<switchyard_actors::engine::Engine>,
+    spool: Spool,
+    ingress: Arc<Ingress>,
+) {
+    let mut tick = tokio::time::interval(refresh);
+    let trim_every = crate::telemetry::gauge_idle_timeout(refresh);
+    loop {
+        tick.tick().await;
+        engine.publish_gauges();
+        spool.publish_gauges();
+        ingress.publish_gauges();
+        let (tenants, campaigns, queues, ready) = engine.live();
+        let live = tenants + campaigns + queues + ready;
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::telemetry::give_back_free_memory(live, trim_every)
+        })
+        .await;
+    }
+}
+
 /// Run the daemon on `loaded` (read from `path`, or the embedded default) until a stop
 /// signal; SIGHUP reloads.
 pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<()> {
     let c = &loaded.config;
-    let telemetry = Telemetry::install()?;
+    let refresh = switchyard_actors::registry::gauge_refresh(c.queue.reap_after.0);
+    let telemetry = Telemetry::install(crate::telemetry::gauge_idle_timeout(refresh))?;
     raise_open_files();
     telemetry.spawn_upkeep();
     let data_dir = &c.data_dir;
@@ -118,6 +143,12 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         }
     });
     let ingress = Ingress::new(&loaded, spool.clone(), log.clone(), engine.clone())?;
+    tokio::spawn(upkeep(
+        refresh,
+        engine.clone(),
+        spool.clone(),
+        ingress.clone(),
+    ));
     let reloader = Arc::new(Reloader::new(
         path,
         &loaded,

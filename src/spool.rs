@@ -54,6 +54,20 @@ const RECLAIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const COMMIT_SIBLINGS: usize = 8;
 /// An empty spool whose message files take more than this on disk is compacted.
 const COMPACT_EMPTY_ABOVE: u64 = 32 << 20;
+/// fjall's block cache for the spool.
+const SPOOL_CACHE: u64 = 8 << 20;
+/// Memory the spool's memtables may take before they are flushed (at most every
+/// [`RECLAIM_EVERY`]). fjall's own limit is 64 MiB per keyspace, and a spool holding
+/// deferred mail never stops writing, so without this RSS climbed by the memtables' size
+/// over a 10-minute soak (bench/soak.sh). Flushing writes only what is still alive: for
+/// relayed mail mostly tombstones.
+const MEMTABLE_BUDGET: u64 = 32 << 20;
+/// Table and blob files of the message store beyond which a flush for size is followed by a
+/// compaction ([`Compactor`]): without it they piled up, three open files more per flush,
+/// over a 10-minute soak (bench/soak.sh).
+const MESSAGE_FILES_ABOVE: usize = 12;
+/// An empty spool flushes memtables holding more than this ([`Spool::publish_gauges`]).
+const FLUSH_EMPTY_ABOVE: u64 = 4 << 20;
 /// Compactions to give space back start at most this often.
 const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -290,6 +304,7 @@ pub struct Spool {
 }
 
 struct Inner {
+    db: Database,
     messages: Keyspace,
     queue: Keyspace,
     state: Keyspace,
@@ -336,6 +351,8 @@ struct Writer {
     min_free_space: u64,
     commit_delay: std::time::Duration,
     last_reclaim: std::cell::Cell<Option<std::time::Instant>>,
+    /// When the memtables were last flushed for their size ([`MEMTABLE_BUDGET`]).
+    last_flush: std::cell::Cell<Option<std::time::Instant>>,
     /// Requests to the [`Compactor`] thread.
     compactor: std::sync::mpsc::SyncSender<()>,
     /// The journal's size on disk, read at most every [`JOURNAL_SIZE_EVERY`].
@@ -358,7 +375,9 @@ impl Spool {
     ) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| SpoolError::Storage(format!("cannot create {}: {e}", dir.display())))?;
-        let db = Database::builder(dir).open()?;
+        // The spool reads little (recovery, the rare cold message): a small block cache, not
+        // fjall's 32 MiB, which a wave of deliveries fills and RSS then keeps showing.
+        let db = Database::builder(dir).cache_size(SPOOL_CACHE).open()?;
         // Bodies are large and written once: keep them out of the LSM's compaction path.
         let messages = db.keyspace("messages", || {
             KeyspaceCreateOptions::default()
@@ -380,7 +399,7 @@ impl Spool {
         counters.publish();
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
-            db,
+            db: db.clone(),
             messages: messages.clone(),
             queue: queue.clone(),
             state: state.clone(),
@@ -389,6 +408,7 @@ impl Spool {
             min_free_space,
             commit_delay,
             last_reclaim: std::cell::Cell::new(None),
+            last_flush: std::cell::Cell::new(None),
             compactor: Compactor::start(messages.clone(), queue.clone(), state.clone())?,
             journal_size: std::cell::Cell::new((None, 0)),
         };
@@ -398,6 +418,7 @@ impl Spool {
             .map_err(|e| SpoolError::Storage(format!("cannot start spool writer: {e}")))?;
         Ok(Spool {
             inner: Arc::new(Inner {
+                db,
                 messages,
                 queue,
                 state,
@@ -493,9 +514,22 @@ impl Spool {
         Ok(orphans.len())
     }
 
-    /// Set the spool gauges again (they must not go idle while the spool is quiet).
+    /// Set the spool gauges again (they must not go idle while the spool is quiet), and
+    /// flush the memtables of an empty spool that still hold more than
+    /// [`FLUSH_EMPTY_ABOVE`]: a wave of mail gone would otherwise leave its entries and
+    /// tombstones in memory long after it. Called every few seconds (the server's upkeep).
     pub fn publish_gauges(&self) {
-        self.inner.counters.publish();
+        let inner = &self.inner;
+        inner.counters.publish();
+        if inner.counters.messages.load(Ordering::Relaxed) == 0
+            && inner.db.write_buffer_size() > FLUSH_EMPTY_ABOVE
+        {
+            for ks in [&inner.messages, &inner.queue, &inner.state] {
+                if let Err(e) = ks.rotate_memtable() {
+                    tracing::warn!("spool: cannot flush a memtable: {e}");
+                }
+            }
+        }
     }
 
     /// Messages in the spool.
@@ -684,16 +718,21 @@ impl Writer {
             return;
         }
         self.last_reclaim.set(Some(std::time::Instant::now()));
-        for ks in [&self.messages, &self.queue, &self.state] {
-            if let Err(e) = ks.rotate_memtable() {
-                tracing::warn!("spool: cannot flush a memtable to reclaim space: {e}");
-            }
-        }
+        self.flush_memtables();
         tracing::info!(
             journal_bytes = journal_bytes(&self.path),
             "spool: giving back the space of deleted messages"
         );
         self.compact();
+    }
+
+    /// Start flushing every memtable (fjall does it in the background).
+    fn flush_memtables(&self) {
+        for ks in [&self.messages, &self.queue, &self.state] {
+            if let Err(e) = ks.rotate_memtable() {
+                tracing::warn!("spool: cannot flush a memtable: {e}");
+            }
+        }
     }
 
     /// Ask the compactor to give back the blob files of deleted messages ([`Compactor`]).
@@ -788,10 +827,22 @@ impl Writer {
         }
         cleanup.commit()?;
         self.counters.publish();
-        if self.counters.messages.load(Ordering::Relaxed) == 0
-            && self.messages.disk_space() > COMPACT_EMPTY_ABOVE
-        {
+        let empty = self.counters.messages.load(Ordering::Relaxed) == 0;
+        if empty && self.messages.disk_space() > COMPACT_EMPTY_ABOVE {
             self.compact();
+        }
+        let due = self
+            .last_flush
+            .get()
+            .is_none_or(|t| t.elapsed() >= RECLAIM_EVERY);
+        if due && self.db.write_buffer_size() > MEMTABLE_BUDGET {
+            self.last_flush.set(Some(std::time::Instant::now()));
+            self.flush_memtables();
+            // Each flush leaves a table and a blob file of the message store; the blob files
+            // of a spool that always holds some deferred mail go only in a compaction.
+            if self.messages.table_count() + self.messages.blob_file_count() > MESSAGE_FILES_ABOVE {
+                self.compact();
+            }
         }
         Ok(())
     }

@@ -13,10 +13,51 @@ const LATENCY_BUCKETS: &[f64] = &[
     60.0,
 ];
 
-/// A gauge nobody has set for this long disappears from `/metrics`. Every gauge owner
-/// republishes at least every minute while it lives, so only the gauges of reaped actors
-/// (already set to 0 when they stopped) go: no stale series, no memory kept per dead queue.
-const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// A gauge nobody has set for this long disappears from `/metrics` (at the next scrape):
+/// four times `refresh`, the period at which every gauge owner publishes again while it
+/// lives (`switchyard_actors::registry::gauge_refresh`, from `[queue] reap_after`), and at
+/// least 10 s. So only the series of reaped queues and ended suspensions go — soon, not
+/// ten minutes later with the memory of 100,000 dead queues' series kept meanwhile.
+pub fn gauge_idle_timeout(refresh: Duration) -> Duration {
+    (refresh * 4).max(Duration::from_secs(10))
+}
+
+/// Actors gone since the last trim that make the next one worthwhile.
+const TRIM_AFTER_REAPED: usize = 10_000;
+
+/// When the allocator last gave memory back.
+static LAST_TRIM: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+/// The most actors live since the allocator last gave memory back.
+static LIVE_PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// glibc's malloc keeps freed memory in its arenas for reuse: after a wave of 100,000
+/// queues is reaped, RSS would stay at the wave's peak. Told how many actors are `live`
+/// now, this has `malloc_trim` return the free pages once [`TRIM_AFTER_REAPED`] have gone
+/// since the last time, and at least `every` — the gauge idle timeout, so that the series of
+/// reaped queues, dropped at the scrape after it, come back too; and the storage engine's
+/// flushed memtables, freed with no actor going (measured in tests/memory.rs and
+/// bench/soak.sh). Blocking: run off the async workers.
+pub fn give_back_free_memory(live: usize, every: Duration) {
+    use std::sync::atomic::Ordering;
+    let peak = LIVE_PEAK.fetch_max(live, Ordering::Relaxed).max(live);
+    let now = std::time::Instant::now();
+    let mut last = LAST_TRIM.lock().unwrap_or_else(|e| e.into_inner());
+    let due = last.is_none_or(|t| now.duration_since(t) >= every);
+    if peak - live < TRIM_AFTER_REAPED && !due {
+        return;
+    }
+    *last = Some(now);
+    drop(last);
+    LIVE_PEAK.store(live, Ordering::Relaxed);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let started = std::time::Instant::now();
+        // SAFETY: a plain glibc call with no pointers handed over.
+        unsafe { libc::malloc_trim(0) };
+        tracing::debug!(peak, live, took = ?started.elapsed(), "gave free heap back");
+    }
+}
 
 /// Handle on the installed recorder.
 #[derive(Clone)]
@@ -27,15 +68,16 @@ pub struct Telemetry {
 static INSTALLED: OnceLock<Telemetry> = OnceLock::new();
 
 impl Telemetry {
-    /// Install the process-wide recorder (once; later calls return the same handle).
-    pub fn install() -> anyhow::Result<Telemetry> {
+    /// Install the process-wide recorder (once; later calls return the same handle); a
+    /// gauge not set for `gauge_idle_timeout` disappears.
+    pub fn install(gauge_idle_timeout: Duration) -> anyhow::Result<Telemetry> {
         if let Some(t) = INSTALLED.get() {
             return Ok(t.clone());
         }
         let handle = PrometheusBuilder::new()
             .idle_timeout(
                 metrics_util::MetricKindMask::GAUGE,
-                Some(GAUGE_IDLE_TIMEOUT),
+                Some(gauge_idle_timeout),
             )
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
             .install_recorder()?;

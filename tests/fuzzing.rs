@@ -22,7 +22,11 @@ fn replay(target: &str, check: fn(&[u8])) {
             }
         }
     }
-    assert!(inputs > 0, "no corpus for {target} under {}", root.display());
+    assert!(
+        inputs > 0,
+        "no corpus for {target} under {}",
+        root.display()
+    );
     assert!(failed.is_empty(), "{target} fails on {failed:#?}");
 }
 

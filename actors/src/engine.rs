@@ -168,6 +168,7 @@ impl Engine {
             tenants.clone(),
             ready.clone(),
             ports.clone(),
+            crate::registry::gauge_refresh(settings.reap_after),
         ));
         let classifier = classifier_ctx.run(ClassifierActor::new(Effects {
             rules: rules.clone(),
@@ -335,6 +336,15 @@ impl Engine {
     /// Put stored suspensions, throttles and overrides back into effect (at start).
     pub async fn restore(&self, restore: Restore) -> Option<()> {
         self.register.send(restore).await.ok()
+    }
+
+    /// Publish the gauges of how many actors are live again (they change only when one
+    /// starts or goes, and a gauge not set for a while vanishes from /metrics).
+    pub fn publish_gauges(&self) {
+        self.tenants.registry.publish();
+        self.campaigns.registry.publish();
+        self.queues.registry.publish();
+        self.ready.registry.publish();
     }
 
     /// Live actors: (tenants, campaigns, scheduled queues, ready queues).

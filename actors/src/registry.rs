@@ -151,9 +151,21 @@ impl<K: Eq + Hash + Clone, A: Actor> Registry<K, A> {
             .is_some_and(|e| e.serial == serial && e.leased == received);
         if quiet {
             map.remove(key);
+            // A map keeps its capacity: after a wave of 100,000 queues has been reaped, give
+            // the room back rather than hold it for the next wave.
+            if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
+                let room = map.len() * 2;
+                map.shrink_to(room);
+            }
             metrics::gauge!(self.gauge).set(map.len() as f64);
         }
         quiet
+    }
+
+    /// Publish the gauge of how many are live again (see [`gauge_refresh`]).
+    pub fn publish(&self) {
+        let live = self.map().len();
+        metrics::gauge!(self.gauge).set(live as f64);
     }
 
     /// Every live actor.

@@ -51,6 +51,9 @@ pub struct SuspensionRegister {
     bounces: HashMap<String, TimedBounce>,
     overrides: HashMap<String, Override>,
     timers: HashMap<String, SpawnHandle>,
+    /// How often the gauges of what is in force are published again (see
+    /// [`crate::registry::gauge_refresh`]).
+    refresh: std::time::Duration,
 }
 
 impl SuspensionRegister {
@@ -60,8 +63,10 @@ impl SuspensionRegister {
         tenants: Arc<Tenants>,
         ready: Arc<ReadyQueues>,
         ports: Ports,
+        refresh: std::time::Duration,
     ) -> Self {
         SuspensionRegister {
+            refresh,
             view,
             tenants,
             ready,
@@ -238,6 +243,17 @@ impl SuspensionRegister {
 
 impl Actor for SuspensionRegister {
     type Context = Context<Self>;
+
+    /// Gauges that are not set again vanish from /metrics (the exporter's idle timeout):
+    /// what is in force is published again every `refresh`, however long it lasts.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.refresh, |act, _| {
+            act.suspensions.values().for_each(|s| act.set_gauge(s));
+            act.throttles.values().for_each(|t| t.publish(true));
+            act.bounces.values().for_each(|b| b.publish(true));
+            act.overrides.values().for_each(|o| o.publish_expiry(true));
+        });
+    }
 }
 
 impl Handler<Suspend> for SuspensionRegister {

@@ -12,10 +12,15 @@ pub fn parse_command(line: &[u8]) -> Result<Request<String>, (u16, String)> {
     // the literal back.
     let literal = split_address_literal(line);
     let line = literal.as_ref().map(|(l, _)| l.as_slice()).unwrap_or(line);
-    let request = Request::parse(&mut line.iter()).map_err(refusal)?.into_owned();
+    let request = Request::parse(&mut line.iter())
+        .map_err(refusal)?
+        .into_owned();
     match &request {
         Request::Ehlo { host } | Request::Helo { host } if has_controls(host) => {
-            return Err((501, "5.5.4 Syntax: control characters in the hostname".into()))
+            return Err((
+                501,
+                "5.5.4 Syntax: control characters in the hostname".into(),
+            ))
         }
         Request::Mail { from } if has_controls(&from.address) => {
             return Err((501, "5.1.7 Invalid sender address".into()))
@@ -45,6 +50,12 @@ fn has_controls(s: &str) -> bool {
     s.chars().any(|c| c.is_ascii_control())
 }
 
+/// A client's parameter as echoed in a reply: at most 40 characters, no controls (a NUL
+/// echoed back was found by the `smtp_command` fuzz target).
+fn shown(param: &str) -> String {
+    param.chars().filter(|c| !c.is_control()).take(40).collect()
+}
+
 /// The reply to a line smtp-proto could not parse.
 fn refusal(e: ParseError) -> (u16, String) {
     match e {
@@ -52,13 +63,12 @@ fn refusal(e: ParseError) -> (u16, String) {
         ParseError::InvalidSenderAddress => (501, "5.1.7 Invalid sender address".into()),
         ParseError::InvalidRecipientAddress => (501, "5.1.3 Invalid recipient address".into()),
         ParseError::SyntaxError { syntax } => (501, format!("5.5.4 Syntax: {syntax}")),
-        ParseError::InvalidParameter { param } => (501, format!("5.5.4 Invalid parameter {param}")),
+        ParseError::InvalidParameter { param } => {
+            (501, format!("5.5.4 Invalid parameter {}", shown(&param)))
+        }
         ParseError::UnsupportedParameter { param } => (
             555,
-            format!(
-                "5.5.4 Unsupported parameter {}",
-                param.chars().take(40).collect::<String>()
-            ),
+            format!("5.5.4 Unsupported parameter {}", shown(&param)),
         ),
         _ => (500, "5.5.2 Syntax error".into()),
     }

@@ -321,7 +321,11 @@ mod tests {
         assert_eq!(line(b"", 999, b"\r\n"), Err(DataProblem::LineTooLong));
         assert_eq!(line(b".", 998, b"\r\n"), Ok(()), "stuffed dot");
         assert_eq!(line(b"", 998, b"\n"), Ok(()));
-        assert_eq!(line(b"", 999, b"\n"), Err(DataProblem::LineTooLong), "stored as CRLF");
+        assert_eq!(
+            line(b"", 999, b"\n"),
+            Err(DataProblem::LineTooLong),
+            "stored as CRLF"
+        );
         // Found by the data_reader fuzz target: a line after a bare LF that starts with a
         // dot gets the dot doubled when relayed, which must not make it too long.
         assert_eq!(line(b"x\n.", 997, b"\r\n"), Ok(()));

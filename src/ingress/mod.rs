@@ -146,6 +146,11 @@ impl Ingress {
         Ok(listeners)
     }
 
+    /// Publish `switchyard_smtp_sessions` again (it is set when a session opens or closes).
+    pub fn publish_gauges(&self) {
+        metrics::gauge!("switchyard_smtp_sessions").set(self.open_sessions() as f64);
+    }
+
     /// Accept clients on `listener` forever.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
@@ -166,6 +171,7 @@ impl Ingress {
     async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let Ok(_permit) = self.sessions.clone().try_acquire_owned() else {
+            metrics::counter!("switchyard_smtp_rejections_total", "code" => "421").increment(1);
             let _ = stream
                 .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
                 .await;

@@ -9,12 +9,12 @@
 
 use super::accept::Accepted;
 use super::auth::{decode_b64, encode_b64, parse_plain};
+use super::command::parse_command;
 use super::data::{DataProblem, DataReader};
 use super::tenancy::{check_name, take_headers};
 use super::Ingress;
 use crate::logs::{LogRecord, RecordKind};
 use crate::spool::MessageId;
-use super::command::parse_command;
 use smtp_proto::{Request, AUTH_LOGIN, AUTH_PLAIN};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -276,11 +276,7 @@ impl Session {
             Request::Auth {
                 mechanism,
                 initial_response,
-            } => {
-                return self
-                    .auth(mechanism, initial_response, io)
-                    .await
-            }
+            } => return self.auth(mechanism, initial_response, io).await,
             Request::Bdat { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
