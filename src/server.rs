@@ -8,7 +8,7 @@ use crate::ingress::Ingress;
 use crate::logs::{EventLog, LogSettings};
 use crate::reload::Reloader;
 use crate::spool::Spool;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{HeapTrim, Telemetry};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,8 +54,9 @@ async fn shutdown(
 }
 
 /// Raise the open-files limit to its hard maximum (every SMTP session, outbound connection,
-/// spool and log file is a descriptor), and say what it is.
-fn raise_open_files() {
+/// spool and log file is a descriptor), and say what it is; the limit now, if it could be
+/// read.
+pub fn raise_open_files() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -63,7 +64,7 @@ fn raise_open_files() {
     // SAFETY: `lim` is a properly sized out-parameter for getrlimit/setrlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         tracing::warn!("cannot read the open-files limit");
-        return;
+        return None;
     }
     let before = lim.rlim_cur;
     if lim.rlim_cur < lim.rlim_max {
@@ -71,14 +72,16 @@ fn raise_open_files() {
         // SAFETY: as above.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
             tracing::warn!(open_files = before, "cannot raise the open-files limit");
-            return;
+            return Some(before);
         }
     }
     tracing::info!(from = before, open_files = lim.rlim_cur, "open-files limit");
+    Some(lim.rlim_cur)
 }
 
 /// Every `refresh`: publish the gauges that change only now and then (or they vanish from
-/// /metrics, see `telemetry::gauge_idle_timeout`), and give free heap back to the kernel.
+/// /metrics, see `telemetry::gauge_idle_timeout`), let the spool flush what an empty spool
+/// keeps in memory, and give free heap back to the kernel when it is worth it.
 async fn upkeep(
     refresh: Duration,
     engine: Arc<switchyard_actors::engine::Engine>,
@@ -86,18 +89,16 @@ async fn upkeep(
     ingress: Arc<Ingress>,
 ) {
     let mut tick = tokio::time::interval(refresh);
-    let trim_every = crate::telemetry::gauge_idle_timeout(refresh);
+    let mut trim = HeapTrim::new(crate::telemetry::gauge_idle_timeout(refresh));
     loop {
         tick.tick().await;
         engine.publish_gauges();
-        spool.publish_gauges();
+        spool.upkeep();
         ingress.publish_gauges();
         let (tenants, campaigns, queues, ready) = engine.live();
-        let live = tenants + campaigns + queues + ready;
-        let _ = tokio::task::spawn_blocking(move || {
-            crate::telemetry::give_back_free_memory(live, trim_every)
-        })
-        .await;
+        if trim.due(tenants + campaigns + queues + ready) {
+            let _ = tokio::task::spawn_blocking(crate::telemetry::trim_heap).await;
+        }
     }
 }
 
@@ -170,14 +171,6 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
                     }
                 }
             }
-        }
-    });
-    let quiet_spool = spool.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            quiet_spool.publish_gauges();
         }
     });
     let listeners = ingress.bind().await?;

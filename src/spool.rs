@@ -66,7 +66,7 @@ const MEMTABLE_BUDGET: u64 = 32 << 20;
 /// compaction ([`Compactor`]): without it they piled up, three open files more per flush,
 /// over a 10-minute soak (bench/soak.sh).
 const MESSAGE_FILES_ABOVE: usize = 12;
-/// An empty spool flushes memtables holding more than this ([`Spool::publish_gauges`]).
+/// An empty spool flushes memtables holding more than this ([`Spool::upkeep`]).
 const FLUSH_EMPTY_ABOVE: u64 = 4 << 20;
 /// Compactions to give space back start at most this often.
 const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -514,11 +514,11 @@ impl Spool {
         Ok(orphans.len())
     }
 
-    /// Set the spool gauges again (they must not go idle while the spool is quiet), and
-    /// flush the memtables of an empty spool that still hold more than
-    /// [`FLUSH_EMPTY_ABOVE`]: a wave of mail gone would otherwise leave its entries and
-    /// tombstones in memory long after it. Called every few seconds (the server's upkeep).
-    pub fn publish_gauges(&self) {
+    /// Every few seconds (the server's upkeep): set the spool gauges again (they must not go
+    /// idle while the spool is quiet), and flush the memtables of an empty spool that still
+    /// hold more than [`FLUSH_EMPTY_ABOVE`]: a wave of mail gone would otherwise leave its
+    /// entries and tombstones in memory long after it.
+    pub fn upkeep(&self) {
         let inner = &self.inner;
         inner.counters.publish();
         if inner.counters.messages.load(Ordering::Relaxed) == 0

@@ -25,37 +25,50 @@ pub fn gauge_idle_timeout(refresh: Duration) -> Duration {
 /// Actors gone since the last trim that make the next one worthwhile.
 const TRIM_AFTER_REAPED: usize = 10_000;
 
-/// When the allocator last gave memory back.
-static LAST_TRIM: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-
-/// The most actors live since the allocator last gave memory back.
-static LIVE_PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 /// glibc's malloc keeps freed memory in its arenas for reuse: after a wave of 100,000
-/// queues is reaped, RSS would stay at the wave's peak. Told how many actors are `live`
-/// now, this has `malloc_trim` return the free pages once [`TRIM_AFTER_REAPED`] have gone
-/// since the last time, and at least `every` — the gauge idle timeout, so that the series of
-/// reaped queues, dropped at the scrape after it, come back too; and the storage engine's
-/// flushed memtables, freed with no actor going (measured in tests/memory.rs and
-/// bench/soak.sh). Blocking: run off the async workers.
-pub fn give_back_free_memory(live: usize, every: Duration) {
-    use std::sync::atomic::Ordering;
-    let peak = LIVE_PEAK.fetch_max(live, Ordering::Relaxed).max(live);
-    let now = std::time::Instant::now();
-    let mut last = LAST_TRIM.lock().unwrap_or_else(|e| e.into_inner());
-    let due = last.is_none_or(|t| now.duration_since(t) >= every);
-    if peak - live < TRIM_AFTER_REAPED && !due {
-        return;
+/// queues is reaped, RSS would stay at the wave's peak. [`HeapTrim::due`] says when
+/// `malloc_trim` should return the free pages: once [`TRIM_AFTER_REAPED`] actors have gone
+/// since the last time, and at least every `every` — the gauge idle timeout, so that the
+/// series of reaped queues, dropped at the scrape after it, come back too, and the storage
+/// engine's flushed memtables, freed with no actor going (measured in tests/memory.rs and
+/// bench/soak.sh).
+pub struct HeapTrim {
+    every: Duration,
+    last: std::time::Instant,
+    /// The most actors live since the last trim.
+    peak: usize,
+}
+
+impl HeapTrim {
+    /// Trims at least `every`.
+    pub fn new(every: Duration) -> HeapTrim {
+        HeapTrim {
+            every,
+            last: std::time::Instant::now(),
+            peak: 0,
+        }
     }
-    *last = Some(now);
-    drop(last);
-    LIVE_PEAK.store(live, Ordering::Relaxed);
+
+    /// With `live` actors now: trim now? (Then the next one counts from here.)
+    pub fn due(&mut self, live: usize) -> bool {
+        self.peak = self.peak.max(live);
+        if self.peak - live < TRIM_AFTER_REAPED && self.last.elapsed() < self.every {
+            return false;
+        }
+        self.last = std::time::Instant::now();
+        self.peak = live;
+        true
+    }
+}
+
+/// Return the allocator's free pages to the kernel. Blocking: run off the async workers.
+pub fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let started = std::time::Instant::now();
         // SAFETY: a plain glibc call with no pointers handed over.
         unsafe { libc::malloc_trim(0) };
-        tracing::debug!(peak, live, took = ?started.elapsed(), "gave free heap back");
+        tracing::debug!(took = ?started.elapsed(), "gave free heap back");
     }
 }
 

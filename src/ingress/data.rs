@@ -42,6 +42,8 @@ pub struct DataReader {
     body: Vec<u8>,
     max_size: usize,
     line_len: usize,
+    /// Lines ended so far (by CRLF or a bare LF).
+    lines: u64,
     total: u64,
     problem: Option<DataProblem>,
 }
@@ -60,6 +62,7 @@ impl DataReader {
             body: Vec::with_capacity(room.min(max_size)),
             max_size,
             line_len: 0,
+            lines: 0,
             total: 0,
             problem: None,
         }
@@ -119,6 +122,7 @@ impl DataReader {
                     self.push(b'\n');
                     self.count_line(1);
                     self.line_len = 0;
+                    self.lines += 1;
                     State::LineStart
                 }
                 (_, _) => self.text_byte(b),
@@ -161,6 +165,7 @@ impl DataReader {
                 self.push(b'\n');
                 self.count_line(2);
                 self.line_len = 0;
+                self.lines += 1;
                 State::Text
             }
             _ => {
@@ -169,6 +174,11 @@ impl DataReader {
                 State::Text
             }
         }
+    }
+
+    /// Lines ended so far, by CRLF or a bare LF (the session's per-line deadline).
+    pub fn lines(&self) -> u64 {
+        self.lines
     }
 
     /// Bytes received so far (before unstuffing), for logs and limits.

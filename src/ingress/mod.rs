@@ -211,7 +211,7 @@ struct SessionGauge(Arc<Ingress>);
 
 impl SessionGauge {
     fn open(ingress: Arc<Ingress>) -> Self {
-        metrics::gauge!("switchyard_smtp_sessions").set(ingress.open_sessions() as f64);
+        ingress.publish_gauges();
         SessionGauge(ingress)
     }
 }

@@ -551,7 +551,7 @@ impl Session {
                 return Ok(Next::Close);
             }
             let n = chunk.len();
-            let line_ended = memchr::memchr(b'\n', chunk).is_some();
+            let lines_before = reader.lines();
             match reader.feed(chunk) {
                 Some(end) => {
                     io.consume(end);
@@ -559,7 +559,7 @@ impl Session {
                 }
                 None => io.consume(n),
             }
-            if line_ended {
+            if reader.lines() != lines_before {
                 deadline = tokio::time::Instant::now() + idle;
             }
         }
