@@ -15,7 +15,7 @@ cd "$(dirname "$0")"
 minutes=10
 if [ "${1:-}" = "-m" ]; then minutes=$2; shift 2; fi
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(smtp_command data_reader outbound_reply config shaping)
+[ ${#targets[@]} -gt 0 ] || targets=(smtp_command data_reader outbound_reply config shaping mta_sts_policy)
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo fuzz build -s none -a -O || exit 1

@@ -4,8 +4,10 @@
 
 use crate::config::LoadedConfig;
 use crate::dns::Dns;
+use crate::https::HttpsClient;
 use crate::logs::EventLog;
-use crate::outbound::Connector;
+use crate::mta_sts::MtaSts;
+use crate::outbound::{verified_tls_config, Connector};
 use crate::spool::{Spool, SpoolError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -132,11 +134,19 @@ pub fn start_engine(
         })
         .collect();
     let dns = Dns::new(&c.dns.nameservers.values, routes)?;
+    let trust_roots = loaded.trust_roots()?;
+    let https = HttpsClient::new(verified_tls_config(trust_roots.clone())?, dns.resolver());
+    dns.enable_mta_sts(MtaSts::new(
+        dns.resolver(),
+        https,
+        spool.state_entries("mta-sts/")?,
+        Arc::new(spool.clone()),
+    ));
     let ports = Ports {
         spool: Arc::new(spool.clone()),
         events: Arc::new(log.clone()),
         resolver: Arc::new(dns.clone()),
-        connector: Arc::new(Connector::new(loaded.trust_roots()?)?),
+        connector: Arc::new(Connector::new(trust_roots)?),
     };
     let bounces = crate::shaping::bounce_classifier(loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
     let engine = Arc::new(Engine::start(engine_settings(loaded)?, ports, bounces)?);

@@ -13,6 +13,7 @@
 //! - `[routes]` send a domain to a fixed host:port without looking up MX; address literals
 //!   (`[127.0.0.1]`) go straight to that address.
 
+use crate::mta_sts::MtaSts;
 use futures::future::BoxFuture;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -26,6 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchyard_actors::message::Reply;
+use switchyard_actors::mta_sts::StsPolicy;
 use switchyard_actors::ports::{MxHost, MxResolver, Route, RouteError};
 
 /// Routes for fixed targets and address literals never expire; look again now and then anyway.
@@ -42,6 +44,8 @@ pub struct Dns {
 
 struct Inner {
     resolver: TokioResolver,
+    /// MTA-STS discovery, once the daemon has set it up.
+    mta_sts: std::sync::OnceLock<MtaSts>,
     cache: Mutex<HashMap<Arc<str>, Route>>,
     routes: HashMap<String, (String, u16)>,
     runtime: tokio::runtime::Handle,
@@ -79,6 +83,7 @@ impl Dns {
         Ok(Dns {
             inner: Arc::new(Inner {
                 resolver,
+                mta_sts: std::sync::OnceLock::new(),
                 cache: Mutex::new(HashMap::new()),
                 routes,
                 runtime: tokio::runtime::Handle::current(),
@@ -87,7 +92,38 @@ impl Dns {
     }
 }
 
+impl Dns {
+    /// The resolver itself (for lookups other than MX).
+    pub fn resolver(&self) -> TokioResolver {
+        self.inner.resolver.clone()
+    }
+
+    /// Publish the gauges of what the resolver keeps (MTA-STS policies).
+    pub fn publish_gauges(&self) {
+        if let Some(m) = self.inner.mta_sts.get() {
+            m.publish_gauges();
+        }
+    }
+
+    /// Discover MTA-STS policies through `mta_sts` from now on.
+    pub fn enable_mta_sts(&self, mta_sts: MtaSts) {
+        let _ = self.inner.mta_sts.set(mta_sts);
+    }
+}
+
 impl MxResolver for Dns {
+    fn mta_sts(&self, domain: Arc<str>) -> BoxFuture<'static, Option<Arc<StsPolicy>>> {
+        let Some(mta_sts) = self.inner.mta_sts.get().cloned() else {
+            return Box::pin(async { None });
+        };
+        // On the daemon's runtime, like the MX lookups.
+        let task = self
+            .inner
+            .runtime
+            .spawn(async move { mta_sts.policy(&domain).await });
+        Box::pin(async move { task.await.ok().flatten() })
+    }
+
     fn resolve(&self, domain: Arc<str>) -> BoxFuture<'static, Result<Route, RouteError>> {
         let inner = self.inner.clone();
         if let Some(route) = inner.cached(&domain) {

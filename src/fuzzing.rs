@@ -15,6 +15,11 @@
 //!   451 protocol error.
 //! - [`config`] and [`shaping`]: a text either loads or gives errors, each at a `line:col`
 //!   inside the text and naming the file.
+//! - [`mta_sts_policy`]: a policy body (what any HTTPS server may send) is either refused or
+//!   read into a well-formed policy — a known mode, `max_age` within RFC 8461's range, `mx`
+//!   patterns in lower case with nothing but host name characters — whose patterns match
+//!   the hosts they stand for; the TXT record reader on the same text, line by line, gives
+//!   an id of 1-32 letters and digits or none.
 
 use crate::ingress::command::parse_command;
 use crate::ingress::data::{wire_form, DataReader};
@@ -190,5 +195,38 @@ pub fn shaping(data: &[u8]) {
                 check_position(e, name, text);
             }
         }
+    }
+}
+
+/// The MTA-STS policy and TXT record readers on a text from a remote server.
+pub fn mta_sts_policy(data: &[u8]) {
+    use switchyard_actors::mta_sts::{parse_txt, StsMode, StsPolicy, MAX_AGE_LIMIT};
+    let text = String::from_utf8_lossy(data);
+    if let Ok(p) = StsPolicy::parse("fuzz", &text) {
+        assert!(p.max_age <= MAX_AGE_LIMIT, "max_age {}", p.max_age);
+        assert!(p.mode == StsMode::None || !p.mx.is_empty(), "{p:?}");
+        for m in &p.mx {
+            let host_chars =
+                |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b);
+            let name = m.strip_prefix("*.").unwrap_or(m);
+            assert!(!name.is_empty() && name.bytes().all(host_chars), "mx {m:?}");
+            let alone = StsPolicy {
+                mx: vec![m.clone()],
+                ..p.clone()
+            };
+            match m.strip_prefix("*.") {
+                Some(parent) => {
+                    assert!(alone.mx_matches(&format!("a.{parent}")), "{m:?}");
+                    assert!(!alone.mx_matches(parent), "{m:?}");
+                    assert!(!alone.mx_matches(&format!("a.b.{parent}")), "{m:?}");
+                }
+                None => assert!(alone.mx_matches(&m.to_ascii_uppercase()), "{m:?}"),
+            }
+        }
+    }
+    let records: Vec<String> = text.lines().map(str::to_string).collect();
+    if let Ok(Some(id)) = parse_txt(&records) {
+        assert!((1..=32).contains(&id.len()), "id {id:?}");
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()), "id {id:?}");
     }
 }

@@ -87,6 +87,7 @@ async fn upkeep(
     engine: Arc<switchyard_actors::engine::Engine>,
     spool: Spool,
     ingress: Arc<Ingress>,
+    dns: crate::dns::Dns,
 ) {
     let mut tick = tokio::time::interval(refresh);
     let mut trim = HeapTrim::new(crate::telemetry::gauge_idle_timeout(refresh));
@@ -95,6 +96,7 @@ async fn upkeep(
         engine.publish_gauges();
         spool.upkeep();
         ingress.publish_gauges();
+        dns.publish_gauges();
         let (tenants, campaigns, queues, ready) = engine.live();
         if trim.due(tenants + campaigns + queues + ready) {
             let _ = tokio::task::spawn_blocking(crate::telemetry::trim_heap).await;
@@ -149,6 +151,7 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         engine.clone(),
         spool.clone(),
         ingress.clone(),
+        dns.clone(),
     ));
     let reloader = Arc::new(Reloader::new(
         path,

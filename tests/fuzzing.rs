@@ -54,3 +54,8 @@ fn config_corpus() {
 fn shaping_corpus() {
     replay("shaping", switchyard::fuzzing::shaping);
 }
+
+#[test]
+fn mta_sts_policy_corpus() {
+    replay("mta_sts_policy", switchyard::fuzzing::mta_sts_policy);
+}

@@ -6,9 +6,9 @@
 
 mod common;
 
+use common::pki::{self_signed, tls_sink_on, Pki};
 use common::{send_as, world, Daemon, Dnsmasq, ResponseSink};
 use serde_json::Value;
-use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -322,70 +322,19 @@ enable_tls = "Required"
 // ----------------------------------------------------------------------------------------
 // TLS
 
-struct Pki {
-    ca_pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "switchyard test CA");
-        let key = rcgen::KeyPair::generate().unwrap();
-        let ca = params.self_signed(&key).unwrap();
-        Pki {
-            ca_pem: ca.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `name` issued by this CA (expired when `expired`), written to
-    /// `dir` as `stem.pem` and `stem.key`.
-    fn issue(&self, dir: &Path, stem: &str, name: &str, expired: bool) -> [std::path::PathBuf; 2] {
-        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        write_pair(dir, stem, &cert.pem(), &key.serialize_pem())
-    }
-}
-
-fn write_pair(dir: &Path, stem: &str, cert: &str, key: &str) -> [std::path::PathBuf; 2] {
-    let (c, k) = (
-        dir.join(format!("{stem}.pem")),
-        dir.join(format!("{stem}.key")),
-    );
-    std::fs::write(&c, cert).unwrap();
-    std::fs::write(&k, key).unwrap();
-    [c, k]
-}
-
 fn tls_sink(dir: &Path, pair: &[std::path::PathBuf; 2]) -> ResponseSink {
     tls_sink_answering(dir, pair, "")
 }
 
 fn tls_sink_answering(dir: &Path, pair: &[std::path::PathBuf; 2], responses: &str) -> ResponseSink {
-    let args = [
-        OsStr::new("--tls-certificate"),
-        pair[0].as_os_str(),
-        OsStr::new("--tls-private-key"),
-        pair[1].as_os_str(),
-    ];
-    ResponseSink::start_with(dir, responses, "127.0.0.1", common::free_port(), &args)
+    tls_sink_on(dir, pair, responses, "127.0.0.1", common::free_port())
 }
 
 #[test]
 fn tls_follows_kumomtas_semantics_and_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    pki.write_ca(dir.path());
     let good = tls_sink(
         dir.path(),
         &pki.issue(dir.path(), "good", "mx.good.test", false),
@@ -398,13 +347,7 @@ fn tls_follows_kumomtas_semantics_and_is_recorded() {
         dir.path(),
         &pki.issue(dir.path(), "wrong", "mx.other.test", false),
     );
-    let own = rcgen::generate_simple_self_signed(vec!["mx.self.test".to_string()]).unwrap();
-    let own = write_pair(
-        dir.path(),
-        "self",
-        &own.cert.pem(),
-        &own.signing_key.serialize_pem(),
-    );
+    let own = self_signed(dir.path(), "self", "mx.self.test");
     let selfsigned = tls_sink(dir.path(), &own);
     let remembered = tls_sink(dir.path(), &own);
     let other_port = tls_sink(dir.path(), &own);

@@ -24,6 +24,7 @@ use crate::messages::{
     tell, Batch, ConnectResult, ConnectionClosed, DeliveryOutcome, NextMessage, ReadyItem,
     ReplySeen,
 };
+use crate::mta_sts::{StsApplied, StsMode, StsPolicy};
 use crate::ports::{ConnectTarget, Ports};
 use actix::prelude::*;
 use std::sync::Arc;
@@ -63,18 +64,27 @@ pub struct ConnectionActor {
     pub site: Arc<str>,
     /// Messages per session.
     pub max_deliveries: usize,
+    /// The destination domain's MTA-STS policy, when one applies (the ready queue has
+    /// already kept only the MX hosts an `enforce` policy lists, and asked for TLS).
+    pub mta_sts: Option<Arc<StsPolicy>>,
 }
 
 impl Actor for ConnectionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let reporter = Reporter {
+            kit: self.kit.clone(),
+            source: self.target.source.name.clone(),
+            site: self.site.clone(),
+            mta_sts: None,
+        };
         let work = deliver_loop(
             self.ready.clone(),
-            self.kit.clone(),
+            reporter,
             self.target.clone(),
-            self.site.clone(),
             self.max_deliveries,
+            self.mta_sts.clone(),
         );
         ctx.spawn(work.into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
@@ -114,30 +124,39 @@ async fn content(kit: &ConnectionKit, batch: &Batch) -> Result<LoadedMessage, Re
 
 async fn deliver_loop(
     ready: ReadyLine,
-    kit: Arc<ConnectionKit>,
+    mut reporter: Reporter,
     target: ConnectTarget,
-    site: Arc<str>,
     max_deliveries: usize,
+    mta_sts: Option<Arc<StsPolicy>>,
 ) {
     let Some(first) = next(&ready, true).await else {
         return;
     };
-    let source = target.source.name.clone();
+    let (kit, source, site) = (
+        reporter.kit.clone(),
+        reporter.source.clone(),
+        reporter.site.clone(),
+    );
     let mut session = match kit.ports.connector.connect(target).await {
         Ok(s) => {
             let _ = tell(&ready.connected, ConnectResult(None)).await;
             s
         }
-        Err(failure) => {
+        Err(mut failure) => {
             metrics::counter!("switchyard_connection_failures_total", "source" => source.to_string(), "site" => site.to_string()).increment(1);
+            if let Some(policy) = &mta_sts {
+                reporter.mta_sts = Some(Arc::new(policy.applied(None)));
+                enforced_tls_failure(policy, &mut failure.reply);
+            }
             let _ = tell(&ready.connected, ConnectResult(Some(failure.reply.clone()))).await;
             for item in first {
                 let (reply, peer) = (failure.reply.clone(), failure.peer.clone());
-                report(&kit, &source, &site, item, reply, peer, None).await;
+                reporter.report(item, reply, peer, None).await;
             }
             return;
         }
     };
+    reporter.mta_sts = mta_sts.map(|policy| Arc::new(session_under(&policy, session.peer())));
     let counters = SessionCounters::new(&source, &site, &session.peer().host);
     let mut batch = Some(first);
     let mut sent = 0;
@@ -155,16 +174,9 @@ async fn deliver_loop(
         let peer = Some(session.peer().clone());
         for (item, reply) in items.into_iter().zip(replies) {
             counters.count(&reply);
-            report(
-                &kit,
-                &source,
-                &site,
-                item,
-                reply,
-                peer.clone(),
-                sent_as.clone(),
-            )
-            .await;
+            reporter
+                .report(item, reply, peer.clone(), sent_as.clone())
+                .await;
         }
         sent += 1;
         if sent >= max_deliveries || !session.usable() {
@@ -209,43 +221,93 @@ impl SessionCounters {
     }
 }
 
-/// Classify the reply, tell the classifier (while rules are in force) and the message's
-/// scheduled queue.
-async fn report(
-    kit: &ConnectionKit,
-    source: &Arc<str>,
-    site: &Arc<str>,
-    item: ReadyItem,
-    reply: Reply,
-    peer: Option<Peer>,
-    sent: Option<(String, u64)>,
-) {
-    let bounce_class =
-        (!reply.is_success()).then(|| kit.bounces.classify(&reply.match_text()).to_string());
-    if kit.rules.automating() {
-        let seen = ReplySeen {
-            reply: reply.clone(),
-            queue: item.queue.clone(),
-            source: source.clone(),
-            site: site.clone(),
-        };
-        let _ = tell(&kit.classifier, seen).await;
+/// An `enforce` policy asked for verified TLS: a TLS failure (`4.7.x`) is the policy's,
+/// and says so.
+fn enforced_tls_failure(policy: &StsPolicy, reply: &mut Reply) {
+    let tls = reply
+        .enhanced
+        .as_deref()
+        .is_some_and(|e| e.starts_with("4.7."));
+    if policy.mode == StsMode::Enforce && tls {
+        metrics::counter!("switchyard_mta_sts_failures_total", "reason" => "tls").increment(1);
+        reply.text = format!(
+            "MTA-STS policy (enforce, id {}) requires verified TLS: {}",
+            policy.id, reply.text
+        );
     }
-    let (sender, size) = match sent {
-        Some((s, n)) => (Some(s), Some(n)),
-        None => (None, None),
+}
+
+/// What the session with `peer` went under. A `testing` policy only watches: a session that
+/// `enforce` would have refused (an MX host it does not list, TLS missing or unverified) is
+/// logged and counted, and its mail goes anyway.
+fn session_under(policy: &StsPolicy, peer: &Peer) -> StsApplied {
+    let verified = peer.tls.as_ref().is_some_and(|t| t.verified);
+    let would_fail = match policy.mode {
+        StsMode::Testing if !policy.mx_matches(&peer.host) => Some("mx_mismatch"),
+        StsMode::Testing if !verified => Some("tls"),
+        _ => None,
     };
-    let outcome = DeliveryOutcome {
-        key: item.message.key,
-        reply,
-        peer,
-        source: source.clone(),
-        site: site.clone(),
-        sender,
-        size,
-        bounce_class,
-    };
-    if tell(&item.to.outcome, outcome).await.is_err() {
-        tracing::error!("a scheduled queue went away with a message in flight; the spool keeps it for the next start");
+    if let Some(reason) = would_fail {
+        metrics::counter!("switchyard_mta_sts_failures_total", "reason" => reason).increment(1);
+        tracing::warn!(
+            host = %peer.host,
+            addr = %peer.addr,
+            policy = %policy.id,
+            reason,
+            "MTA-STS testing policy: this session would fail under enforce; delivering anyway"
+        );
+    }
+    policy.applied(would_fail)
+}
+
+/// Where a connection's outcomes go, and what they share.
+struct Reporter {
+    kit: Arc<ConnectionKit>,
+    source: Arc<str>,
+    site: Arc<str>,
+    /// The MTA-STS policy the session went under.
+    mta_sts: Option<Arc<StsApplied>>,
+}
+
+impl Reporter {
+    /// Classify the reply, tell the classifier (while rules are in force) and the message's
+    /// scheduled queue.
+    async fn report(
+        &self,
+        item: ReadyItem,
+        reply: Reply,
+        peer: Option<Peer>,
+        sent: Option<(String, u64)>,
+    ) {
+        let kit = &self.kit;
+        let bounce_class =
+            (!reply.is_success()).then(|| kit.bounces.classify(&reply.match_text()).to_string());
+        if kit.rules.automating() {
+            let seen = ReplySeen {
+                reply: reply.clone(),
+                queue: item.queue.clone(),
+                source: self.source.clone(),
+                site: self.site.clone(),
+            };
+            let _ = tell(&kit.classifier, seen).await;
+        }
+        let (sender, size) = match sent {
+            Some((s, n)) => (Some(s), Some(n)),
+            None => (None, None),
+        };
+        let outcome = DeliveryOutcome {
+            key: item.message.key,
+            reply,
+            peer,
+            source: self.source.clone(),
+            site: self.site.clone(),
+            sender,
+            size,
+            bounce_class,
+            mta_sts: self.mta_sts.clone(),
+        };
+        if tell(&item.to.outcome, outcome).await.is_err() {
+            tracing::error!("a scheduled queue went away with a message in flight; the spool keeps it for the next start");
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! - [`scheduled_queue`] — ScheduledQueueActor: the queue `campaign:tenant@domain`, its
 //!   retry schedule and holds, route and source choice ([`pool`]), and settlement;
 //! - [`ready_queue`] — ReadyQueueActor: per (egress source, site), shaping ([`shaping`],
-//!   [`limits`]) and connections;
+//!   [`limits`]), a domain's MTA-STS policy ([`mta_sts`]) and connections;
 //! - [`connection`] — ConnectionActor: one SMTP session, bounce classes ([`bounce`]);
 //! - [`classifier`] — ClassifierActor: every reply, against the automation rules
 //!   ([`automation`]);
@@ -36,6 +36,7 @@ pub mod limits;
 pub mod memory;
 pub mod message;
 pub mod messages;
+pub mod mta_sts;
 pub mod pool;
 pub mod ports;
 pub mod queue_policy;

@@ -21,6 +21,7 @@
 //!   [`ListBounces`], [`ListOverrides`], [`Restore`].
 
 use crate::message::{MessageKey, Peer, QueueIdentity, QueuedMessage, Reply};
+use crate::mta_sts::{StsApplied, StsPolicy};
 use crate::ports::MxHost;
 use crate::suspension::{Override, Suspension};
 use crate::throttle::Throttle;
@@ -68,6 +69,8 @@ pub struct Offer {
     pub items: Vec<ReadyItem>,
     /// The site's current hosts.
     pub hosts: Arc<[MxHost]>,
+    /// The domain's MTA-STS policy, when it has one (its lane is then its own).
+    pub mta_sts: Option<Arc<StsPolicy>>,
     /// The offering scheduled queue's name.
     pub queue: Arc<str>,
     /// The offering scheduled queue.
@@ -141,6 +144,8 @@ pub struct DeliveryOutcome {
     pub size: Option<u64>,
     /// Bounce class of a failure.
     pub bounce_class: Option<String>,
+    /// The MTA-STS policy the attempt went under.
+    pub mta_sts: Option<Arc<StsApplied>>,
 }
 
 /// A reply seen by a connection, with whose mail it was about, for automation.

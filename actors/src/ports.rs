@@ -7,6 +7,7 @@
 
 pub use crate::message::LoadedMessage;
 use crate::message::{MessageKey, Peer, Reply};
+use crate::mta_sts::StsPolicy;
 use crate::record::LogRecord;
 use futures::future::BoxFuture;
 use std::net::IpAddr;
@@ -77,10 +78,18 @@ pub enum RouteError {
     Transient(Reply),
 }
 
-/// MX resolution with caching.
+/// MX resolution with caching, and MTA-STS policy discovery.
 pub trait MxResolver: Send + Sync + 'static {
     /// The route for `domain` (lower case; `[1.2.3.4]` for address literals).
     fn resolve(&self, domain: Arc<str>) -> BoxFuture<'static, Result<Route, RouteError>>;
+
+    /// The MTA-STS policy in force for `domain` (cached, fetched when its TXT record's id
+    /// is new), or `None` when it publishes none that could be read. Resolvers without
+    /// MTA-STS (tests) know of none.
+    fn mta_sts(&self, domain: Arc<str>) -> BoxFuture<'static, Option<Arc<StsPolicy>>> {
+        let _ = domain;
+        Box::pin(async { None })
+    }
 }
 
 /// STARTTLS policy (`enable_tls` in shaping).

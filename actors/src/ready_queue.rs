@@ -33,7 +33,8 @@ use crate::messages::{
     QueueLine, ReadyInfo, ReadyItem, ReadyQueueInfo, ReadyRoom, Reshape, SourceSuspension,
     Withdraw,
 };
-use crate::ports::{ConnectTarget, EgressSource, MxHost};
+use crate::mta_sts::{StsMode, StsPolicy};
+use crate::ports::{ConnectTarget, EgressSource, MxHost, TlsMode};
 use crate::registry::Registry;
 use crate::shaping::{PathSettings, ShapingOptions};
 use crate::suspension::SuspensionView;
@@ -99,25 +100,25 @@ impl ReadyQueues {
         source: &Arc<EgressSource>,
         site: &Arc<str>,
         hosts: &Arc<[MxHost]>,
+        mta_sts: &Option<Arc<StsPolicy>>,
         domain: &Arc<str>,
         alone: bool,
     ) -> Addr<ReadyQueueActor> {
         let lane = lane_of(site, domain, alone);
         self.registry
             .get_or_start(&(source.name.clone(), lane.clone()), |serial| {
-                let (source, site, hosts, domain, all) = (
-                    source.clone(),
-                    site.clone(),
-                    hosts.clone(),
-                    domain.clone(),
-                    self.clone(),
-                );
+                let (source, site, domain, all) =
+                    (source.clone(), site.clone(), domain.clone(), self.clone());
+                let destination = Destination {
+                    hosts: hosts.clone(),
+                    mta_sts: mta_sts.clone(),
+                };
                 let lane = Lane {
                     name: lane,
                     alone: alone.then(|| domain.clone()),
                 };
                 ReadyQueueActor::start_in_arbiter(&Arbiter::current(), move |_| {
-                    ReadyQueueActor::new(source, site, lane, hosts, domain, all, serial)
+                    ReadyQueueActor::new(source, site, lane, destination, domain, all, serial)
                 })
             })
     }
@@ -147,14 +148,27 @@ struct Lane {
     alone: Option<Arc<str>>,
 }
 
+/// Where a ready queue's mail goes, as the latest offer said.
+struct Destination {
+    /// The site's hosts.
+    hosts: Arc<[MxHost]>,
+    /// The domain's MTA-STS policy (a lane of its own).
+    mta_sts: Option<Arc<StsPolicy>>,
+}
+
 /// The ready queue for one (source, site) — or (source, site, domain) for a domain alone.
 pub struct ReadyQueueActor {
     source: Arc<EgressSource>,
     site: Arc<str>,
     lane: Lane,
-    hosts: Arc<[MxHost]>,
-    /// The hosts its connections may try, or why none may (`prohibited_hosts`, `skip_hosts`).
+    destination: Destination,
+    /// The hosts its connections may try, or why none may (`prohibited_hosts`,
+    /// `skip_hosts`, an `enforce` MTA-STS policy listing none of them).
     targets: Result<Arc<[MxHost]>, Reply>,
+    /// The MTA-STS policy its connections go under, when `enable_mta_sts` applies one.
+    mta_sts: Option<Arc<StsPolicy>>,
+    /// `targets` is an error because that policy lists none of the hosts.
+    targets_refused_by_mta_sts: bool,
     /// The domain whose mail created it: shaping is looked up through it.
     domain: Arc<str>,
     /// Options from the shaping files; overrides are layered on top.
@@ -193,7 +207,7 @@ impl ReadyQueueActor {
         source: Arc<EgressSource>,
         site: Arc<str>,
         lane: Lane,
-        hosts: Arc<[MxHost]>,
+        destination: Destination,
         domain: Arc<str>,
         all: Arc<ReadyQueues>,
         serial: u64,
@@ -229,8 +243,10 @@ impl ReadyQueueActor {
             source,
             site,
             lane,
-            targets: Ok(hosts.clone()),
-            hosts,
+            targets: Ok(destination.hosts.clone()),
+            mta_sts: None,
+            targets_refused_by_mta_sts: false,
+            destination,
             all,
             serial,
             line: None,
@@ -278,9 +294,26 @@ impl ReadyQueueActor {
         self.screen_hosts();
     }
 
-    /// Work out which of the site's hosts may be tried.
+    /// Work out which of the site's hosts may be tried, and under which MTA-STS policy.
     fn screen_hosts(&mut self) {
-        self.targets = self.settings.screen_hosts(&self.hosts);
+        // A policy is the domain's: it applies only in the domain's own lane.
+        self.mta_sts = self
+            .destination
+            .mta_sts
+            .clone()
+            .filter(|_| self.settings.enable_mta_sts && self.lane.alone.is_some());
+        self.targets_refused_by_mta_sts = false;
+        self.targets = self
+            .settings
+            .screen_hosts(&self.destination.hosts)
+            .and_then(|hosts| match &self.mta_sts {
+                Some(policy) if policy.mode == StsMode::Enforce => {
+                    let allowed = enforce_mx(policy, &self.domain, &hosts);
+                    self.targets_refused_by_mta_sts = allowed.is_err();
+                    allowed
+                }
+                _ => Ok(hosts),
+            });
         if let Err(reply) = &self.targets {
             tracing::warn!(source = %self.source.name, site = %self.site, reply = %reply.match_text(), "no host of this site may be connected to");
         }
@@ -288,6 +321,7 @@ impl ReadyQueueActor {
 
     /// Settle every waiting message with `reply` (a failure that is the site's, not theirs).
     fn fail_all(&mut self, reply: &Reply) {
+        let applied = self.mta_sts.as_ref().map(|p| Arc::new(p.applied(None)));
         for item in self.ready.drain(..) {
             item.to.outcome.do_send(DeliveryOutcome {
                 key: item.message.key,
@@ -298,6 +332,7 @@ impl ReadyQueueActor {
                 sender: None,
                 size: None,
                 bounce_class: None,
+                mta_sts: applied.clone(),
             });
         }
         self.wake_blocked();
@@ -407,6 +442,10 @@ impl ReadyQueueActor {
             Ok(hosts) => hosts.clone(),
             Err(reply) => {
                 let reply = reply.clone();
+                if self.targets_refused_by_mta_sts {
+                    metrics::counter!("switchyard_mta_sts_failures_total", "reason" => "mx_mismatch")
+                        .increment(self.ready.len() as u64);
+                }
                 self.fail_all(&reply);
                 self.idle_since = (self.connections == 0).then(Instant::now);
                 return;
@@ -443,11 +482,20 @@ impl ReadyQueueActor {
             for gate in &self.providers {
                 gate.opened();
             }
+            // An `enforce` policy wants verified TLS, whatever `enable_tls` says.
+            let enforced = self
+                .mta_sts
+                .as_ref()
+                .is_some_and(|p| p.mode == StsMode::Enforce);
             let target = ConnectTarget {
                 source: self.source.clone(),
                 hosts: hosts.clone(),
                 port: self.settings.smtp_port,
-                tls: self.settings.enable_tls,
+                tls: if enforced {
+                    TlsMode::Required
+                } else {
+                    self.settings.enable_tls
+                },
                 timeouts: self.settings.timeouts,
                 remember_broken_tls: self.settings.remember_broken_tls,
                 reconnect_on_failed_handshake: self.settings.reconnect_on_failed_handshake,
@@ -461,12 +509,44 @@ impl ReadyQueueActor {
                 target,
                 site: self.site.clone(),
                 max_deliveries: self.settings.max_deliveries_per_connection,
+                mta_sts: self.mta_sts.clone(),
             }
             .start();
         }
         self.idle_since = (self.ready.is_empty() && self.connections == 0).then(Instant::now);
         self.publish();
     }
+}
+
+/// The hosts an `enforce` policy lets `domain`'s mail go to, in order; none →
+/// `451 4.4.4` naming the policy, the hosts and what it lists.
+fn enforce_mx(
+    policy: &StsPolicy,
+    domain: &str,
+    hosts: &Arc<[MxHost]>,
+) -> Result<Arc<[MxHost]>, Reply> {
+    if hosts.iter().all(|h| policy.mx_matches(&h.name)) {
+        return Ok(hosts.clone());
+    }
+    let kept: Vec<MxHost> = hosts
+        .iter()
+        .filter(|h| policy.mx_matches(&h.name))
+        .cloned()
+        .collect();
+    if !kept.is_empty() {
+        return Ok(kept.into());
+    }
+    let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+    Err(Reply::internal(
+        451,
+        "4.4.4",
+        format!(
+            "the MTA-STS policy of {domain} (enforce, id {}) lists none of its MX hosts {} (it lists {})",
+            policy.id,
+            names.join(", "),
+            policy.mx.join(", ")
+        ),
+    ))
 }
 
 impl Actor for ReadyQueueActor {
@@ -516,8 +596,15 @@ impl Handler<Offer> for ReadyQueueActor {
             offer.from.room.do_send(ReadyRoom);
             return 0;
         }
-        if !Arc::ptr_eq(&self.hosts, &offer.hosts) {
-            self.hosts = offer.hosts;
+        let same_policy = match (&self.destination.mta_sts, &offer.mta_sts) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        if !Arc::ptr_eq(&self.destination.hosts, &offer.hosts) || !same_policy {
+            self.destination = Destination {
+                hosts: offer.hosts,
+                mta_sts: offer.mta_sts,
+            };
             self.screen_hosts();
         }
         let room = if self.suspended {

@@ -3,7 +3,9 @@
 //! The actors fill them in; the daemon's log writer (`src/logs.rs`) serializes and files them.
 
 use crate::message::{Peer, TlsInfo};
+use crate::mta_sts::StsApplied;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// An SMTP reply as logged.
@@ -116,6 +118,9 @@ pub struct LogRecord {
     /// The attempt's TLS session (Delivery, TransientFailure, Bounce).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsInfo>,
+    /// The MTA-STS policy the attempt went under (Delivery, TransientFailure, Bounce).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mta_sts: Option<Arc<StsApplied>>,
     /// Injecting client's address (Reception, Rejection).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,

@@ -282,6 +282,8 @@ pub struct ShapingOptions {
     pub prohibited_hosts: Option<Arc<[IpNet]>>,
     /// Addresses in these are left out of a site's hosts.
     pub skip_hosts: Option<Arc<[IpNet]>>,
+    /// Apply the destination domain's MTA-STS policy.
+    pub enable_mta_sts: Option<bool>,
 }
 
 impl ShapingOptions {
@@ -315,7 +317,8 @@ impl ShapingOptions {
             opportunistic_tls_reconnect_on_failed_handshake,
             max_recipients_per_batch,
             prohibited_hosts,
-            skip_hosts
+            skip_hosts,
+            enable_mta_sts
         )
     }
 
@@ -357,6 +360,7 @@ impl ShapingOptions {
             "prohibited_hosts" => self.prohibited_hosts = Some(networks(name, value)?),
             "skip_hosts" => self.skip_hosts = Some(networks(name, value)?),
             "max_recipients_per_batch" => self.max_recipients_per_batch = Some(count(name, value)?),
+            "enable_mta_sts" => self.enable_mta_sts = Some(boolean(name, value)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -481,6 +485,8 @@ pub struct PathSettings {
     pub prohibited_hosts: Arc<[IpNet]>,
     /// Addresses left out of a site.
     pub skip_hosts: Arc<[IpNet]>,
+    /// Apply the destination domain's MTA-STS policy (default true).
+    pub enable_mta_sts: bool,
 }
 
 impl PathSettings {
@@ -520,6 +526,7 @@ impl PathSettings {
                 .clone()
                 .unwrap_or_else(default_prohibited_hosts),
             skip_hosts: o.skip_hosts.clone().unwrap_or_else(|| Arc::from([])),
+            enable_mta_sts: o.enable_mta_sts.unwrap_or(true),
         }
     }
 
@@ -782,6 +789,16 @@ impl Shaping {
     /// of its own instead of sharing its site's.
     pub fn alone(&self, domain: &str) -> bool {
         self.domains.get(domain).is_some_and(|d| !d.mx_rollup)
+    }
+
+    /// Whether `domain`'s MTA-STS policy is looked for: `enable_mta_sts` of its blocks
+    /// without a source (default, providers, the domain's block). A source's own block can
+    /// still turn it off for that source's ready queues.
+    pub fn mta_sts_wanted(&self, domain: &str, site: &str) -> bool {
+        self.path(domain, site, "")
+            .options
+            .enable_mta_sts
+            .unwrap_or(true)
     }
 
     /// Providers matching `domain` on `site`, in file order.

@@ -49,17 +49,7 @@ impl Connector {
     /// (`[tls] trust_roots`).
     pub fn new(extra_roots: Vec<CertificateDer<'static>>) -> anyhow::Result<Connector> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for cert in extra_roots {
-            roots
-                .add(cert)
-                .map_err(|e| anyhow::anyhow!("[tls] trust_roots: {e}"))?;
-        }
-        let verified = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let verified = verified_tls_config(extra_roots)?;
         let insecure = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -89,6 +79,25 @@ impl Connector {
         let mut map = self.broken_tls.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(key.to_string(), Instant::now() + how_long);
     }
+}
+
+/// A TLS client configuration that verifies certificates against the web PKI roots and
+/// `extra_roots` (`[tls] trust_roots`): outbound SMTP and switchyard's own HTTPS fetches.
+pub fn verified_tls_config(
+    extra_roots: Vec<CertificateDer<'static>>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        roots
+            .add(cert)
+            .map_err(|e| anyhow::anyhow!("[tls] trust_roots: {e}"))?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Why one host could not be used.

@@ -2,6 +2,7 @@
 //! drive it (swaks, Python smtplib, raw sockets).
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod tools;
 pub use tools::Tool;
 
@@ -638,6 +639,20 @@ impl Dnsmasq {
     pub fn start(options: &[String]) -> Dnsmasq {
         Tool::Dnsmasq.require();
         let port = free_port();
+        Dnsmasq {
+            port,
+            child: Dnsmasq::spawn(port, options),
+        }
+    }
+
+    /// Stop, and start again on the same port with other records.
+    pub fn restart(&mut self, options: &[String]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Dnsmasq::spawn(self.port, options);
+    }
+
+    fn spawn(port: u16, options: &[String]) -> Child {
         let child = Command::new("dnsmasq")
             .env("PATH", tools::path_with_sbin())
             .args([
@@ -665,7 +680,7 @@ impl Dnsmasq {
             format!("127.0.0.1:{port}").parse().unwrap(),
             Duration::from_secs(10),
         );
-        Dnsmasq { port, child }
+        child
     }
 }
 

@@ -35,6 +35,7 @@ use crate::messages::{
     AdminBounce, BackToSchedule, DeliveryOutcome, Enqueue, QueueGone, QueueInfo, QueueLine,
     ReadyRoom, Recheck, ScheduledInfo,
 };
+use crate::mta_sts::StsPolicy;
 use crate::pool::{Pool, PoolCursor, Pools};
 use crate::ports::{Ports, Route};
 use crate::queue_policy::{PoliciesInForce, QueuePolicy};
@@ -110,6 +111,8 @@ pub struct ScheduledQueueActor {
     scheduled: BTreeMap<(u64, MessageKey), QueuedMessage>,
     in_flight: HashMap<MessageKey, QueuedMessage>,
     route: Option<Route>,
+    /// The domain's MTA-STS policy (`enforce` or `testing`), looked up with the route.
+    mta_sts: Option<Arc<StsPolicy>>,
     /// The route was just looked up: use it for this pump even if its TTL has run out.
     fresh_route: bool,
     resolving: bool,
@@ -172,6 +175,7 @@ impl ScheduledQueueActor {
             scheduled: BTreeMap::new(),
             in_flight: HashMap::new(),
             route: None,
+            mta_sts: None,
             fresh_route: false,
             resolving: false,
             wake: None,
@@ -300,6 +304,7 @@ impl Handler<DeliveryOutcome> for ScheduledQueueActor {
             sender: o.sender,
             size: o.size,
             bounce_class: o.bounce_class,
+            mta_sts: o.mta_sts,
             admin: false,
         };
         self.settle(m, &o.reply, s);

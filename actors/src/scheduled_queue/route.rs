@@ -19,6 +19,7 @@
 use super::{Pump, ScheduledQueueActor};
 use crate::message::{now_ms, MessageKey, QueuedMessage};
 use crate::messages::{Offer, ReadyItem};
+use crate::mta_sts::StsMode;
 use crate::ports::{EgressSource, Route, RouteError};
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -150,15 +151,21 @@ impl ScheduledQueueActor {
         };
         // A domain goes alone (a ready queue of its own) when its block says
         // `mx_rollup = false` or a SetDomainConfig override for it is in force.
-        let alone = self.all.ready.rules.shaping().alone(&self.id.domain)
+        // So does a domain under an MTA-STS policy: the policy is the domain's, not its site's.
+        let alone = self.mta_sts.is_some()
+            || self.all.ready.rules.shaping().alone(&self.id.domain)
             || self
                 .all
                 .view
                 .domain_alone(&source.name, &route.site, &self.id.domain);
-        let ready =
-            self.all
-                .ready
-                .ready_queue(&source, &route.site, &route.hosts, &self.id.domain, alone);
+        let ready = self.all.ready.ready_queue(
+            &source,
+            &route.site,
+            &route.hosts,
+            &self.mta_sts,
+            &self.id.domain,
+            alone,
+        );
         // Keyed by source and lane: a domain may have offered to both its site's shared
         // ready queue and its own, and a hold must pull back from each.
         let offered_key: Arc<str> = format!("{}/{alone}", source.name).into();
@@ -180,6 +187,7 @@ impl ScheduledQueueActor {
         let offer = Offer {
             items,
             hosts: route.hosts.clone(),
+            mta_sts: self.mta_sts.clone(),
             queue: self.name.as_str().into(),
             from: line,
         };
@@ -226,6 +234,26 @@ impl ScheduledQueueActor {
         );
     }
 
+    /// Whether the domain's MTA-STS policy applies to `route`: MX hosts from DNS (not an
+    /// address literal, not the operator's `[routes]`) and `enable_mta_sts` on.
+    fn mta_sts_eligible(&self, route: &Route) -> bool {
+        !self.id.domain.starts_with('[')
+            && route.hosts.iter().all(|h| !h.configured)
+            && self
+                .all
+                .ready
+                .rules
+                .shaping()
+                .mta_sts_wanted(&self.id.domain, &route.site)
+    }
+
+    fn use_route(&mut self, route: Route, ctx: &mut Context<Self>) {
+        self.resolving = false;
+        self.route = Some(route);
+        self.fresh_route = true;
+        self.pump(ctx);
+    }
+
     /// Look the domain's route up; on failure every due message shares its fate.
     pub(super) fn resolve(&mut self, ctx: &mut Context<Self>) {
         if self.resolving {
@@ -237,9 +265,18 @@ impl ScheduledQueueActor {
             act.resolving = false;
             match result {
                 Ok(route) => {
-                    act.route = Some(route);
-                    act.fresh_route = true;
-                    act.pump(ctx);
+                    if !act.mta_sts_eligible(&route) {
+                        act.mta_sts = None;
+                        return act.use_route(route, ctx);
+                    }
+                    // The policy is looked up (from the cache, mostly) each time the route
+                    // is: a changed TXT id is seen within the MX records' TTL.
+                    act.resolving = true;
+                    let lookup = act.all.ports.resolver.mta_sts(act.id.domain.clone());
+                    ctx.spawn(lookup.into_actor(act).map(move |policy, act, ctx| {
+                        act.mta_sts = policy.filter(|p| p.mode != StsMode::None);
+                        act.use_route(route, ctx);
+                    }));
                 }
                 Err(RouteError::Permanent(reply)) | Err(RouteError::Transient(reply)) => {
                     // Every due message shares the domain's fate; each counts an attempt.

@@ -10,6 +10,7 @@
 
 use super::ScheduledQueueActor;
 use crate::message::{message_id_hex, now_ms, Peer, QueueIdentity, QueuedMessage, Reply};
+use crate::mta_sts::StsApplied;
 use crate::record::{LogRecord, RecordKind};
 use metrics::{Counter, Gauge};
 use std::collections::HashMap;
@@ -24,6 +25,8 @@ pub(crate) struct Settlement {
     pub sender: Option<String>,
     pub size: Option<u64>,
     pub bounce_class: Option<String>,
+    /// The MTA-STS policy the attempt went under.
+    pub mta_sts: Option<Arc<StsApplied>>,
     /// An administrative bounce (API or automation), not an attempt.
     pub admin: bool,
 }
@@ -194,6 +197,7 @@ impl ScheduledQueueActor {
             source: s.source.as_deref().map(str::to_string),
             site: s.site.as_deref().map(str::to_string),
             tls: s.peer.as_ref().and_then(|p| p.tls.clone()),
+            mta_sts: s.mta_sts,
             peer: s.peer,
             response: Some(reply.into()),
             attempts: Some(m.attempts),
