@@ -98,10 +98,11 @@ impl Dns {
         self.inner.resolver.clone()
     }
 
-    /// Publish the gauges of what the resolver keeps (MTA-STS policies).
-    pub fn publish_gauges(&self) {
+    /// Tidy what the resolver keeps beyond its cache (MTA-STS policies) and publish its
+    /// gauges.
+    pub fn upkeep(&self) {
         if let Some(m) = self.inner.mta_sts.get() {
-            m.publish_gauges();
+            m.upkeep();
         }
     }
 
@@ -121,7 +122,12 @@ impl MxResolver for Dns {
             .inner
             .runtime
             .spawn(async move { mta_sts.policy(&domain).await });
-        Box::pin(async move { task.await.ok().flatten() })
+        Box::pin(async move {
+            task.await.unwrap_or_else(|e| {
+                tracing::error!("MTA-STS lookup task failed ({e}); going on without a policy");
+                None
+            })
+        })
     }
 
     fn resolve(&self, domain: Arc<str>) -> BoxFuture<'static, Result<Route, RouteError>> {

@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::TlsConnector;
 
+/// Longest wait for one address to take the connection (the next one is tried then).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// An answer.
 #[derive(Debug)]
 pub struct Response {
@@ -71,12 +74,15 @@ impl HttpsClient {
         let mut last = format!("{host} has no address");
         let mut tcp = None;
         for ip in addrs.iter() {
-            match tokio::net::TcpStream::connect(SocketAddr::new(ip, 443)).await {
-                Ok(s) => {
+            let addr = SocketAddr::new(ip, 443);
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
+            {
+                Ok(Ok(s)) => {
                     tcp = Some(s);
                     break;
                 }
-                Err(e) => last = format!("cannot connect to {host} ({ip}:443): {e}"),
+                Ok(Err(e)) => last = format!("cannot connect to {host} ({addr}): {e}"),
+                Err(_) => last = format!("connecting to {host} ({addr}) timed out"),
             }
         }
         let tcp = tcp.ok_or(last)?;

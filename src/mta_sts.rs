@@ -5,27 +5,30 @@
 //! For a domain, each time its route is looked up:
 //! 1. the TXT record `_mta-sts.<domain>` through the configured resolver gives the policy
 //!    id (none, or a malformed or ambiguous record: no policy record);
-//! 2. a cached policy with that id is used as it is — and fetched again in the background
-//!    once half its `max_age` has passed, so it is refreshed before it expires;
+//! 2. a cached policy with that id is used as it is;
 //! 3. a new id (or none cached) fetches `https://mta-sts.<domain>/.well-known/mta-sts.txt`
 //!    ([`HttpsClient`]: web PKI roots plus `[tls] trust_roots`, no redirects, 64 KiB,
-//!    20 s); a failed fetch keeps the cached policy (§5.1), is counted, and is not tried
-//!    again for that id for 5 minutes;
+//!    20 s) — one fetch per domain at a time, however many queues ask; a failed fetch keeps
+//!    the cached policy (§5.1), is counted, and is not tried again for that id for 5
+//!    minutes;
 //! 4. with no TXT record (or a failed lookup), a cached policy stays in force until it
 //!    expires.
 //!
 //! Policies are cached for their `max_age` and stored in the spool's `state` keyspace
-//! (`mta-sts/<domain>`), so a restart starts with them. `switchyard_mta_sts_policies{mode}`
+//! (`mta-sts/<domain>`), so a restart starts with them. Once half its `max_age` has
+//! passed, a policy is fetched again in the background — when its domain's route is looked
+//! up, or by the daemon's upkeep ([`MtaSts::upkeep`]) for a domain that gets no mail
+//! meanwhile — so it is refreshed before it expires; upkeep also forgets expired policies. `switchyard_mta_sts_policies{mode}`
 //! counts the cached ones; `switchyard_mta_sts_failures_total{reason}` counts failed
 //! lookups (`dns`), fetches (`fetch`) and policies that could not be read
 //! (`invalid_policy`).
 
 use crate::https::HttpsClient;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use switchyard_actors::message::now_ms;
 use switchyard_actors::mta_sts::{parse_txt, StsMode, StsPolicy, FAILURE_REASONS};
@@ -37,26 +40,42 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_POLICY_BYTES: usize = 64 * 1024;
 /// A fetch that failed is not tried again for the same id before this.
 const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(300);
+/// Most background refreshes one upkeep round starts.
+const REFRESHES_PER_UPKEEP: usize = 100;
 /// Prefix of the stored policies in the spool's `state` keyspace.
 const STATE_PREFIX: &str = "mta-sts/";
 /// Where a policy is published.
 const POLICY_PATH: &str = "/.well-known/mta-sts.txt";
 
-/// A policy as stored: with when it was fetched.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
-    policy: StsPolicy,
-    fetched_ms: u64,
-}
+/// A fetch under way, shared by everyone who waits for it.
+type Fetch = Shared<BoxFuture<'static, Option<Arc<StsPolicy>>>>;
 
 /// What is known of one domain.
 #[derive(Default)]
 struct Entry {
-    policy: Option<(Arc<StsPolicy>, u64)>,
+    policy: Option<Arc<StsPolicy>>,
     /// The id whose fetch failed last, and until when it is not tried again.
     failed: Option<(String, Instant)>,
-    /// A background refresh is under way.
-    refreshing: bool,
+    /// The fetch under way, and the id it is for.
+    fetching: Option<(String, Fetch)>,
+}
+
+impl Entry {
+    fn failed_recently(&self, id: Option<&str>) -> bool {
+        self.failed
+            .as_ref()
+            .is_some_and(|(f, until)| id.is_none_or(|id| id == f) && *until > Instant::now())
+    }
+
+    /// Past half its life, with no fetch under way and none failed a moment ago.
+    fn refresh_due(&self, now: u64) -> bool {
+        self.fetching.is_none()
+            && !self.failed_recently(None)
+            && self
+                .policy
+                .as_ref()
+                .is_some_and(|p| now.saturating_sub(p.fetched_ms) >= p.max_age.saturating_mul(500))
+    }
 }
 
 /// Discovers, caches and stores MTA-STS policies.
@@ -87,10 +106,10 @@ impl MtaSts {
             let Some(domain) = key.strip_prefix(STATE_PREFIX) else {
                 continue;
             };
-            match serde_json::from_slice::<Stored>(&value) {
-                Ok(s) if s.policy.expires_ms(s.fetched_ms) > now => {
+            match serde_json::from_slice::<StsPolicy>(&value) {
+                Ok(p) if p.expires_ms() > now => {
                     let entry = Entry {
-                        policy: Some((Arc::new(s.policy), s.fetched_ms)),
+                        policy: Some(Arc::new(p)),
                         ..Default::default()
                     };
                     entries.insert(domain.to_string(), entry);
@@ -127,9 +146,17 @@ impl MtaSts {
     pub async fn policy(&self, domain: &str) -> Option<Arc<StsPolicy>> {
         let inner = &self.inner;
         let txt = inner.txt_id(domain).await;
-        let now = now_ms();
-        let (cached, failed_recently) =
-            inner.look(domain, txt.as_ref().ok().cloned().flatten(), now);
+        let (cached, failed_recently, refresh) = {
+            let entries = inner.lock();
+            let entry = entries.get(domain);
+            let cached = entry.as_ref().and_then(|e| e.policy.clone());
+            let id = txt.as_ref().ok().and_then(|id| id.as_deref());
+            (
+                cached.filter(|p| p.expires_ms() > now_ms()),
+                entry.as_ref().is_some_and(|e| e.failed_recently(id)),
+                entry.is_some_and(|e| e.refresh_due(now_ms())),
+            )
+        };
         let id = match txt {
             Ok(Some(id)) => id,
             Ok(None) => return cached,
@@ -141,79 +168,111 @@ impl MtaSts {
             }
         };
         if let Some(policy) = cached.as_ref().filter(|p| p.id == id) {
-            if inner.refresh_due(domain, now) {
-                let (this, domain, id) = (self.clone(), domain.to_string(), id.clone());
-                tokio::spawn(async move {
-                    this.inner.fetch_and_keep(&domain, &id).await;
-                    this.inner.refreshed(&domain);
-                });
+            if refresh {
+                // In the background: mail goes on under the cached policy meanwhile.
+                drop(inner.fetch(domain, &id));
             }
             return Some(policy.clone());
         }
         if failed_recently {
             return cached;
         }
-        inner.fetch_and_keep(domain, &id).await.or(cached)
+        inner.fetch(domain, &id).await.or(cached)
+    }
+
+    /// Forget expired policies (from the spool too) and failures past their back-off, fetch
+    /// again the policies past half their life (a few at a time), and publish
+    /// `switchyard_mta_sts_policies` again (gauges not set for a while leave /metrics).
+    /// Called now and then by the daemon's upkeep.
+    pub fn upkeep(&self) {
+        let inner = &self.inner;
+        let now = now_ms();
+        let mut due = Vec::new();
+        {
+            let mut entries = inner.lock();
+            entries.retain(|domain, entry| {
+                if entry.policy.as_ref().is_some_and(|p| p.expires_ms() <= now) {
+                    entry.policy = None;
+                    inner.store.delete_state(format!("{STATE_PREFIX}{domain}"));
+                }
+                if !entry.failed_recently(None) {
+                    entry.failed = None;
+                }
+                if entry.refresh_due(now) && due.len() < REFRESHES_PER_UPKEEP {
+                    due.push(domain.clone());
+                }
+                entry.policy.is_some() || entry.failed.is_some() || entry.fetching.is_some()
+            });
+        }
+        inner.publish();
+        for domain in due {
+            let this = self.clone();
+            tokio::spawn(async move {
+                // The same steps as for mail: the TXT record, then a fetch (its refresh).
+                this.policy(&domain).await;
+            });
+        }
     }
 }
 
-impl MtaSts {
-    /// Publish `switchyard_mta_sts_policies` again (gauges not set for a while leave
-    /// /metrics).
-    pub fn publish_gauges(&self) {
-        self.inner.publish();
+/// Clears an entry's fetch under way when the fetch ends, however it ends.
+struct FetchDone {
+    inner: Arc<Inner>,
+    domain: String,
+    id: String,
+}
+
+impl Drop for FetchDone {
+    fn drop(&mut self) {
+        let mut entries = self.inner.lock();
+        if let Some(entry) = entries.get_mut(&self.domain) {
+            if entry
+                .fetching
+                .as_ref()
+                .is_some_and(|(id, _)| *id == self.id)
+            {
+                entry.fetching = None;
+            }
+        }
     }
 }
 
 impl Inner {
-    /// The cached, unexpired policy of `domain` (an expired one is forgotten), and whether
-    /// fetching `id` failed a moment ago.
-    fn look(&self, domain: &str, id: Option<String>, now: u64) -> (Option<Arc<StsPolicy>>, bool) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = entries.get_mut(domain) else {
-            return (None, false);
-        };
-        if let Some((p, fetched)) = &entry.policy {
-            if p.expires_ms(*fetched) <= now {
-                entry.policy = None;
-                self.store.delete_state(format!("{STATE_PREFIX}{domain}"));
-                drop(entries);
-                self.publish();
-                return (None, false);
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fetch `domain`'s policy under `id` — or join the fetch of it already under way. The
+    /// fetch runs on its own: it finishes (and is kept) whether anyone waits or not.
+    fn fetch(self: &Arc<Self>, domain: &str, id: &str) -> Fetch {
+        let mut entries = self.lock();
+        let entry = entries.entry(domain.to_string()).or_default();
+        if let Some((fetching, under_way)) = &entry.fetching {
+            if fetching == id {
+                return under_way.clone();
             }
         }
-        let failed = match (&entry.failed, id) {
-            (Some((failed_id, until)), Some(id)) => *failed_id == id && *until > Instant::now(),
-            _ => false,
+        let done = FetchDone {
+            inner: self.clone(),
+            domain: domain.to_string(),
+            id: id.to_string(),
         };
-        (entry.policy.as_ref().map(|(p, _)| p.clone()), failed)
-    }
-
-    /// Whether the cached policy of `domain` is past half its life with no refresh under
-    /// way; if so, one is now.
-    fn refresh_due(&self, domain: &str, now: u64) -> bool {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = entries.get_mut(domain) else {
-            return false;
-        };
-        let half_life = |(p, fetched): &(Arc<StsPolicy>, u64)| {
-            now.saturating_sub(*fetched) >= p.max_age.saturating_mul(500)
-        };
-        let failed_recently = entry
-            .failed
-            .as_ref()
-            .is_some_and(|(_, until)| *until > Instant::now());
-        let due =
-            !entry.refreshing && !failed_recently && entry.policy.as_ref().is_some_and(half_life);
-        entry.refreshing |= due;
-        due
-    }
-
-    fn refreshed(&self, domain: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = entries.get_mut(domain) {
-            entry.refreshing = false;
+        let task = tokio::spawn(async move {
+            let policy = done.inner.fetch_and_keep(&done.domain, &done.id).await;
+            drop(done);
+            policy
+        });
+        let (d, i) = (domain.to_string(), id.to_string());
+        let fetch = async move {
+            task.await.unwrap_or_else(|e| {
+                tracing::error!(domain = %d, id = %i, "MTA-STS policy fetch failed: {e}");
+                None
+            })
         }
+        .boxed()
+        .shared();
+        entry.fetching = Some((id.to_string(), fetch.clone()));
+        fetch
     }
 
     /// The id of `domain`'s `_mta-sts` TXT record (see `parse_txt`); `Err` when the lookup
@@ -250,20 +309,13 @@ impl Inner {
         }
     }
 
-    /// Fetch `domain`'s policy under `id`; on success cache and store it, on failure count
-    /// it and remember it for a while.
+    /// Fetch `domain`'s policy under `id`; on success cache and store it (unless a copy
+    /// fetched later is there already), on failure count it and remember it for a while.
     async fn fetch_and_keep(&self, domain: &str, id: &str) -> Option<Arc<StsPolicy>> {
-        match self.fetch(domain, id).await {
-            Ok(policy) => {
-                let fetched_ms = now_ms();
-                let stored = Stored {
-                    policy: policy.clone(),
-                    fetched_ms,
-                };
-                if let Ok(json) = serde_json::to_vec(&stored) {
-                    self.store
-                        .put_state(format!("{STATE_PREFIX}{domain}"), json);
-                }
+        let started = now_ms();
+        match self.fetch_once(domain, id).await {
+            Ok(mut policy) => {
+                policy.fetched_ms = started;
                 let policy = Arc::new(policy);
                 tracing::info!(
                     domain,
@@ -272,20 +324,32 @@ impl Inner {
                     max_age = policy.max_age,
                     "MTA-STS policy fetched"
                 );
-                {
-                    let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+                let kept = {
+                    let mut entries = self.lock();
                     let entry = entries.entry(domain.to_string()).or_default();
-                    entry.policy = Some((policy.clone(), fetched_ms));
                     entry.failed = None;
-                }
+                    match &entry.policy {
+                        Some(later) if later.fetched_ms > started => later.clone(),
+                        _ => {
+                            // Under the lock, so that the spool sees the puts and deletes of
+                            // one domain in the order the cache made them.
+                            if let Ok(json) = serde_json::to_vec(&*policy) {
+                                self.store
+                                    .put_state(format!("{STATE_PREFIX}{domain}"), json);
+                            }
+                            entry.policy = Some(policy.clone());
+                            policy
+                        }
+                    }
+                };
                 self.publish();
-                Some(policy)
+                Some(kept)
             }
             Err((reason, why)) => {
                 metrics::counter!("switchyard_mta_sts_failures_total", "reason" => reason)
                     .increment(1);
                 tracing::warn!(domain, id, reason, "MTA-STS policy fetch failed: {why}");
-                let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+                let mut entries = self.lock();
                 entries.entry(domain.to_string()).or_default().failed =
                     Some((id.to_string(), Instant::now() + FAILED_FETCH_BACKOFF));
                 None
@@ -294,7 +358,11 @@ impl Inner {
     }
 
     /// One fetch: `Err((reason, why))` with a reason of `FAILURE_REASONS`.
-    async fn fetch(&self, domain: &str, id: &str) -> Result<StsPolicy, (&'static str, String)> {
+    async fn fetch_once(
+        &self,
+        domain: &str,
+        id: &str,
+    ) -> Result<StsPolicy, (&'static str, String)> {
         let host = format!("mta-sts.{domain}");
         let answer = self
             .https
@@ -335,11 +403,11 @@ impl Inner {
 
     /// `switchyard_mta_sts_policies{mode}`: the cached policies by mode.
     fn publish(&self) {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = self.lock();
         for mode in StsMode::ALL {
             let n = entries
                 .values()
-                .filter(|e| e.policy.as_ref().is_some_and(|(p, _)| p.mode == mode))
+                .filter(|e| e.policy.as_ref().is_some_and(|p| p.mode == mode))
                 .count();
             metrics::gauge!("switchyard_mta_sts_policies", "mode" => mode.as_str()).set(n as f64);
         }

@@ -81,7 +81,8 @@ pub fn raise_open_files() -> Option<u64> {
 
 /// Every `refresh`: publish the gauges that change only now and then (or they vanish from
 /// /metrics, see `telemetry::gauge_idle_timeout`), let the spool flush what an empty spool
-/// keeps in memory, and give free heap back to the kernel when it is worth it.
+/// keeps in memory, forget expired MTA-STS policies, and give free heap back to the kernel
+/// when it is worth it.
 async fn upkeep(
     refresh: Duration,
     engine: Arc<switchyard_actors::engine::Engine>,
@@ -96,7 +97,7 @@ async fn upkeep(
         engine.publish_gauges();
         spool.upkeep();
         ingress.publish_gauges();
-        dns.publish_gauges();
+        dns.upkeep();
         let (tenants, campaigns, queues, ready) = engine.live();
         if trim.due(tenants + campaigns + queues + ready) {
             let _ = tokio::task::spawn_blocking(crate::telemetry::trim_heap).await;

@@ -240,4 +240,12 @@ fn describe() {
         "switchyard_classifier_matches_total",
         "Replies an automation rule matched (before its trigger decides), by rule."
     );
+    describe_gauge!(
+        "switchyard_mta_sts_policies",
+        "Destination domains whose MTA-STS policy is cached, by mode."
+    );
+    describe_counter!(
+        "switchyard_mta_sts_failures_total",
+        "MTA-STS lookups, fetches and policies that failed, and mail an enforce policy held back or a testing policy would have, by reason."
+    );
 }

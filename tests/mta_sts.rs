@@ -426,27 +426,55 @@ fn a_policy_is_kept_across_restarts_and_outages_and_fetched_again_when_its_id_ch
     // 3. The server is back with a new policy under a new id, while switchyard runs: once
     //    the route is looked up again (dnsmasq's TTL is 0, switchyard keeps a route at
     //    least 5 s), the new id is seen, the policy fetched and applied.
-    web.publish("cached.test", &policy("enforce", &["mx1.cached.test"], 10));
+    web.publish("cached.test", &policy("enforce", &["mx1.cached.test"], 24));
     web.up();
     dns.restart(&zone("cached.test", &mx, Some("3"), web_ip));
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(7));
     send_as(&d, 1, "a@tenant.test", "u@cached.test", "acme");
     let third = delivery_with(&d, 3);
     assert_eq!(third["mta_sts"]["id"], "3", "{third}");
     assert_eq!(third["peer"]["host"], "mx1.cached.test", "{third}");
     assert_eq!(web.fetches("cached.test"), 2);
 
-    // 4. Past half its max_age (10 s) the policy is fetched again before it expires, while
-    //    mail goes on under the cached one.
-    std::thread::sleep(Duration::from_secs(6));
+    // 4. Past half its max_age (24 s) the policy is fetched again, in the background...
+    std::thread::sleep(Duration::from_secs(13));
     send_as(&d, 1, "a@tenant.test", "u@cached.test", "acme");
-    let fourth = delivery_with(&d, 4);
-    assert_eq!(fourth["mta_sts"]["id"], "3", "{fourth}");
+    assert_eq!(delivery_with(&d, 4)["mta_sts"]["id"], "3");
     common::poll_until(
         "the policy refreshed",
         Duration::from_secs(20),
         || vec![Value::from(web.fetches("cached.test"))],
         |n| n[0].as_u64() >= Some(3),
     );
-    assert_eq!(mx1.received().len(), 2);
+
+    // 5. ...so it outlives the first copy's expiry: with the server gone, mail sent after
+    //    that still goes under it. Half the refreshed copy's life has passed by then: its
+    //    refresh fails...
+    web.down();
+    let failures = |d: &Daemon| {
+        d.metric("switchyard_mta_sts_failures_total", "reason=\"fetch\"")
+            .unwrap_or(0.0)
+    };
+    let failed_before = failures(&d);
+    std::thread::sleep(Duration::from_secs(12));
+    send_as(&d, 1, "a@tenant.test", "u@cached.test", "acme");
+    let fifth = delivery_with(&d, 5);
+    assert_eq!(fifth["mta_sts"]["id"], "3", "{fifth}");
+    common::poll_until(
+        "a failed refresh",
+        Duration::from_secs(30),
+        || vec![Value::from(failures(&d))],
+        |v| v[0].as_f64() > Some(failed_before),
+    );
+
+    // 6. ...and the cached policy stays in force (RFC 8461 §5.1) at the next look.
+    std::thread::sleep(Duration::from_secs(6));
+    send_as(&d, 1, "a@tenant.test", "u@cached.test", "acme");
+    let sixth = delivery_with(&d, 6);
+    assert_eq!(
+        sixth["mta_sts"],
+        serde_json::json!({"mode": "enforce", "id": "3"}),
+        "{sixth}"
+    );
+    assert_eq!(mx1.received().len(), 4);
 }

@@ -69,7 +69,8 @@ pub struct Offer {
     pub items: Vec<ReadyItem>,
     /// The site's current hosts.
     pub hosts: Arc<[MxHost]>,
-    /// The domain's MTA-STS policy, when it has one (its lane is then its own).
+    /// The domain's MTA-STS policy, when it has one (under `enforce` or `testing` its lane
+    /// is its own).
     pub mta_sts: Option<Arc<StsPolicy>>,
     /// The offering scheduled queue's name.
     pub queue: Arc<str>,

@@ -63,11 +63,16 @@ pub struct StsPolicy {
     pub mx: Vec<String>,
     /// How long it may be cached, in seconds (at most [`MAX_AGE_LIMIT`]).
     pub max_age: u64,
+    /// When its fetch began (ms since the epoch; 0 until a cache sets it): of two copies of
+    /// a domain's policy, the later fetched is the one in force.
+    #[serde(default)]
+    pub fetched_ms: u64,
 }
 
 /// The `id` of a domain's `_mta-sts` TXT records: `Ok(None)` when none is an MTA-STS record;
 /// an error when several are or the one is malformed — RFC 8461 §3.1: then the domain has no
-/// usable policy record. Each item is one record, its strings already joined.
+/// usable policy record. Each item is one record, its strings already joined. A repeated
+/// field counts the first time; unknown fields are ignored.
 pub fn parse_txt(records: &[String]) -> Result<Option<String>, String> {
     let sts: Vec<&String> = records
         .iter()
@@ -87,10 +92,7 @@ pub fn parse_txt(records: &[String]) -> Result<Option<String>, String> {
         let Some((key, value)) = field.split_once('=') else {
             return Err(format!("malformed field {field:?} in {record:?}"));
         };
-        if key == "id" {
-            if id.is_some() {
-                return Err(format!("two ids in {record:?}"));
-            }
+        if key == "id" && id.is_none() {
             let ok =
                 (1..=32).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric());
             if !ok {
@@ -104,8 +106,9 @@ pub fn parse_txt(records: &[String]) -> Result<Option<String>, String> {
 
 impl StsPolicy {
     /// Read a policy body (RFC 8461 §3.2), fetched under the TXT record's `id`: lines of
-    /// `key: value` (LF or CRLF); `version: STSv1`, `mode` and `max_age` exactly once, at
-    /// least one `mx` unless the mode is `none`; unknown keys are ignored.
+    /// `key: value` (LF or CRLF), keys and values as the ABNF writes them (case counts);
+    /// `version: STSv1`, `mode` and `max_age` required — a repeated one counts the first
+    /// time — and at least one `mx` unless the mode is `none`; unknown keys are ignored.
     pub fn parse(id: &str, text: &str) -> Result<StsPolicy, String> {
         let (mut version, mut mode, mut max_age) = (None, None, None);
         let mut mx = Vec::new();
@@ -119,24 +122,23 @@ impl StsPolicy {
                 return Err(format!("line {at}: not \"key: value\""));
             };
             let value = value.trim_matches([' ', '\t']);
-            let once = |slot: &Option<String>| match slot {
-                Some(_) => Err(format!("line {at}: {key} given twice")),
-                None => Ok(Some(value.to_string())),
+            let first = |slot: &mut Option<String>| {
+                slot.get_or_insert_with(|| value.to_string());
             };
-            match key.to_ascii_lowercase().as_str() {
-                "version" => version = once(&version)?,
-                "mode" => mode = once(&mode)?,
-                "max_age" => max_age = once(&max_age)?,
+            match key {
+                "version" => first(&mut version),
+                "mode" => first(&mut mode),
+                "max_age" => first(&mut max_age),
                 "mx" => mx.push(mx_pattern(value).map_err(|e| format!("line {at}: {e}"))?),
                 _ => {}
             }
         }
         match version.as_deref() {
-            Some(v) if v.eq_ignore_ascii_case("STSv1") => {}
+            Some("STSv1") => {}
             Some(v) => return Err(format!("version {v:?} is not STSv1")),
             None => return Err("no version".into()),
         }
-        let mode = match mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        let mode = match mode.as_deref() {
             Some("enforce") => StsMode::Enforce,
             Some("testing") => StsMode::Testing,
             Some("none") => StsMode::None,
@@ -158,6 +160,7 @@ impl StsPolicy {
             mode,
             mx,
             max_age,
+            fetched_ms: 0,
         })
     }
 
@@ -184,9 +187,10 @@ impl StsPolicy {
         }
     }
 
-    /// When the policy, fetched at `fetched_ms` (ms since the epoch), expires.
-    pub fn expires_ms(&self, fetched_ms: u64) -> u64 {
-        fetched_ms.saturating_add(self.max_age.saturating_mul(1000))
+    /// When the policy expires (ms since the epoch).
+    pub fn expires_ms(&self) -> u64 {
+        self.fetched_ms
+            .saturating_add(self.max_age.saturating_mul(1000))
     }
 }
 
@@ -239,6 +243,12 @@ mod tests {
         assert_eq!((p.max_age, p.id.as_str()), (86400, "20260101"));
         let p = policy("version: STSv1\nmode: none\nmax_age: 0").unwrap();
         assert_eq!((p.mode, p.mx.len()), (StsMode::None, 0));
+        // A repeated field other than mx: the first counts (RFC 8461 §3.2).
+        let p = policy(
+            "version: STSv1\nmode: testing\nmode: enforce\nmx: a.b\nmax_age: 5\nmax_age: 9\n",
+        )
+        .unwrap();
+        assert_eq!((p.mode, p.max_age), (StsMode::Testing, 5));
     }
 
     #[test]
@@ -264,8 +274,16 @@ mod tests {
                 "max_age",
             ),
             (
-                "version: STSv1\nmode: enforce\nmode: none\nmx: a.b\nmax_age: 1\n",
-                "twice",
+                "Version: STSv1\nmode: enforce\nmx: a.b\nmax_age: 1\n",
+                "no version",
+            ),
+            (
+                "version: stsv1\nmode: enforce\nmx: a.b\nmax_age: 1\n",
+                "stsv1",
+            ),
+            (
+                "version: STSv1\nmode: Enforce\nmx: a.b\nmax_age: 1\n",
+                "Enforce",
             ),
             (
                 "version: STSv1\nmode: enforce\nmx: a..b\nmax_age: 1\n",
@@ -284,9 +302,11 @@ mod tests {
 
     #[test]
     fn max_age_is_bounded_to_the_rfc_range() {
-        let p = policy("version: STSv1\nmode: enforce\nmx: a.b\nmax_age: 9999999999\n").unwrap();
+        let mut p =
+            policy("version: STSv1\nmode: enforce\nmx: a.b\nmax_age: 9999999999\n").unwrap();
         assert_eq!(p.max_age, MAX_AGE_LIMIT);
-        assert_eq!(p.expires_ms(1_000), 1_000 + MAX_AGE_LIMIT * 1000);
+        p.fetched_ms = 1_000;
+        assert_eq!(p.expires_ms(), 1_000 + MAX_AGE_LIMIT * 1000);
     }
 
     #[test]
@@ -319,6 +339,9 @@ mod tests {
         assert!(txt(&["v=STSv1; id=not-alnum"]).is_err());
         assert!(txt(&["v=STSv1; id=123456789012345678901234567890123"]).is_err());
         assert!(txt(&["v=STSv1;"]).is_err());
-        assert!(txt(&["v=STSv1; id=a; id=b"]).is_err());
+        assert_eq!(
+            txt(&["v=STSv1; id=a; id=b; ext=1"]).unwrap().as_deref(),
+            Some("a")
+        );
     }
 }

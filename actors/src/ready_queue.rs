@@ -27,7 +27,7 @@
 use crate::automation::RulesInForce;
 use crate::connection::{ConnectionActor, ConnectionKit, ReadyLine};
 use crate::limits::{Limiter, ProviderGate, ProviderGates};
-use crate::message::{message_id, MessageKey, QueueIdentity, Reply};
+use crate::message::{message_id, now_ms, MessageKey, QueueIdentity, Reply};
 use crate::messages::{
     BackToSchedule, Batch, ConnectResult, ConnectionClosed, DeliveryOutcome, NextMessage, Offer,
     QueueLine, ReadyInfo, ReadyItem, ReadyQueueInfo, ReadyRoom, Reshape, SourceSuspension,
@@ -297,11 +297,9 @@ impl ReadyQueueActor {
     /// Work out which of the site's hosts may be tried, and under which MTA-STS policy.
     fn screen_hosts(&mut self) {
         // A policy is the domain's: it applies only in the domain's own lane.
-        self.mta_sts = self
-            .destination
-            .mta_sts
-            .clone()
-            .filter(|_| self.settings.enable_mta_sts && self.lane.alone.is_some());
+        self.mta_sts = self.destination.mta_sts.clone().filter(|p| {
+            p.mode != StsMode::None && self.settings.enable_mta_sts && self.lane.alone.is_some()
+        });
         self.targets_refused_by_mta_sts = false;
         self.targets = self
             .settings
@@ -518,6 +516,22 @@ impl ReadyQueueActor {
     }
 }
 
+/// The policy a lane should go under after an offer carrying `offered`, when it is not the
+/// one it has (`held`). Several scheduled queues (tenants, campaigns) may offer into one
+/// domain's lane, each with the policy it last looked up: the one fetched last wins, and an
+/// offer without one (a queue that knows of none yet) drops a policy only once it expired.
+fn newer_policy(
+    held: &Option<Arc<StsPolicy>>,
+    offered: Option<Arc<StsPolicy>>,
+) -> Option<Option<Arc<StsPolicy>>> {
+    match (held, offered) {
+        (Some(h), Some(o)) if Arc::ptr_eq(h, &o) || o.fetched_ms < h.fetched_ms => None,
+        (Some(h), None) if h.expires_ms() > now_ms() => None,
+        (None, None) => None,
+        (_, offered) => Some(offered),
+    }
+}
+
 /// The hosts an `enforce` policy lets `domain`'s mail go to, in order; none →
 /// `451 4.4.4` naming the policy, the hosts and what it lists.
 fn enforce_mx(
@@ -596,15 +610,12 @@ impl Handler<Offer> for ReadyQueueActor {
             offer.from.room.do_send(ReadyRoom);
             return 0;
         }
-        let same_policy = match (&self.destination.mta_sts, &offer.mta_sts) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (a, b) => a.is_none() && b.is_none(),
-        };
-        if !Arc::ptr_eq(&self.destination.hosts, &offer.hosts) || !same_policy {
-            self.destination = Destination {
-                hosts: offer.hosts,
-                mta_sts: offer.mta_sts,
-            };
+        let policy = newer_policy(&self.destination.mta_sts, offer.mta_sts);
+        if !Arc::ptr_eq(&self.destination.hosts, &offer.hosts) || policy.is_some() {
+            self.destination.hosts = offer.hosts;
+            if let Some(policy) = policy {
+                self.destination.mta_sts = policy;
+            }
             self.screen_hosts();
         }
         let room = if self.suspended {
@@ -748,5 +759,44 @@ impl Handler<ReadyQueueInfo> for ReadyQueueActor {
             connections: self.connections,
             suspended: self.suspended,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(id: &str, fetched_ms: u64, max_age: u64) -> Arc<StsPolicy> {
+        let mut p = StsPolicy::parse(
+            id,
+            &format!("version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: {max_age}\n"),
+        )
+        .unwrap();
+        p.fetched_ms = fetched_ms;
+        Arc::new(p)
+    }
+
+    #[test]
+    fn a_lane_keeps_the_policy_fetched_last_and_drops_one_only_when_it_expired() {
+        let now = now_ms();
+        let old = policy("1", now - 5_000, 86400);
+        let new = policy("2", now - 1_000, 86400);
+        let expired = policy("0", now - 10_000, 5);
+        // A first policy, a newer one, and the same one again.
+        assert_eq!(
+            newer_policy(&None, Some(old.clone())),
+            Some(Some(old.clone()))
+        );
+        assert_eq!(
+            newer_policy(&Some(old.clone()), Some(new.clone())),
+            Some(Some(new.clone()))
+        );
+        assert_eq!(newer_policy(&Some(new.clone()), Some(new.clone())), None);
+        // A queue that looked up earlier, or knows of none, changes nothing...
+        assert_eq!(newer_policy(&Some(new.clone()), Some(old)), None);
+        assert_eq!(newer_policy(&Some(new), None), None);
+        assert_eq!(newer_policy(&None, None), None);
+        // ...unless the policy held has expired.
+        assert_eq!(newer_policy(&Some(expired), None), Some(None));
     }
 }

@@ -111,7 +111,7 @@ pub struct ScheduledQueueActor {
     scheduled: BTreeMap<(u64, MessageKey), QueuedMessage>,
     in_flight: HashMap<MessageKey, QueuedMessage>,
     route: Option<Route>,
-    /// The domain's MTA-STS policy (`enforce` or `testing`), looked up with the route.
+    /// The domain's MTA-STS policy, looked up with the route.
     mta_sts: Option<Arc<StsPolicy>>,
     /// The route was just looked up: use it for this pump even if its TTL has run out.
     fresh_route: bool,

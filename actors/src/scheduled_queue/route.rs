@@ -152,7 +152,10 @@ impl ScheduledQueueActor {
         // A domain goes alone (a ready queue of its own) when its block says
         // `mx_rollup = false` or a SetDomainConfig override for it is in force.
         // So does a domain under an MTA-STS policy: the policy is the domain's, not its site's.
-        let alone = self.mta_sts.is_some()
+        let alone = self
+            .mta_sts
+            .as_ref()
+            .is_some_and(|p| p.mode != StsMode::None)
             || self.all.ready.rules.shaping().alone(&self.id.domain)
             || self
                 .all
@@ -274,7 +277,9 @@ impl ScheduledQueueActor {
                     act.resolving = true;
                     let lookup = act.all.ports.resolver.mta_sts(act.id.domain.clone());
                     ctx.spawn(lookup.into_actor(act).map(move |policy, act, ctx| {
-                        act.mta_sts = policy.filter(|p| p.mode != StsMode::None);
+                        // A `none` policy is kept too: it tells a lane of the domain's own
+                        // (`mx_rollup = false`) that the domain withdrew its policy.
+                        act.mta_sts = policy;
                         act.use_route(route, ctx);
                     }));
                 }
