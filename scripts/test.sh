@@ -28,6 +28,7 @@ PIP_CHECKS=(
   "python3 -c 'import aiosmtpd.controller'       |aiosmtpd"
   "python3 -c 'import dkim'                      |dkimpy"
   "python3 -c 'import nacl.signing'              |pynacl"
+  "python3 -c 'import standardwebhooks'          |standardwebhooks"
 )
 
 passes() { bash -c "$1" >/dev/null 2>&1; }

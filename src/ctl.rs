@@ -214,6 +214,60 @@ pub fn overrides(api: &Api, as_json: bool) -> Result<String, CtlError> {
     listing(api, "/api/v1/overrides", &cols, as_json)
 }
 
+/// `ctl webhooks`.
+pub fn webhooks(api: &Api, as_json: bool) -> Result<String, CtlError> {
+    let v = api.call("GET", "/api/v1/webhooks", None)?;
+    if as_json {
+        return Ok(format!("{v}\n"));
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|w| {
+                    vec![
+                        text(&w["name"]),
+                        text(&w["url"]),
+                        format!(
+                            "{}:{}",
+                            text(&w["cursor"]["segment"]),
+                            text(&w["cursor"]["line"])
+                        ),
+                        format!("{:.1}s", w["lag_seconds"].as_f64().unwrap_or(0.0)),
+                        text(&w["last_delivery"]),
+                        text(&w["last_error"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(table(
+        &[
+            "NAME",
+            "URL",
+            "CURSOR",
+            "LAG",
+            "LAST DELIVERY",
+            "LAST ERROR",
+        ],
+        &rows,
+    ))
+}
+
+/// `ctl webhooks test NAME`.
+pub fn webhook_test(api: &Api, name: &str, as_json: bool) -> Result<String, CtlError> {
+    let path = format!(
+        "/api/v1/webhooks/{}/test",
+        percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let v = api.call("POST", &path, None)?;
+    Ok(if as_json {
+        format!("{v}\n")
+    } else {
+        format!("{name}: the endpoint answered {}\n", text(&v["status"]))
+    })
+}
+
 /// `ctl throttle`.
 pub fn throttle(
     api: &Api,

@@ -27,3 +27,4 @@ pub mod server;
 pub mod shaping;
 pub mod spool;
 pub mod telemetry;
+pub mod webhooks;

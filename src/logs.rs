@@ -1,7 +1,8 @@
 //! Event logs: one JSON line per event in `data_dir/logs/`.
 //!
 //! Segments are named `YYYYMMDD-HH-NNN.jsonl` (UTC hour, then a sequence number): a new one
-//! starts every hour and whenever the current one reaches `[logs] max_segment_size`. A closed
+//! starts every hour and whenever the current one reaches `[logs] max_segment_size`, so
+//! their names sort in the order they were written. A closed
 //! segment is compressed to `.jsonl.zst` on a helper thread, so compression never holds up
 //! the writer.
 //!
@@ -417,8 +418,12 @@ impl SegmentWriter {
     fn append(&mut self, hour: &str, line: &[u8]) {
         let rotate = match &self.current {
             None => true,
+            // Only a later hour starts a segment: a record stamped a moment before the hour
+            // turned, filed after it, goes into the current one. Segment names then sort in
+            // the order they were written, which readers of the log (webhooks) rely on.
             Some(s) => {
-                s.hour != hour || s.written + line.len() as u64 > self.settings.max_segment_size
+                hour > s.hour.as_str()
+                    || s.written + line.len() as u64 > self.settings.max_segment_size
             }
         };
         if rotate {

@@ -186,6 +186,12 @@ enum CtlCommand {
         /// Override id (see `ctl overrides`).
         id: String,
     },
+    /// Webhook endpoints: cursor, lag and last error; `webhooks test NAME` sends one signed
+    /// test event.
+    Webhooks {
+        #[command(subcommand)]
+        action: Option<WebhooksAction>,
+    },
     /// Live view: per-tenant rates, suspensions, busiest sites.
     Top {
         /// Refresh interval.
@@ -194,6 +200,16 @@ enum CtlCommand {
         /// Stop after this many screens (0: until interrupted).
         #[arg(long, default_value_t = 0)]
         iterations: u64,
+    },
+}
+
+/// `ctl webhooks` subcommands.
+#[derive(Subcommand)]
+enum WebhooksAction {
+    /// Send one signed test event to the endpoint now.
+    Test {
+        /// The webhook's name.
+        name: String,
     },
 }
 
@@ -251,6 +267,10 @@ fn ctl(api: String, token: Option<String>, json: bool, command: CtlCommand) -> E
         ),
         CtlCommand::Unthrottle { id } => ctl::end(&api, "throttles", &id, "unthrottled", json),
         CtlCommand::Overrides => ctl::overrides(&api, json),
+        CtlCommand::Webhooks { action: None } => ctl::webhooks(&api, json),
+        CtlCommand::Webhooks {
+            action: Some(WebhooksAction::Test { name }),
+        } => ctl::webhook_test(&api, &name, json),
         CtlCommand::Revert { id } => ctl::end(&api, "overrides", &id, "reverted", json),
         CtlCommand::Top {
             interval,

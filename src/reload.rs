@@ -1,7 +1,8 @@
 //! Live reload (`SIGHUP`, `POST /api/v1/reload`): read the config and its shaping files
 //! again and put the new shaping and automation rules, the queue policies (`[queue]` and
-//! its scopes, applied to queues that exist at their next decision), and the `[[dkim]]`
-//! keys (read from disk again), in force.
+//! its scopes, applied to queues that exist at their next decision), the `[[dkim]]` keys
+//! (read from disk again) and the `[[webhook]]` endpoints (added, changed from their cursor,
+//! removed), in force.
 //!
 //! Nothing is dropped: scheduled and ready queues keep their messages, suspensions and
 //! overrides stay, ready queues reshape to the new options. A file with an error is
@@ -34,6 +35,7 @@ pub struct Reloader {
     engine: Arc<Engine>,
     dns: Dns,
     dkim: Arc<crate::dkim::DkimKeys>,
+    webhooks: Arc<crate::webhooks::Webhooks>,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -76,6 +78,7 @@ impl Reloader {
         engine: Arc<Engine>,
         dns: Dns,
         dkim: Arc<crate::dkim::DkimKeys>,
+        webhooks: Arc<crate::webhooks::Webhooks>,
     ) -> Self {
         Reloader {
             path,
@@ -83,6 +86,7 @@ impl Reloader {
             engine,
             dns,
             dkim,
+            webhooks,
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -107,6 +111,7 @@ impl Reloader {
             .replace_queue_policies(loaded.config.queue.policies());
         // Keys read again: a key swapped on disk is in force from now on.
         self.dkim.replace(signers);
+        self.webhooks.apply(&loaded);
         let restart_needed = restart_only(&loaded)
             .iter()
             .zip(&self.started_with)

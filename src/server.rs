@@ -147,6 +147,17 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         }
     });
     let ingress = Ingress::new(&loaded, spool.clone(), log.clone(), engine.clone())?;
+    let https = crate::https::HttpsClient::new(
+        crate::outbound::verified_tls_config(loaded.trust_roots()?)?,
+        dns.resolver(),
+    );
+    let webhooks = crate::webhooks::Webhooks::start(
+        &loaded,
+        https,
+        &data_dir.join("logs"),
+        spool.state_entries("webhook/")?,
+        Arc::new(spool.clone()),
+    );
     tokio::spawn(upkeep(
         refresh,
         engine.clone(),
@@ -160,6 +171,7 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         engine.clone(),
         dns,
         ingress.dkim.clone(),
+        webhooks.clone(),
     ));
     let on_hup = reloader.clone();
     let mut hup = signal(SignalKind::hangup())?;
@@ -192,6 +204,7 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         ingress: ingress.clone(),
         reloader,
         token: c.http.token.as_deref().map(Into::into),
+        webhooks: webhooks.clone(),
     };
     tokio::spawn(async move {
         if let Err(e) = http::serve(http_listener, http_state).await {
@@ -207,6 +220,7 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
     shutdown(&ingress, &tasks, &http_engine, c.smtp.shutdown_timeout.0).await;
+    webhooks.stop();
     // The last settlements: their records into the log, then their removals into the spool,
     // fsynced — so a restart repeats nothing that was finished.
     log.sync().await;

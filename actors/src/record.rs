@@ -64,6 +64,24 @@ pub enum RecordKind {
     OverrideEnd,
 }
 
+/// Every record type's name, as `type` says it.
+pub const RECORD_KINDS: [&str; 14] = [
+    "Reception",
+    "Delivery",
+    "TransientFailure",
+    "Bounce",
+    "Expiration",
+    "AdminBounce",
+    "Rejection",
+    "Suspension",
+    "Resume",
+    "AutomationFired",
+    "Throttle",
+    "ThrottleEnd",
+    "Override",
+    "OverrideEnd",
+];
+
 /// The `outcome` label values of `switchyard_delivery_total` and
 /// `switchyard_ready_delivery_total`.
 pub const OUTCOMES: [&str; 5] = [

@@ -134,6 +134,9 @@ pub struct Config {
     /// `[[dkim]]`: signing keys.
     #[serde(default)]
     pub dkim: Vec<DkimConfig>,
+    /// `[[webhook]]`: endpoints the event log is pushed to.
+    #[serde(default)]
+    pub webhook: Vec<WebhookConfig>,
 }
 
 /// `[smtp]`: the injection listener.
@@ -527,6 +530,52 @@ fn default_dkim_headers() -> Vec<String> {
     .to_vec()
 }
 
+/// `[[webhook]]`: one HTTP endpoint the event log's records are pushed to (see
+/// `crate::webhooks`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Names the endpoint in metrics, logs, `ctl webhooks` and its cursor.
+    pub name: Spanned<String>,
+    /// `https://host[:port]/path` or `http://...`.
+    pub url: Spanned<String>,
+    /// Only this tenant's records (absent: every tenant's, and records of no tenant).
+    pub tenant: Option<String>,
+    /// Record types sent (absent: every type).
+    pub records: Option<Spanned<Vec<String>>>,
+    /// Standard Webhooks keys, `whsec_` + base64, one per line: each batch is signed with
+    /// each.
+    pub secret_file: Spanned<PathBuf>,
+    /// Records per POST, at most.
+    #[serde(default = "default_webhook_batch_size")]
+    pub batch_size: usize,
+    /// A batch goes when full or when its first record has waited this long.
+    #[serde(default = "default_webhook_batch_wait")]
+    pub batch_wait: HumanDuration,
+    /// Per request.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+    /// Records older than this are given up for this endpoint.
+    #[serde(default = "default_webhook_max_age")]
+    pub max_age: HumanDuration,
+}
+
+fn default_webhook_batch_size() -> usize {
+    100
+}
+
+fn default_webhook_batch_wait() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(1))
+}
+
+fn default_webhook_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
+}
+
+fn default_webhook_max_age() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(3 * 86_400))
+}
+
 /// `[tls]`: trust for outbound TLS.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -852,6 +901,43 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
             err(
                 d.domain.span(),
                 "a [[dkim]] entry's headers must include From (RFC 6376 §5.4)".into(),
+            );
+        }
+    }
+    let mut webhooks = HashSet::new();
+    for w in &c.webhook {
+        let name = w.name.get_ref();
+        if !is_valid_name(name) {
+            err(
+                w.name.span(),
+                format!("invalid webhook name {name:?}: use letters, digits, '-', '_', '.'"),
+            );
+        } else if !webhooks.insert(name.as_str()) {
+            err(w.name.span(), format!("duplicate webhook name {name:?}"));
+        }
+        if let Err(e) = crate::https::Url::parse(w.url.get_ref()) {
+            err(w.url.span(), e);
+        }
+        if let Some(records) = &w.records {
+            for r in records.get_ref() {
+                if !switchyard_actors::record::RECORD_KINDS.contains(&r.as_str()) {
+                    err(
+                        records.span(),
+                        format!(
+                            "unknown record type {r:?}; one of {}",
+                            switchyard_actors::record::RECORD_KINDS.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if let Err(e) = crate::webhooks::read_secrets(&loaded.resolve(w.secret_file.get_ref())) {
+            err(w.secret_file.span(), e);
+        }
+        if !(1..=10_000).contains(&w.batch_size) {
+            err(
+                w.name.span(),
+                format!("webhook {name:?}: batch_size must be 1 to 10000"),
             );
         }
     }

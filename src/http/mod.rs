@@ -47,6 +47,8 @@ pub struct HttpState {
     pub ingress: Arc<Ingress>,
     /// Live reload.
     pub reloader: Arc<Reloader>,
+    /// Webhook senders.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 /// The router with every route.
@@ -75,6 +77,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/bounces/{id}", delete(controls::cancel_bounce))
         .route("/api/v1/inject", post(inject))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/webhooks", get(list_webhooks))
+        .route("/api/v1/webhooks/{name}/test", post(test_webhook))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -83,6 +87,24 @@ pub fn router(state: HttpState) -> Router {
             authorize,
         ))
         .with_state(state)
+}
+
+/// `GET /api/v1/webhooks`: each endpoint's cursor, lag and last error.
+async fn list_webhooks(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    Json(serde_json::Value::Array(state.webhooks.status()))
+}
+
+/// `POST /api/v1/webhooks/{name}/test`: one signed test event, now; `{"status"}` is the
+/// endpoint's answer. An unknown name is a 404; an endpoint that cannot be reached, a 502.
+async fn test_webhook(
+    State(state): State<HttpState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.webhooks.test(&name).await {
+        Ok(status) => Ok(Json(json!({ "webhook": name, "status": status }))),
+        Err(e) if e.starts_with("no webhook") => Err(ApiError(StatusCode::NOT_FOUND, e)),
+        Err(e) => Err(ApiError(StatusCode::BAD_GATEWAY, e)),
+    }
 }
 
 /// An API error: a 4xx (or 5xx) with `{"error": message}`.

@@ -22,6 +22,8 @@ pub enum Tool {
     Aiosmtpd,
     /// dkimpy with PyNaCl, the independent DKIM verifier (tests/py/dkim_verify.py).
     Dkimpy,
+    /// The Standard Webhooks reference verifier (tests/py/webhook_receiver.py).
+    StandardWebhooks,
     /// dnsmasq, the loopback DNS server of the MX tests.
     Dnsmasq,
     /// Prometheus's server.
@@ -42,6 +44,7 @@ impl Tool {
             Tool::Python => &["python3", "-c", "import smtplib, ssl"],
             Tool::Aiosmtpd => &["python3", "-c", "import aiosmtpd.controller"],
             Tool::Dkimpy => &["python3", "-c", "import dkim, nacl.signing"],
+            Tool::StandardWebhooks => &["python3", "-c", "import standardwebhooks"],
             Tool::Dnsmasq => &["dnsmasq", "--version"],
             Tool::Prometheus => &["prometheus", "--version"],
             Tool::Promtool => &["promtool", "--version"],
@@ -58,6 +61,7 @@ impl Tool {
             Tool::Python => "python3 with smtplib and ssl",
             Tool::Aiosmtpd => "Python's aiosmtpd",
             Tool::Dkimpy => "Python's dkimpy with PyNaCl (Ed25519)",
+            Tool::StandardWebhooks => "Python's standardwebhooks (the reference verifier)",
             Tool::Dnsmasq => "dnsmasq",
             Tool::Prometheus => "prometheus",
             Tool::Promtool => "promtool",
@@ -74,6 +78,9 @@ impl Tool {
             Tool::Python => "the Debian package python3",
             Tool::Aiosmtpd => "the PyPI package aiosmtpd (pip install aiosmtpd)",
             Tool::Dkimpy => "the PyPI packages dkimpy and pynacl (pip install dkimpy pynacl)",
+            Tool::StandardWebhooks => {
+                "the PyPI package standardwebhooks (pip install standardwebhooks)"
+            }
             Tool::Dnsmasq => "the Debian package dnsmasq-base",
             Tool::Prometheus | Tool::Promtool => "the Debian package prometheus",
             Tool::PostfixTools => "the Debian package postfix",

@@ -1,0 +1,343 @@
+//! Reading the event log from a cursor: the webhooks' queue is the log itself.
+//!
+//! A [`Cursor`] is a segment's name (`20261129-12-000`) and how many of its lines have been
+//! read. [`LogTail::read`] goes on from there: through the segment being written (a line
+//! without its newline yet waits for it), on to the next segment once a later one exists
+//! (the writer finishes a segment before it starts the next, and names sort in the order
+//! they were written), and through compression (a closed segment becomes `.jsonl.zst`; an
+//! open file keeps reading the removed `.jsonl`, and a segment opened afresh is read from
+//! whichever exists). Each record read gets a `record_id`, `<segment>:<line>`, the same
+//! whenever it is read again.
+
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// Where a reader of the log is: `line` lines of `segment` are behind it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// A segment's name, without extension; empty: before the first.
+    pub segment: String,
+    /// Lines of it already read.
+    pub line: u64,
+}
+
+/// One record read from the log.
+#[derive(Debug, Clone)]
+pub struct Tailed {
+    /// `<segment>:<line>` (from 0): unique per record, the same when read again.
+    pub record_id: String,
+    /// The JSON line, without its newline.
+    pub line: Vec<u8>,
+    /// The cursor just past it.
+    pub after: Cursor,
+}
+
+/// An open segment.
+struct Open {
+    reader: Box<dyn BufRead + Send>,
+    /// The start of a line whose end is not written yet.
+    partial: Vec<u8>,
+}
+
+/// Reads the log from a cursor.
+pub struct LogTail {
+    dir: PathBuf,
+    cursor: Cursor,
+    open: Option<Open>,
+}
+
+/// The segments in `dir`, by name (= the order they were written).
+pub fn segments(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".jsonl.zst")
+                        .or_else(|| name.strip_suffix(".jsonl"))
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The cursor at the end of the log as it is now: where a new webhook starts.
+pub fn end_of_log(dir: &Path) -> Cursor {
+    let Some(last) = segments(dir).pop() else {
+        return Cursor::default();
+    };
+    let mut tail = LogTail::new(
+        dir,
+        Cursor {
+            segment: last,
+            line: 0,
+        },
+    );
+    while !tail.read(10_000).is_empty() {}
+    tail.cursor
+}
+
+impl LogTail {
+    /// A reader going on from `cursor`.
+    pub fn new(dir: &Path, cursor: Cursor) -> LogTail {
+        LogTail {
+            dir: dir.to_path_buf(),
+            cursor,
+            open: None,
+        }
+    }
+
+    /// The cursor past the last record read.
+    pub fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+
+    /// Up to `max` more records, in log order; none when the reader has reached the end of
+    /// what is written. Blocking (file IO).
+    pub fn read(&mut self, max: usize) -> Vec<Tailed> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            if self.open.is_none() && !self.open_segment() {
+                break;
+            }
+            match self.next_line() {
+                Some(line) => {
+                    let record_id = format!("{}:{}", self.cursor.segment, self.cursor.line);
+                    self.cursor.line += 1;
+                    out.push(Tailed {
+                        record_id,
+                        line,
+                        after: self.cursor.clone(),
+                    });
+                }
+                None => {
+                    // The end of what is written. A later segment means this one is
+                    // complete: read what may have come in meanwhile, then go on there.
+                    let later = segments(&self.dir)
+                        .into_iter()
+                        .find(|s| *s > self.cursor.segment);
+                    let Some(next) = later else {
+                        break;
+                    };
+                    if let Some(line) = self.next_line() {
+                        let record_id = format!("{}:{}", self.cursor.segment, self.cursor.line);
+                        self.cursor.line += 1;
+                        out.push(Tailed {
+                            record_id,
+                            line,
+                            after: self.cursor.clone(),
+                        });
+                        continue;
+                    }
+                    if self.open.as_ref().is_some_and(|o| !o.partial.is_empty()) {
+                        tracing::warn!(
+                            segment = %self.cursor.segment,
+                            "event log segment ends in half a record (cut by a crash); skipped"
+                        );
+                    }
+                    self.open = None;
+                    self.cursor = Cursor {
+                        segment: next,
+                        line: 0,
+                    };
+                }
+            }
+        }
+        out
+    }
+
+    /// The next whole line of the open segment, if one is there.
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        let open = self.open.as_mut()?;
+        let mut buf = std::mem::take(&mut open.partial);
+        loop {
+            match open.reader.read_until(b'\n', &mut buf) {
+                Ok(0) => {
+                    open.partial = buf;
+                    return None;
+                }
+                Ok(_) if buf.ends_with(b"\n") => {
+                    buf.pop();
+                    if buf.is_empty() {
+                        continue;
+                    }
+                    return Some(buf);
+                }
+                Ok(_) => {
+                    // The rest of this line is not written yet.
+                    open.partial = buf;
+                    return None;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::error!(segment = %self.cursor.segment, "cannot read the event log: {e}");
+                    open.partial = buf;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Open the cursor's segment (or, when it is gone, the next one) and skip the lines
+    /// already read. False when there is none to open yet.
+    fn open_segment(&mut self) -> bool {
+        loop {
+            let names = segments(&self.dir);
+            let segment = if names.contains(&self.cursor.segment) {
+                self.cursor.segment.clone()
+            } else {
+                match names.into_iter().find(|s| *s > self.cursor.segment) {
+                    Some(next) => {
+                        if !self.cursor.segment.is_empty() {
+                            tracing::warn!(
+                                from = %self.cursor.segment,
+                                to = %next,
+                                "event log segment gone; going on with the next"
+                            );
+                        }
+                        self.cursor = Cursor {
+                            segment: next.clone(),
+                            line: 0,
+                        };
+                        next
+                    }
+                    None => return false,
+                }
+            };
+            let zst = self.dir.join(format!("{segment}.jsonl.zst"));
+            let plain = self.dir.join(format!("{segment}.jsonl"));
+            // A complete `.zst` first: for a moment both exist, and the `.jsonl` goes next.
+            let opened: std::io::Result<Open> = match File::open(&zst) {
+                Ok(f) => zstd::stream::Decoder::new(f).map(|d| Open {
+                    reader: Box::new(BufReader::new(d)) as Box<dyn BufRead + Send>,
+                    partial: Vec::new(),
+                }),
+                Err(_) => File::open(&plain).map(|f| Open {
+                    reader: Box::new(BufReader::new(f)),
+                    partial: Vec::new(),
+                }),
+            };
+            let mut open = match opened {
+                Ok(o) => o,
+                Err(_) => continue, // Compressed between the listing and the open: again.
+            };
+            // Skip what was read before.
+            let mut skipped = 0;
+            let mut sink = Vec::new();
+            while skipped < self.cursor.line {
+                sink.clear();
+                match open.reader.read_until(b'\n', &mut sink) {
+                    Ok(0) => break,
+                    Ok(_) if sink.ends_with(b"\n") => skipped += 1,
+                    Ok(_) => {
+                        open.partial = std::mem::take(&mut sink);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.open = Some(open);
+            return true;
+        }
+    }
+}
+
+/// Read a whole segment's lines (tests, `ctl`).
+pub fn read_segment(dir: &Path, segment: &str) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match File::open(dir.join(format!("{segment}.jsonl.zst"))) {
+        Ok(f) => {
+            zstd::stream::Decoder::new(f)?.read_to_end(&mut out)?;
+        }
+        Err(_) => {
+            File::open(dir.join(format!("{segment}.jsonl")))?.read_to_end(&mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn append(dir: &Path, segment: &str, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{segment}.jsonl")))
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn compress(dir: &Path, segment: &str) {
+        let plain = dir.join(format!("{segment}.jsonl"));
+        let data = std::fs::read(&plain).unwrap();
+        let z = zstd::encode_all(&data[..], 3).unwrap();
+        std::fs::write(dir.join(format!("{segment}.jsonl.zst")), z).unwrap();
+        std::fs::remove_file(plain).unwrap();
+    }
+
+    fn ids(records: &[Tailed]) -> Vec<String> {
+        records.iter().map(|r| r.record_id.clone()).collect()
+    }
+
+    #[test]
+    fn the_tail_follows_a_growing_segment_rotation_and_compression() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut tail = LogTail::new(d, Cursor::default());
+        assert!(tail.read(10).is_empty());
+        append(d, "20261129-12-000", "{\"n\":0}\n{\"n\":1}\n{\"n\"");
+        assert_eq!(
+            ids(&tail.read(10)),
+            ["20261129-12-000:0", "20261129-12-000:1"]
+        );
+        // Half a line waits for the rest.
+        assert!(tail.read(10).is_empty());
+        append(d, "20261129-12-000", ":2}\n");
+        let got = tail.read(10);
+        assert_eq!(String::from_utf8_lossy(&got[0].line), "{\"n\":2}");
+        // The segment is closed, compressed, and a new one started.
+        append(d, "20261129-12-000", "{\"n\":3}\n");
+        compress(d, "20261129-12-000");
+        append(d, "20261129-13-000", "{\"n\":4}\n");
+        assert_eq!(
+            ids(&tail.read(10)),
+            ["20261129-12-000:3", "20261129-13-000:0"]
+        );
+        assert_eq!(
+            tail.cursor(),
+            &Cursor {
+                segment: "20261129-13-000".into(),
+                line: 1
+            }
+        );
+        // A new reader from a saved cursor, in a compressed segment, skips what was read.
+        let mut again = LogTail::new(
+            d,
+            Cursor {
+                segment: "20261129-12-000".into(),
+                line: 2,
+            },
+        );
+        let got = again.read(2);
+        assert_eq!(ids(&got), ["20261129-12-000:2", "20261129-12-000:3"]);
+        assert_eq!(ids(&again.read(10)), ["20261129-13-000:0"]);
+        // The end of the log is where a new webhook starts.
+        assert_eq!(
+            end_of_log(d),
+            Cursor {
+                segment: "20261129-13-000".into(),
+                line: 1
+            }
+        );
+        assert_eq!(read_segment(d, "20261129-12-000").unwrap().len(), 32);
+    }
+}
