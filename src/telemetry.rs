@@ -240,6 +240,18 @@ fn describe() {
         "switchyard_classifier_matches_total",
         "Replies an automation rule matched (before its trigger decides), by rule."
     );
+    describe_counter!(
+        "switchyard_webhook_records_total",
+        "Event-log records a webhook endpoint took (delivered), refused with a 4xx (rejected) or that aged out (expired), by webhook."
+    );
+    describe_gauge!(
+        "switchyard_webhook_lag_seconds",
+        "Age of the oldest record not yet delivered to a webhook endpoint (0 when caught up)."
+    );
+    describe_counter!(
+        "switchyard_webhook_failures_total",
+        "Failed webhook attempts (each retried, or skipped on a 4xx), by webhook and reason."
+    );
     describe_gauge!(
         "switchyard_mta_sts_policies",
         "Destination domains whose MTA-STS policy is cached, by mode."

@@ -110,11 +110,15 @@ fn promtool_accepts_metrics_and_every_dashboard_query_returns_series() {
         .copied()
         .zip(mx.iter().map(String::as_str))
         .collect();
+    // A webhook whose endpoint refuses connections: its series, failures included.
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = keys_dir.path().join("keys.txt");
+    std::fs::write(&keys, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
     let w = world(
         &mx,
         "[[rule]]\nrecipient_domain = \"defer.test\"\ncode = 451\nmsg = \"4.3.0 later\"\n\n[[rule]]\nrecipient_domain = \"bounce.test\"\ncode = 550\nmsg = \"5.1.1 no such user\"\n\n[[rule]]\nrecipient_domain = \"gmail.test\"\ncode = 550\nmsg = \"5.7.26 This message does not have authentication information\"\n",
         "[[\"gmail.test\".automation]]\nname = \"gmail-auth\"\nregex = \"does not have authentication\"\naction = \"SuspendCampaign\"\nduration = \"1h\"\n\n[[\"defer.test\".automation]]\nname = \"slow-down\"\nregex = \"later\"\naction = {SetConfig={name=\"max_message_rate\", value=\"100/h\"}}\nduration = \"1h\"\n",
-        "[queue]\nretry_interval = \"1h\"\n\n[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.2\"\n\n[[pool]]\nname = \"default\"\nsources = [{ source = \"ip-1\", weight = 1 }]\n",
+        &format!("[queue]\nretry_interval = \"1h\"\n\n[[source]]\nname = \"ip-1\"\naddress = \"127.0.0.2\"\n\n[[pool]]\nname = \"default\"\nsources = [{{ source = \"ip-1\", weight = 1 }}]\n\n[[webhook]]\nname = \"events\"\nurl = \"http://127.0.0.1:9/events\"\nsecret_file = \"{}\"\nbatch_wait = \"100ms\"\n", keys.display()),
     );
     let d = &w.d;
     let prometheus = Prometheus::start(d.http);

@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--lag")
     args = ap.parse_args()
     out = open(args.out, "a", buffering=1)
+    lag_out = open(args.lag, "a", buffering=1) if args.lag else None
     verifier = Webhook(args.secret)
     lock = threading.Lock()
     seen = {"requests": 0}
@@ -66,7 +67,7 @@ def main():
                     t = datetime.datetime.fromisoformat(r["timestamp"].replace("Z", "+00:00"))
                     lags.append(f"{(arrival - t).total_seconds():.4f}")
                 with lock:
-                    out.write("\n".join(lags) + "\n")
+                    lag_out.write("".join(f"{x}\n" for x in lags))
                 return self.answer(204 if verified else 400)
             line = {
                 "webhook_id": headers.get("webhook-id"),
