@@ -55,6 +55,9 @@ impl Url {
                 let (host, after) = v6
                     .split_once(']')
                     .ok_or_else(|| format!("{text:?}: unclosed [ in the host"))?;
+                if !after.is_empty() && !after.starts_with(':') {
+                    return Err(format!("{text:?}: junk after the address"));
+                }
                 (host, after.strip_prefix(':'))
             }
             None => match authority.rsplit_once(':') {
@@ -120,8 +123,8 @@ pub struct Response {
     pub status: u16,
     /// The media type of `Content-Type`, lower case, without parameters.
     pub media_type: Option<String>,
-    /// `Retry-After` in seconds, when given as a number.
-    pub retry_after: Option<u64>,
+    /// `Retry-After`, as seconds or as an HTTP date (how long from now).
+    pub retry_after: Option<Duration>,
     /// The body.
     pub body: Bytes,
 }
@@ -181,7 +184,8 @@ impl HttpsClient {
         self.send(request, limit, timeout).await
     }
 
-    /// Send `request`, the answer's body at most `limit` bytes, all within `timeout`.
+    /// Send `request`, the answer's body at most `limit` bytes (0: the body is not read —
+    /// the status decides), all within `timeout`.
     pub async fn send(
         &self,
         request: Request<'_>,
@@ -285,12 +289,16 @@ where
                 .trim()
                 .to_ascii_lowercase()
         });
-        let retry_after = header(RETRY_AFTER).and_then(|v| v.trim().parse().ok());
-        let body = Limited::new(response.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer of {} failed: {e}", url.host))?
-            .to_bytes();
+        let retry_after = header(RETRY_AFTER).and_then(retry_after);
+        let body = if limit == 0 {
+            Bytes::new()
+        } else {
+            Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer of {} failed: {e}", url.host))?
+                .to_bytes()
+        };
         Ok(Response {
             status,
             media_type,
@@ -303,9 +311,39 @@ where
     result
 }
 
+/// `Retry-After`: delay-seconds, or an HTTP date (RFC 9110 §10.2.3).
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::Url;
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        use std::time::{Duration, SystemTime};
+        assert_eq!(super::retry_after(" 120 "), Some(Duration::from_secs(120)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let d = super::retry_after(&later).unwrap();
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        assert_eq!(
+            super::retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(super::retry_after("soon"), None);
+    }
 
     #[test]
     fn urls_are_read_with_their_default_ports_and_bad_ones_refused() {

@@ -466,6 +466,19 @@ impl SegmentWriter {
 
     /// The next segment for `hour`: past the highest sequence number used this hour.
     fn open(&mut self, hour: &str) -> Option<Segment> {
+        // Never an hour before the latest segment's (a record stamped before the hour
+        // turned, a size rotation just after it, a clock stepped back across a restart):
+        // names must sort in the order segments are written.
+        let latest = crate::webhooks::tail::segments(&self.dir)
+            .pop()
+            .map(|name| name.get(..11).unwrap_or_default().to_string())
+            .unwrap_or_default();
+        let hour = if latest.as_str() > hour {
+            latest
+        } else {
+            hour.to_string()
+        };
+        let hour = hour.as_str();
         let prefix = format!("{hour}-");
         let used = std::fs::read_dir(&self.dir)
             .map(|d| {
@@ -555,6 +568,52 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "{\"type\":\"Delivery\"}\n"
         );
+    }
+
+    #[test]
+    fn a_segment_never_sorts_before_one_written_earlier() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::start(
+            dir.path(),
+            LogSettings {
+                max_segment_size: 300,
+                compress: false,
+            },
+        )
+        .unwrap();
+        // Stamped 13:00, then (a moment earlier, filed later) 12:59, each filling a segment.
+        for (i, at) in ["2026-11-29T13:00:00.001Z", "2026-11-29T12:59:59.999Z"]
+            .iter()
+            .cycle()
+            .take(6)
+            .enumerate()
+        {
+            log.write(LogRecord {
+                timestamp: at.to_string(),
+                recipient: Some(format!("r{i}@{}", "x".repeat(200))),
+                ..LogRecord::new(RecordKind::Delivery)
+            });
+        }
+        drop(log);
+        std::thread::sleep(Duration::from_millis(300));
+        let names = crate::webhooks::tail::segments(dir.path());
+        assert!(names.len() >= 3, "{names:?}");
+        assert!(
+            names.iter().all(|n| n.starts_with("20261129-13-")),
+            "{names:?}"
+        );
+        // In name order, the records are in the order they were written.
+        let mut order = Vec::new();
+        for n in &names {
+            let text =
+                String::from_utf8(crate::webhooks::tail::read_segment(dir.path(), n).unwrap())
+                    .unwrap();
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                order.push(v["recipient"].as_str().unwrap()[..2].to_string());
+            }
+        }
+        assert_eq!(order, ["r0", "r1", "r2", "r3", "r4", "r5"]);
     }
 
     #[test]

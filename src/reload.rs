@@ -111,7 +111,7 @@ impl Reloader {
             .replace_queue_policies(loaded.config.queue.policies());
         // Keys read again: a key swapped on disk is in force from now on.
         self.dkim.replace(signers);
-        self.webhooks.apply(&loaded);
+        self.webhooks.apply(&loaded).await;
         let restart_needed = restart_only(&loaded)
             .iter()
             .zip(&self.started_with)

@@ -157,7 +157,8 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         &data_dir.join("logs"),
         spool.state_entries("webhook/")?,
         Arc::new(spool.clone()),
-    );
+    )
+    .await;
     tokio::spawn(upkeep(
         refresh,
         engine.clone(),

@@ -141,12 +141,13 @@ fn webhook(name: &str, url: &str, extra: &str) -> String {
     )
 }
 
+/// Small log segments (64 KiB), so that the senders read through rotation and compression.
 fn daemon(dir: tempfile::TempDir, sink: &ResponseSink, webhooks: &str) -> Daemon {
     std::fs::write(dir.path().join("keys.txt"), KEYS.join("\n") + "\n").unwrap();
     Daemon::start_in(
         dir,
         &format!(
-            "[routes]\n\"sink.test\" = \"127.0.0.1:{}\"\n\n{webhooks}",
+            "[logs]\nmax_segment_size = \"64KiB\"\n\n[routes]\n\"sink.test\" = \"127.0.0.1:{}\"\n\n{webhooks}",
             sink.port
         ),
     )
@@ -213,8 +214,23 @@ fn every_delivery_reaches_the_endpoint_in_order_and_signed_through_failures_an_o
         deliveries(&d).iter().all(|id| got.contains(id))
     });
 
+    let segments = switchyard::webhooks::tail::segments(&d.dir.path().join("data/logs"));
+    assert!(segments.len() >= 10, "{segments:?}");
     // Every batch verifies with the reference library, and is JSON.
     let requests = all.requests();
+    let batch_ids: Vec<&str> = requests
+        .iter()
+        .map(|r| r["webhook_id"].as_str().unwrap())
+        .collect();
+    let t1_ids: HashSet<String> = t1
+        .requests()
+        .iter()
+        .map(|r| r["webhook_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        batch_ids.iter().all(|id| !t1_ids.contains(*id)),
+        "two endpoints shared a webhook-id"
+    );
     for r in &requests {
         assert_eq!(r["verified"], true, "{r}");
         assert_eq!(r["content_type"], "application/json");

@@ -133,77 +133,125 @@ pub struct Webhooks {
 
 impl Webhooks {
     /// Senders for the endpoints of `loaded`, reading `log_dir`; `stored` are the spool's
-    /// `webhook/` state entries. Must run on the daemon's runtime.
-    pub fn start(
+    /// `webhook/` state entries (the cursors of endpoints no longer configured are
+    /// forgotten: one added again later starts at the end of the log).
+    pub async fn start(
         loaded: &LoadedConfig,
         https: HttpsClient,
         log_dir: &Path,
         stored: Vec<(String, Vec<u8>)>,
         store: Arc<dyn SpoolPort>,
     ) -> Arc<Webhooks> {
-        let stored = stored
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let name = k.strip_prefix("webhook/")?.to_string();
-                serde_json::from_slice::<Cursor>(&v).ok().map(|c| (name, c))
-            })
+        let configured: Vec<&String> = loaded
+            .config
+            .webhook
+            .iter()
+            .map(|w| w.name.get_ref())
             .collect();
+        let mut cursors = HashMap::new();
+        for (key, value) in stored {
+            let Some(name) = key.strip_prefix("webhook/") else {
+                continue;
+            };
+            match serde_json::from_slice::<Cursor>(&value) {
+                Ok(c) if configured.iter().any(|n| *n == name) => {
+                    cursors.insert(name.to_string(), c);
+                }
+                Ok(_) => store.delete_state(key),
+                Err(e) => {
+                    tracing::error!("spool state {key} cannot be read back ({e}); dropped");
+                    store.delete_state(key);
+                }
+            }
+        }
         let hooks = Arc::new(Webhooks {
             https,
             log_dir: log_dir.to_path_buf(),
             store,
-            stored: Mutex::new(stored),
+            stored: Mutex::new(cursors),
             running: Mutex::new(HashMap::new()),
         });
-        hooks.apply(loaded);
+        hooks.apply(loaded).await;
         hooks
     }
 
     /// Bring the senders in line with `loaded`'s `[[webhook]]`s: new ones start at the end
-    /// of the log, changed ones restart from their cursor, removed ones stop and forget it.
-    pub fn apply(&self, loaded: &LoadedConfig) {
-        let wanted: HashMap<String, &WebhookConfig> = loaded
+    /// of the log, changed ones (their settings or their keys) go on from their cursor,
+    /// removed ones stop and forget it. A sender is stopped — and has stopped — before its
+    /// cursor is read.
+    pub async fn apply(&self, loaded: &LoadedConfig) {
+        let wanted: HashMap<String, (&WebhookConfig, Option<Vec<Vec<u8>>>)> = loaded
             .config
             .webhook
             .iter()
-            .map(|w| (w.name.get_ref().clone(), w))
+            .map(|w| {
+                let keys = read_secrets(&loaded.resolve(w.secret_file.get_ref())).ok();
+                (w.name.get_ref().clone(), (w, keys))
+            })
             .collect();
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.retain(|name, r| {
-            let keep = wanted.get(name).is_some_and(|w| **w == r.config);
-            if !keep {
-                r.task.abort();
-                let cursor = r
-                    .status
+        let stopping: Vec<(String, Running)> = {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let changed: Vec<String> = running
+                .iter()
+                .filter(|(name, r)| {
+                    !wanted.get(*name).is_some_and(|(w, keys)| {
+                        **w == r.config && keys.as_ref() == Some(&r.endpoint.keys)
+                    })
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            changed
+                .into_iter()
+                .filter_map(|name| running.remove(&name).map(|r| (name, r)))
+                .collect()
+        };
+        for (name, r) in stopping {
+            r.task.abort();
+            let _ = r.task.await;
+            let cursor = r
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cursor
+                .clone();
+            if wanted.contains_key(&name) {
+                self.stored
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .cursor
-                    .clone();
-                let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
-                if wanted.contains_key(name) {
-                    stored.insert(name.clone(), cursor);
-                } else {
-                    stored.remove(name);
-                    self.store.delete_state(cursor_key(name));
-                    tracing::info!(webhook = %name, "webhook removed");
-                }
+                    .insert(name, cursor);
+            } else {
+                self.stored
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
+                self.store.delete_state(cursor_key(&name));
+                metrics::gauge!("switchyard_webhook_lag_seconds", "webhook" => name.clone())
+                    .set(0.0);
+                tracing::info!(webhook = %name, "webhook removed");
             }
-            keep
-        });
-        for (name, config) in wanted {
-            if running.contains_key(&name) {
+        }
+        for (name, (config, _)) in wanted {
+            if self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&name)
+            {
                 continue;
             }
-            match self.launch(loaded, config) {
+            match self.launch(loaded, config).await {
                 Ok(r) => {
-                    running.insert(name, r);
+                    self.running
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name, r);
                 }
                 Err(e) => tracing::error!(webhook = %name, "webhook not started: {e}"),
             }
         }
     }
 
-    fn launch(&self, loaded: &LoadedConfig, w: &WebhookConfig) -> Result<Running, String> {
+    async fn launch(&self, loaded: &LoadedConfig, w: &WebhookConfig) -> Result<Running, String> {
         let name = w.name.get_ref().clone();
         let endpoint = Arc::new(Endpoint {
             name: name.clone(),
@@ -226,7 +274,10 @@ impl Webhooks {
             Some(c) => c,
             None => {
                 // A new endpoint starts with what comes next, not with the log's past.
-                let c = tail::end_of_log(&self.log_dir);
+                let dir = self.log_dir.clone();
+                let c = tokio::task::spawn_blocking(move || tail::end_of_log(&dir))
+                    .await
+                    .map_err(|e| format!("cannot find the end of the event log: {e}"))?;
                 if let Ok(json) = serde_json::to_vec(&c) {
                     self.store.put_state(cursor_key(&name), json);
                 }

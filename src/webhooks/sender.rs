@@ -10,7 +10,8 @@
 //! past the records the filters left out) and stores it in the spool's state; 5xx, 408, 429
 //! (after its `Retry-After`), a 3xx (redirects are not followed), a timeout or a connection
 //! error try again after an exponential, jittered backoff (1 s doubling to 5 min); any other
-//! 4xx is logged and the batch skipped. Records older than `max_age` are given up (counted,
+//! 4xx is logged and the batch skipped (`webhook-id` is the endpoint's name with the
+//! batch's first and last record ids, so a batch is never confused with another). Records older than `max_age` are given up (counted,
 //! their range logged) instead of sent. The log on disk is the queue: a sender that cannot
 //! send holds one batch in memory, nothing more, and slows nothing else.
 
@@ -31,8 +32,10 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A cursor moved only past filtered-out records is stored at most this often.
 const IDLE_CURSOR_SAVE: Duration = Duration::from_secs(5);
-/// Largest answer body read from an endpoint.
-const MAX_ANSWER: usize = 64 * 1024;
+/// Longest `Retry-After` obeyed.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// After the log could not be read, try again this much later.
+const LOG_RETRY: Duration = Duration::from_secs(1);
 
 /// A record on its way: its id, log time and JSON with `record_id` added.
 struct Outgoing {
@@ -87,13 +90,30 @@ impl Sender {
         let mut first_at: Option<Instant> = None;
         loop {
             let room = e.batch_size - batch.len();
-            let (t, records) = tokio::task::spawn_blocking(move || {
+            let cursor = tail.cursor().clone();
+            let read = tokio::task::spawn_blocking(move || {
                 let records = tail.read(room);
-                (tail, records)
+                let error = tail.take_error();
+                (tail, records, error)
             })
-            .await
-            .expect("log reader task");
-            tail = t;
+            .await;
+            let records = match read {
+                Ok((t, records, error)) => {
+                    tail = t;
+                    if let Some(why) = error {
+                        self.failed("log_read", why);
+                        tokio::time::sleep(LOG_RETRY).await;
+                    }
+                    records
+                }
+                Err(e) => {
+                    // The reader panicked: start a new one where it was.
+                    self.failed("log_read", format!("event log reader failed: {e}"));
+                    tail = LogTail::new(&self.log_dir, cursor);
+                    tokio::time::sleep(LOG_RETRY).await;
+                    Vec::new()
+                }
+            };
             let read_any = !records.is_empty();
             for r in records {
                 after = Some(r.after.clone());
@@ -125,7 +145,13 @@ impl Sender {
     /// Send `batch` until the endpoint takes it, skips it (4xx), or its records age out.
     async fn deliver(&self, mut batch: Vec<Outgoing>) {
         let e = &self.endpoint;
-        let id = format!("msg_{}", batch[0].record_id.replace(':', "_"));
+        // Unique per batch content: the endpoint, its first and its last record.
+        let id = format!(
+            "msg_{}_{}_{}",
+            e.name,
+            batch[0].record_id.replace(':', "_"),
+            batch[batch.len() - 1].record_id.replace(':', "_")
+        );
         let mut backoff = FIRST_BACKOFF;
         loop {
             self.give_up_old(&mut batch);
@@ -160,7 +186,9 @@ impl Sender {
                 headers,
                 body,
             };
-            let answer = self.https.send(request, MAX_ANSWER, e.timeout).await;
+            // The status decides; the body is not read (a 2xx with a long or slow body is
+            // still a 2xx).
+            let answer = self.https.send(request, 0, e.timeout).await;
             let (reason, why, wait) = match answer {
                 Ok(a) if (200..300).contains(&a.status) => {
                     self.counted("delivered", batch.len());
@@ -184,9 +212,10 @@ impl Sender {
                         429 => "status_429",
                         408 => "status_408",
                         500..=599 => "status_5xx",
+                        300..=399 => "status_3xx",
                         _ => "status_other",
                     };
-                    let wait = a.retry_after.map(|s| Duration::from_secs(s.min(3600)));
+                    let wait = a.retry_after.map(|d| d.min(MAX_RETRY_AFTER));
                     let mut why = format!("{} answered {}", e.url, a.status);
                     if (300..400).contains(&a.status) {
                         why.push_str(" (redirects are not followed)");
@@ -197,8 +226,11 @@ impl Sender {
                 Err(why) => ("connection", why, None),
             };
             self.failed(reason, why);
-            let jitter = 0.8 + rand::random::<f64>() * 0.4;
-            let pause = wait.unwrap_or(backoff).mul_f64(jitter);
+            // Jitter spreads retries; a Retry-After is a floor, so only upwards from it.
+            let pause = match wait {
+                Some(at_least) => at_least.mul_f64(1.0 + rand::random::<f64>() * 0.2),
+                None => backoff.mul_f64(0.8 + rand::random::<f64>() * 0.4),
+            };
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

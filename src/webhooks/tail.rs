@@ -46,6 +46,8 @@ pub struct LogTail {
     dir: PathBuf,
     cursor: Cursor,
     open: Option<Open>,
+    /// Why the last read stopped short (the segment is opened again next time).
+    error: Option<String>,
 }
 
 /// The segments in `dir`, by name (= the order they were written).
@@ -90,12 +92,19 @@ impl LogTail {
             dir: dir.to_path_buf(),
             cursor,
             open: None,
+            error: None,
         }
     }
 
     /// The cursor past the last record read.
     pub fn cursor(&self) -> &Cursor {
         &self.cursor
+    }
+
+    /// Why the last [`LogTail::read`] stopped short of the end of the log, if it did: the
+    /// segment could not be read (it is tried again from the cursor, never skipped).
+    pub fn take_error(&mut self) -> Option<String> {
+        self.error.take()
     }
 
     /// Up to `max` more records, in log order; none when the reader has reached the end of
@@ -107,16 +116,8 @@ impl LogTail {
                 break;
             }
             match self.next_line() {
-                Some(line) => {
-                    let record_id = format!("{}:{}", self.cursor.segment, self.cursor.line);
-                    self.cursor.line += 1;
-                    out.push(Tailed {
-                        record_id,
-                        line,
-                        after: self.cursor.clone(),
-                    });
-                }
-                None => {
+                Ok(Some(line)) => self.take(line, &mut out),
+                Ok(None) => {
                     // The end of what is written. A later segment means this one is
                     // complete: read what may have come in meanwhile, then go on there.
                     let later = segments(&self.dir)
@@ -125,15 +126,16 @@ impl LogTail {
                     let Some(next) = later else {
                         break;
                     };
-                    if let Some(line) = self.next_line() {
-                        let record_id = format!("{}:{}", self.cursor.segment, self.cursor.line);
-                        self.cursor.line += 1;
-                        out.push(Tailed {
-                            record_id,
-                            line,
-                            after: self.cursor.clone(),
-                        });
-                        continue;
+                    match self.next_line() {
+                        Ok(Some(line)) => {
+                            self.take(line, &mut out);
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.stop(e);
+                            break;
+                        }
                     }
                     if self.open.as_ref().is_some_and(|o| !o.partial.is_empty()) {
                         tracing::warn!(
@@ -147,39 +149,61 @@ impl LogTail {
                         line: 0,
                     };
                 }
+                Err(e) => {
+                    self.stop(e);
+                    break;
+                }
             }
         }
         out
     }
 
+    /// Count a line read; keep it unless it is empty (no record, but a line all the same).
+    fn take(&mut self, line: Vec<u8>, out: &mut Vec<Tailed>) {
+        let record_id = format!("{}:{}", self.cursor.segment, self.cursor.line);
+        self.cursor.line += 1;
+        if !line.is_empty() {
+            out.push(Tailed {
+                record_id,
+                line,
+                after: self.cursor.clone(),
+            });
+        }
+    }
+
+    /// A read failed: close the segment (it is opened again from the cursor next time).
+    fn stop(&mut self, why: String) {
+        tracing::error!(segment = %self.cursor.segment, "cannot read the event log: {why}");
+        self.open = None;
+        self.error = Some(format!(
+            "cannot read event log segment {}: {why}",
+            self.cursor.segment
+        ));
+    }
+
     /// The next whole line of the open segment, if one is there.
-    fn next_line(&mut self) -> Option<Vec<u8>> {
-        let open = self.open.as_mut()?;
+    fn next_line(&mut self) -> Result<Option<Vec<u8>>, String> {
+        let Some(open) = self.open.as_mut() else {
+            return Ok(None);
+        };
         let mut buf = std::mem::take(&mut open.partial);
         loop {
             match open.reader.read_until(b'\n', &mut buf) {
                 Ok(0) => {
                     open.partial = buf;
-                    return None;
+                    return Ok(None);
                 }
                 Ok(_) if buf.ends_with(b"\n") => {
                     buf.pop();
-                    if buf.is_empty() {
-                        continue;
-                    }
-                    return Some(buf);
+                    return Ok(Some(buf));
                 }
                 Ok(_) => {
                     // The rest of this line is not written yet.
                     open.partial = buf;
-                    return None;
+                    return Ok(None);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::error!(segment = %self.cursor.segment, "cannot read the event log: {e}");
-                    open.partial = buf;
-                    return None;
-                }
+                Err(e) => return Err(e.to_string()),
             }
         }
     }
@@ -225,7 +249,12 @@ impl LogTail {
             };
             let mut open = match opened {
                 Ok(o) => o,
-                Err(_) => continue, // Compressed between the listing and the open: again.
+                // Compressed between the listing and the open: look again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.stop(e.to_string());
+                    return false;
+                }
             };
             // Skip what was read before.
             let mut skipped = 0;
