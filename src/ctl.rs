@@ -171,23 +171,30 @@ pub fn queues(api: &Api, as_json: bool) -> Result<String, CtlError> {
 
 /// A list route shown as a table of `cols` (or its JSON).
 fn listing(api: &Api, path: &str, cols: &[&str], as_json: bool) -> Result<String, CtlError> {
+    let headers: Vec<String> = cols.iter().map(|c| c.to_uppercase()).collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    listing_rows(api, path, &headers, as_json, |item| {
+        cols.iter().map(|c| text(&item[*c])).collect()
+    })
+}
+
+/// A list route shown as a table with `headers`, each item's row made by `row` (or its JSON).
+fn listing_rows(
+    api: &Api,
+    path: &str,
+    headers: &[&str],
+    as_json: bool,
+    row: impl Fn(&Value) -> Vec<String>,
+) -> Result<String, CtlError> {
     let v = api.call("GET", path, None)?;
     if as_json {
         return Ok(format!("{v}\n"));
     }
     let rows: Vec<Vec<String>> = v
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| cols.iter().map(|c| text(&s[*c])).collect())
-                .collect()
-        })
+        .map(|a| a.iter().map(&row).collect())
         .unwrap_or_default();
-    let headers: Vec<String> = cols.iter().map(|c| c.to_uppercase()).collect();
-    Ok(table(
-        &headers.iter().map(String::as_str).collect::<Vec<_>>(),
-        &rows,
-    ))
+    Ok(table(headers, &rows))
 }
 
 /// `ctl suspensions`.
@@ -216,42 +223,28 @@ pub fn overrides(api: &Api, as_json: bool) -> Result<String, CtlError> {
 
 /// `ctl webhooks`.
 pub fn webhooks(api: &Api, as_json: bool) -> Result<String, CtlError> {
-    let v = api.call("GET", "/api/v1/webhooks", None)?;
-    if as_json {
-        return Ok(format!("{v}\n"));
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|w| {
-                    vec![
-                        text(&w["name"]),
-                        text(&w["url"]),
-                        format!(
-                            "{}:{}",
-                            text(&w["cursor"]["segment"]),
-                            text(&w["cursor"]["line"])
-                        ),
-                        format!("{:.1}s", w["lag_seconds"].as_f64().unwrap_or(0.0)),
-                        text(&w["last_delivery"]),
-                        text(&w["last_error"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(table(
-        &[
-            "NAME",
-            "URL",
-            "CURSOR",
-            "LAG",
-            "LAST DELIVERY",
-            "LAST ERROR",
-        ],
-        &rows,
-    ))
+    let headers = [
+        "NAME",
+        "URL",
+        "CURSOR",
+        "LAG",
+        "LAST DELIVERY",
+        "LAST ERROR",
+    ];
+    listing_rows(api, "/api/v1/webhooks", &headers, as_json, |w| {
+        vec![
+            text(&w["name"]),
+            text(&w["url"]),
+            format!(
+                "{}:{}",
+                text(&w["cursor"]["segment"]),
+                text(&w["cursor"]["line"])
+            ),
+            format!("{:.1}s", w["lag_seconds"].as_f64().unwrap_or(0.0)),
+            text(&w["last_delivery"]),
+            text(&w["last_error"]),
+        ]
+    })
 }
 
 /// `ctl webhooks test NAME`.

@@ -9,10 +9,10 @@
 mod common;
 
 use common::pki::{self_signed, tls_sink_on, Pki};
-use common::{send_as, Daemon, Dnsmasq, ResponseSink, Tool};
+use common::{send_as, Daemon, Dnsmasq, ResponseSink};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 /// The records of `kind` about recipients at `domain`.
@@ -87,35 +87,26 @@ impl PolicyServer {
     }
 
     fn up(&mut self) {
-        Tool::Python.require();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/mta_sts_server.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg("--listen")
-            .arg(format!("{}:443", self.ip))
-            .arg("--cert")
-            .arg(&self.pair[0])
-            .arg("--key")
-            .arg(&self.pair[1])
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--log")
-            .arg(&self.log)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut ready = String::new();
-        use std::io::BufRead;
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert_eq!(
-            ready.trim(),
-            "ready",
-            "the policy server could not listen on {}:443 (the MTA-STS tests bind port 443 and need root, as CI has)",
-            self.ip
-        );
-        self.child = Some(child);
+        let args = [
+            "--listen".into(),
+            format!("{}:443", self.ip).into(),
+            "--cert".into(),
+            self.pair[0].clone().into_os_string(),
+            "--key".into(),
+            self.pair[1].clone().into_os_string(),
+            "--root".into(),
+            self.root.clone().into_os_string(),
+            "--log".into(),
+            self.log.clone().into_os_string(),
+        ];
+        self.child = Some(common::python_server(
+            "mta_sts_server.py",
+            &args,
+            &format!(
+                "the policy server could not listen on {}:443 (the MTA-STS tests bind port 443 and need root, as CI has)",
+                self.ip
+            ),
+        ));
     }
 
     fn down(&mut self) {

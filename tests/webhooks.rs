@@ -9,7 +9,7 @@ use common::{ctl, Daemon, ResponseSink, Tool};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 /// Two keys, one per line: the endpoints verify with one or the other (key rotation).
@@ -21,6 +21,7 @@ const KEYS: [&str; 2] = [
 /// A receiver process (tests/py/webhook_receiver.py) on a fixed port.
 struct Receiver {
     port: u16,
+    https: bool,
     out: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
@@ -30,6 +31,7 @@ impl Receiver {
     fn start(dir: &Path, name: &str, secret: &str, extra: &[&str]) -> Receiver {
         let mut r = Receiver {
             port: common::free_port(),
+            https: extra.contains(&"--cert"),
             out: dir.join(format!("received-{name}.jsonl")),
             args: [&["--secret", secret], extra]
                 .concat()
@@ -44,24 +46,18 @@ impl Receiver {
 
     fn up(&mut self) {
         Tool::StandardWebhooks.require();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/webhook_receiver.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--out")
-            .arg(&self.out)
-            .args(&self.args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        use std::io::BufRead;
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert_eq!(ready.trim(), "ready", "the webhook receiver did not start");
-        self.child = Some(child);
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.port).into(),
+            "--out".into(),
+            self.out.clone().into_os_string(),
+        ];
+        args.extend(self.args.iter().map(Into::into));
+        self.child = Some(common::python_server(
+            "webhook_receiver.py",
+            &args,
+            "the webhook receiver did not start",
+        ));
     }
 
     fn down(&mut self) {
@@ -72,7 +68,8 @@ impl Receiver {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/events", self.port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/events", self.port)
     }
 
     /// Every request recorded so far.
@@ -308,13 +305,18 @@ fn refusals_age_reloads_and_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let sink = ResponseSink::start(dir.path(), "");
     let refusing = Receiver::start(dir.path(), "refusing", KEYS[0], &["--status", "400"]);
-    let dead = format!("http://127.0.0.1:{}/nobody", common::free_port());
-    let base = webhook("refusing", &refusing.url(), "batch_wait = \"100ms\"")
-        + &webhook(
-            "dead",
-            &dead,
-            "max_age = \"2s\"\nbatch_wait = \"100ms\"\ntimeout = \"1s\"",
-        );
+    let dead = webhook(
+        "dead",
+        &format!("http://127.0.0.1:{}/nobody", common::free_port()),
+        "max_age = \"2s\"\nbatch_wait = \"100ms\"\ntimeout = \"1s\"",
+    );
+    // The late endpoint (below) is HTTPS, with a certificate from a CA in trust_roots.
+    let pki = common::pki::Pki::new();
+    pki.write_ca(dir.path());
+    let hook_cert = pki.issue_for(dir.path(), "hook", &["127.0.0.1"]);
+    let base = "[tls]\ntrust_roots = [\"ca.pem\"]\n\n".to_string()
+        + &webhook("refusing", &refusing.url(), "batch_wait = \"100ms\"")
+        + &dead;
     let mut d = daemon(dir, &sink, &base);
     assert_eq!(common::send_many(&d, 3, "u@sink.test", "acme").len(), 3);
     let metric = |d: &Daemon, labels: &str| {
@@ -349,7 +351,17 @@ fn refusals_age_reloads_and_the_admin_api() {
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
 
     // A webhook added by a reload starts at the end of the log: nothing from before.
-    let late = Receiver::start(d.dir.path(), "late", KEYS[1], &[]);
+    let (cert, key) = (
+        hook_cert[0].display().to_string(),
+        hook_cert[1].display().to_string(),
+    );
+    let late = Receiver::start(
+        d.dir.path(),
+        "late",
+        KEYS[1],
+        &["--cert", &cert, "--key", &key],
+    );
+    assert!(late.url().starts_with("https://"));
     let config = std::fs::read_to_string(&d.config).unwrap();
     std::fs::write(
         &d.config,
@@ -390,10 +402,11 @@ fn refusals_age_reloads_and_the_admin_api() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("\"error\""), "{body}");
 
-    // A changed webhook goes on from its cursor: no replay, nothing missed.
+    // A changed webhook goes on from its cursor: no replay, nothing missed; a removed one
+    // is gone.
     std::fs::write(
         &d.config,
-        config
+        config.replace(&dead, "")
             + &webhook(
                 "late",
                 &late.url(),
@@ -407,6 +420,16 @@ fn refusals_age_reloads_and_the_admin_api() {
     wait("the delivery after the change", 30, || {
         deliveries(&late) >= 2
     });
+    let (ok, out, _) = ctl(&d, &["--json", "webhooks"]);
+    assert!(ok);
+    let names: Vec<String> = serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["late", "refusing"]);
 
     // Kept across a restart: the cursor is in the spool.
     d.terminate();

@@ -393,6 +393,26 @@ pub fn python(script: &str, args: &[String]) -> (bool, String, String) {
     )
 }
 
+/// A Python server from tests/py (`script` with `args`) that prints "ready" once it
+/// listens; panics with `what` if it does not start.
+pub fn python_server(script: &str, args: &[std::ffi::OsString], what: &str) -> Child {
+    Tool::Python.require();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let mut child = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run python3: {e}"));
+    let mut ready = String::new();
+    use std::io::BufRead;
+    let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready);
+    assert_eq!(ready.trim(), "ready", "{what}");
+    child
+}
+
 /// `switchyard hash-password` with `password` on standard input: the hash it prints.
 pub fn hash_password(password: &str) -> String {
     let mut child = Command::new(BIN)

@@ -4,17 +4,20 @@ Webhooks reference library and records what it got.
 
   webhook_receiver.py --listen IP:PORT --secret whsec_... --out FILE
                       [--fail-every N] [--status CODE] [--lag FILE]
+                      [--cert PEM --key PEM]
 
 Each POST is checked with standardwebhooks' Webhook(secret).verify(body, headers). Every
 --fail-every'th request (counting from 1) is answered 500 before anything is recorded;
 --status answers every request with CODE (e.g. 400). Otherwise the answer is 204 and FILE
 gets one JSON line per request: {"webhook_id", "verified", "error", "records": [...]}.
 With --lag, FILE gets instead one line per record: seconds from the record's timestamp to
-the arrival of its batch (bench/webhooks.sh). Prints "ready" once listening.
+the arrival of its batch (bench/webhooks.sh). With --cert and --key it serves HTTPS.
+Prints "ready" once listening.
 """
 import argparse
 import datetime
 import json
+import ssl
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +33,8 @@ def main():
     ap.add_argument("--fail-every", type=int, default=0)
     ap.add_argument("--status", type=int, default=0)
     ap.add_argument("--lag")
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
     args = ap.parse_args()
     out = open(args.out, "a", buffering=1)
     lag_out = open(args.lag, "a", buffering=1) if args.lag else None
@@ -91,6 +96,10 @@ def main():
     ip, port = args.listen.rsplit(":", 1)
     ThreadingHTTPServer.allow_reuse_address = True
     server = ThreadingHTTPServer((ip, int(port)), Receiver)
+    if args.cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.cert, args.key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     sys.stdout.flush()
     server.serve_forever()
