@@ -132,6 +132,32 @@ fn wait(what: &str, secs: u64, f: impl Fn() -> bool) {
     );
 }
 
+/// Wait until `name`'s cursor (as `GET /api/v1/webhooks` shows it) is past every record
+/// `receiver` has.
+fn wait_cursor_past(d: &Daemon, name: &str, receiver: &Receiver) {
+    let last = receiver
+        .records()
+        .iter()
+        .filter_map(|r| {
+            r["record_id"]
+                .as_str()
+                .filter(|id| id.contains(':'))
+                .map(position)
+        })
+        .max()
+        .unwrap();
+    wait("the cursor past the records received", 10, || {
+        let hooks = d.get_json("/api/v1/webhooks");
+        hooks.as_array().unwrap().iter().any(|w| {
+            w["name"] == name
+                && (
+                    w["cursor"]["segment"].as_str().unwrap().to_string(),
+                    w["cursor"]["line"].as_u64().unwrap(),
+                ) > last
+        })
+    });
+}
+
 fn webhook(name: &str, url: &str, extra: &str) -> String {
     format!(
         "[[webhook]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret_file = \"keys.txt\"\n{extra}\n"
@@ -404,6 +430,7 @@ fn refusals_age_reloads_and_the_admin_api() {
 
     // A changed webhook goes on from its cursor: no replay, nothing missed; a removed one
     // is gone.
+    wait_cursor_past(&d, "late", &late);
     std::fs::write(
         &d.config,
         config.replace(&dead, "")
@@ -431,7 +458,10 @@ fn refusals_age_reloads_and_the_admin_api() {
         .collect();
     assert_eq!(names, ["late", "refusing"]);
 
-    // Kept across a restart: the cursor is in the spool.
+    // Kept across a restart: the cursor is in the spool. (The cursor moves when the sender
+    // has the endpoint's 2xx, a moment after the endpoint recorded the batch: wait for it,
+    // or the restart rightly sends that batch again.)
+    wait_cursor_past(&d, "late", &late);
     d.terminate();
     d.spawn();
     common::send_many(&d, 1, "u@sink.test", "acme");
