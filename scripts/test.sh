@@ -22,6 +22,7 @@ CHECKS=(
   "prometheus --version                          |prometheus"
   "python3 -c 'import smtplib, ssl, asyncio'     |python3"
   "python3 -m pip --version                      |python3-pip"
+  "redis-server --version                        |redis-server"
 )
 # capability check            | PyPI package
 PIP_CHECKS=(

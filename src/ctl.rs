@@ -221,6 +221,40 @@ pub fn overrides(api: &Api, as_json: bool) -> Result<String, CtlError> {
     listing(api, "/api/v1/overrides", &cols, as_json)
 }
 
+/// `ctl cluster`.
+pub fn cluster(api: &Api, as_json: bool) -> Result<String, CtlError> {
+    let v = api.call("GET", "/api/v1/cluster", None)?;
+    if as_json {
+        return Ok(format!("{v}\n"));
+    }
+    let redis = match (&v["redis"]["url"], v["redis"]["up"].as_bool()) {
+        (Value::Null, _) => "no [cluster]: a single node".to_string(),
+        (url, Some(true)) => format!("redis {} up", text(url)),
+        (url, _) => format!(
+            "redis {} DOWN: going on alone with the policy and limits this node knows",
+            text(url)
+        ),
+    };
+    let rows: Vec<Vec<String>> = v["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|n| {
+                    ["node", "last_heartbeat", "queues", "connections"]
+                        .iter()
+                        .map(|c| text(&n[*c]))
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(format!(
+        "node {}; {redis}\n{}",
+        text(&v["node"]),
+        table(&["NODE", "LAST HEARTBEAT", "QUEUES", "CONNECTIONS"], &rows)
+    ))
+}
+
 /// `ctl webhooks`.
 pub fn webhooks(api: &Api, as_json: bool) -> Result<String, CtlError> {
     let headers = [

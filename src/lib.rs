@@ -10,6 +10,7 @@
 //! [`reload`]. `switchyard sink`, the receiving server of tests and benchmarks, is its own
 //! crate (`sink/`, `switchyard-sink`).
 
+pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod delivery;

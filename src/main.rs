@@ -186,6 +186,8 @@ enum CtlCommand {
         /// Override id (see `ctl overrides`).
         id: String,
     },
+    /// The cluster: this node, Redis, and the nodes heard from.
+    Cluster,
     /// Webhook endpoints: cursor, lag and last error; `webhooks test NAME` sends one signed
     /// test event.
     Webhooks {
@@ -267,6 +269,7 @@ fn ctl(api: String, token: Option<String>, json: bool, command: CtlCommand) -> E
         ),
         CtlCommand::Unthrottle { id } => ctl::end(&api, "throttles", &id, "unthrottled", json),
         CtlCommand::Overrides => ctl::overrides(&api, json),
+        CtlCommand::Cluster => ctl::cluster(&api, json),
         CtlCommand::Webhooks { action: None } => ctl::webhooks(&api, json),
         CtlCommand::Webhooks {
             action: Some(WebhooksAction::Test { name }),

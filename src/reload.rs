@@ -66,6 +66,7 @@ fn restart_only(c: &LoadedConfig) -> Vec<(&'static str, String)> {
         ("spool", format!("{:?}", c.spool)),
         ("dns", format!("{:?}", c.dns)),
         ("data_dir", format!("{:?}", c.data_dir)),
+        ("cluster", format!("{:?}", c.cluster)),
     ];
     v.into_iter().map(|(k, t)| (k, without_spans(t))).collect()
 }

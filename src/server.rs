@@ -166,6 +166,29 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         ingress.clone(),
         dns.clone(),
     ));
+    let cluster = match &c.cluster {
+        Some(cc) => {
+            let settings = crate::cluster::Settings {
+                redis: cc.redis.get_ref().clone(),
+                node: cc
+                    .node
+                    .as_ref()
+                    .map(|n| n.get_ref().clone())
+                    .unwrap_or_else(crate::cluster::hostname),
+                key_prefix: cc.key_prefix.clone(),
+            };
+            let for_counts = engine.clone();
+            let counts: crate::cluster::Counts = Arc::new(move || {
+                let engine = for_counts.clone();
+                Box::pin(async move {
+                    let (_, _, queues, _) = engine.live();
+                    (queues as u64, engine.open_connections().await as u64)
+                })
+            });
+            Some(crate::cluster::Cluster::join(settings, counts).await?)
+        }
+        None => None,
+    };
     let reloader = Arc::new(Reloader::new(
         path,
         &loaded,
@@ -206,6 +229,7 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         reloader,
         token: c.http.token.as_deref().map(Into::into),
         webhooks: webhooks.clone(),
+        cluster: cluster.clone(),
     };
     tokio::spawn(async move {
         if let Err(e) = http::serve(http_listener, http_state).await {
@@ -222,6 +246,9 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
     }
     shutdown(&ingress, &tasks, &http_engine, c.smtp.shutdown_timeout.0).await;
     webhooks.stop();
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     // The last settlements: their records into the log, then their removals into the spool,
     // fsynced — so a restart repeats nothing that was finished.
     log.sync().await;

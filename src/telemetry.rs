@@ -240,6 +240,14 @@ fn describe() {
         "switchyard_classifier_matches_total",
         "Replies an automation rule matched (before its trigger decides), by rule."
     );
+    describe_gauge!(
+        "switchyard_cluster_up",
+        "1 when Redis answers this node's heartbeat ([cluster]), 0 when it goes on alone."
+    );
+    describe_gauge!(
+        "switchyard_cluster_nodes",
+        "Nodes heard from in the last 5 s (1 while Redis does not answer)."
+    );
     describe_counter!(
         "switchyard_webhook_records_total",
         "Event-log records a webhook endpoint took (delivered), refused with a 4xx (rejected) or that aged out (expired), by webhook."

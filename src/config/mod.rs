@@ -137,6 +137,8 @@ pub struct Config {
     /// `[[webhook]]`: endpoints the event log is pushed to.
     #[serde(default)]
     pub webhook: Vec<WebhookConfig>,
+    /// `[cluster]`: several nodes through one Redis (absent: a single node).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[smtp]`: the injection listener.
@@ -530,6 +532,30 @@ fn default_dkim_headers() -> Vec<String> {
     .to_vec()
 }
 
+/// `[cluster]`: this node's place in a cluster (see `crate::cluster`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port/db` (or `rediss://`).
+    pub redis: Spanned<String>,
+    /// This node's name (default: the host name); unique among live nodes.
+    pub node: Option<Spanned<String>>,
+    /// Prefix of every Redis key, so several clusters can share one Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Connection leases live this long unless renewed.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: HumanDuration,
+}
+
+fn default_key_prefix() -> String {
+    "switchyard".into()
+}
+
+fn default_lease_ttl() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(15))
+}
+
 /// `[[webhook]]`: one HTTP endpoint the event log's records are pushed to (see
 /// `crate::webhooks`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -902,6 +928,22 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
                 d.domain.span(),
                 "a [[dkim]] entry's headers must include From (RFC 6376 §5.4)".into(),
             );
+        }
+    }
+    if let Some(cluster) = &c.cluster {
+        if let Err(e) = redis::Client::open(cluster.redis.get_ref().as_str()) {
+            err(cluster.redis.span(), format!("[cluster] redis: {e}"));
+        }
+        if let Some(node) = &cluster.node {
+            if !is_valid_name(node.get_ref()) {
+                err(
+                    node.span(),
+                    format!(
+                        "invalid node name {:?}: use letters, digits, '-', '_', '.'",
+                        node.get_ref()
+                    ),
+                );
+            }
         }
     }
     let mut webhooks = HashSet::new();

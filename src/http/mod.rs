@@ -49,6 +49,8 @@ pub struct HttpState {
     pub reloader: Arc<Reloader>,
     /// Webhook senders.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// This node's cluster membership, with `[cluster]`.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The router with every route.
@@ -78,6 +80,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/inject", post(inject))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/webhooks", get(list_webhooks))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/webhooks/{name}/test", post(test_webhook))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -87,6 +90,19 @@ pub fn router(state: HttpState) -> Router {
             authorize,
         ))
         .with_state(state)
+}
+
+/// `GET /api/v1/cluster`: this node, Redis, and the nodes heard from. Without `[cluster]`:
+/// this node alone, `redis.url` null.
+async fn cluster(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    Json(match &state.cluster {
+        Some(c) => c.view(),
+        None => json!({
+            "node": crate::cluster::hostname(),
+            "redis": { "up": false, "url": null },
+            "nodes": [],
+        }),
+    })
 }
 
 /// `GET /api/v1/webhooks`: each endpoint's cursor, lag and last error.

@@ -32,6 +32,8 @@ pub enum Tool {
     Promtool,
     /// Postfix's smtp-source and smtp-sink.
     PostfixTools,
+    /// Redis (the cluster tests).
+    RedisServer,
 }
 
 impl Tool {
@@ -49,6 +51,7 @@ impl Tool {
             Tool::Prometheus => &["prometheus", "--version"],
             Tool::Promtool => &["promtool", "--version"],
             Tool::PostfixTools => &["sh", "-c", "command -v smtp-source && command -v smtp-sink"],
+            Tool::RedisServer => &["redis-server", "--version"],
         }
     }
 
@@ -66,6 +69,7 @@ impl Tool {
             Tool::Prometheus => "prometheus",
             Tool::Promtool => "promtool",
             Tool::PostfixTools => "Postfix's smtp-source and smtp-sink",
+            Tool::RedisServer => "redis-server",
         }
     }
 
@@ -84,6 +88,7 @@ impl Tool {
             Tool::Dnsmasq => "the Debian package dnsmasq-base",
             Tool::Prometheus | Tool::Promtool => "the Debian package prometheus",
             Tool::PostfixTools => "the Debian package postfix",
+            Tool::RedisServer => "the Debian package redis-server",
         }
     }
 
