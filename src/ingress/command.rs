@@ -64,7 +64,7 @@ fn refusal(e: ParseError) -> (u16, String) {
         ParseError::InvalidRecipientAddress => (501, "5.1.3 Invalid recipient address".into()),
         ParseError::SyntaxError { syntax } => (501, format!("5.5.4 Syntax: {syntax}")),
         ParseError::InvalidParameter { param } => {
-            (501, format!("5.5.4 Invalid parameter {}", shown(&param)))
+            (501, format!("5.5.4 Invalid parameter {}", shown(param)))
         }
         ParseError::UnsupportedParameter { param } => (
             555,

@@ -113,6 +113,9 @@ pub fn sign(keys: &[Vec<u8>], id: &str, timestamp: u64, body: &[u8]) -> String {
         .join(" ")
 }
 
+/// An endpoint as configured, with its keys as read now (`None`: unreadable).
+type Wanted<'a> = (&'a WebhookConfig, Option<Vec<Vec<u8>>>);
+
 /// One running sender.
 struct Running {
     config: WebhookConfig,
@@ -180,7 +183,7 @@ impl Webhooks {
     /// removed ones stop and forget it. A sender is stopped — and has stopped — before its
     /// cursor is read.
     pub async fn apply(&self, loaded: &LoadedConfig) {
-        let wanted: HashMap<String, (&WebhookConfig, Option<Vec<Vec<u8>>>)> = loaded
+        let wanted: HashMap<String, Wanted<'_>> = loaded
             .config
             .webhook
             .iter()
