@@ -119,12 +119,13 @@ pub fn engine_settings(loaded: &LoadedConfig) -> anyhow::Result<EngineSettings> 
     })
 }
 
-/// Start the engine over the spool and log. Must run on the daemon's tokio runtime.
+/// Start the engine over the spool and log; returns it with the resolver and the HTTPS
+/// client (MTA-STS fetches, webhooks). Must run on the daemon's tokio runtime.
 pub fn start_engine(
     loaded: &LoadedConfig,
     spool: &Spool,
     log: &EventLog,
-) -> anyhow::Result<(Arc<Engine>, Dns)> {
+) -> anyhow::Result<(Arc<Engine>, Dns, HttpsClient)> {
     let c = &loaded.config;
     let routes = c
         .routes
@@ -138,7 +139,7 @@ pub fn start_engine(
     let https = HttpsClient::new(verified_tls_config(trust_roots.clone())?, dns.resolver());
     dns.enable_mta_sts(MtaSts::new(
         dns.resolver(),
-        https,
+        https.clone(),
         spool.state_entries("mta-sts/")?,
         Arc::new(spool.clone()),
     ));
@@ -163,7 +164,7 @@ pub fn start_engine(
             tokio::time::sleep(SITE_REFRESH).await;
         }
     });
-    Ok((engine, dns))
+    Ok((engine, dns, https))
 }
 
 /// Put the suspensions, throttles, bounce orders, overrides and automation threshold

@@ -218,6 +218,25 @@ fn hour_of(timestamp: &str) -> String {
     )
 }
 
+/// The segments in `dir`, by name (= the order they were written).
+pub fn segments(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".jsonl.zst")
+                        .or_else(|| name.strip_suffix(".jsonl"))
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names.dedup();
+    names
+}
+
 fn uncompressed_segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -469,7 +488,7 @@ impl SegmentWriter {
         // Never an hour before the latest segment's (a record stamped before the hour
         // turned, a size rotation just after it, a clock stepped back across a restart):
         // names must sort in the order segments are written.
-        let latest = crate::webhooks::tail::segments(&self.dir)
+        let latest = segments(&self.dir)
             .pop()
             .map(|name| name.get(..11).unwrap_or_default().to_string())
             .unwrap_or_default();
@@ -596,7 +615,7 @@ mod tests {
         }
         drop(log);
         std::thread::sleep(Duration::from_millis(300));
-        let names = crate::webhooks::tail::segments(dir.path());
+        let names = segments(dir.path());
         assert!(names.len() >= 3, "{names:?}");
         assert!(
             names.iter().all(|n| n.starts_with("20261129-13-")),

@@ -135,7 +135,7 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
     };
     let log = EventLog::start(&data_dir.join("logs"), log_settings)
         .context("cannot start the event log")?;
-    let (engine, dns) = delivery::start_engine(&loaded, &spool, &log)
+    let (engine, dns, https) = delivery::start_engine(&loaded, &spool, &log)
         .context("cannot start the delivery engine")?;
     delivery::restore_suspensions(&spool, &engine).await?;
     let recovering = tokio::spawn(delivery::recover(spool.clone(), engine.clone()));
@@ -147,10 +147,6 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         }
     });
     let ingress = Ingress::new(&loaded, spool.clone(), log.clone(), engine.clone())?;
-    let https = crate::https::HttpsClient::new(
-        crate::outbound::verified_tls_config(loaded.trust_roots()?)?,
-        dns.resolver(),
-    );
     let webhooks = crate::webhooks::Webhooks::start(
         &loaded,
         https,

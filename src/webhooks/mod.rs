@@ -113,8 +113,37 @@ pub fn sign(keys: &[Vec<u8>], id: &str, timestamp: u64, body: &[u8]) -> String {
         .join(" ")
 }
 
-/// An endpoint as configured, with its keys as read now (`None`: unreadable).
-type Wanted<'a> = (&'a WebhookConfig, Option<Vec<Vec<u8>>>);
+/// An endpoint as configured, with its keys as read now (or why they cannot be read).
+type Wanted<'a> = (&'a WebhookConfig, Result<Vec<Vec<u8>>, String>);
+
+/// The headers of a signed POST: `Content-Type`, `webhook-id`, `webhook-timestamp` (now)
+/// and `webhook-signature` by every key.
+pub fn signed_headers(
+    keys: &[Vec<u8>],
+    id: &str,
+    body: &[u8],
+) -> Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)> {
+    use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+    let timestamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut headers = vec![
+        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        (
+            HeaderName::from_static("webhook-timestamp"),
+            HeaderValue::from(timestamp),
+        ),
+    ];
+    // Ids are built from names and record ids (letters, digits, `_-.`), signatures are
+    // base64: both are valid header values.
+    if let Ok(v) = HeaderValue::from_str(id) {
+        headers.push((HeaderName::from_static("webhook-id"), v));
+    }
+    if let Ok(v) = HeaderValue::from_str(&sign(keys, id, timestamp, body)) {
+        headers.push((HeaderName::from_static("webhook-signature"), v));
+    }
+    headers
+}
 
 /// One running sender.
 struct Running {
@@ -188,7 +217,7 @@ impl Webhooks {
             .webhook
             .iter()
             .map(|w| {
-                let keys = read_secrets(&loaded.resolve(w.secret_file.get_ref())).ok();
+                let keys = read_secrets(&loaded.resolve(w.secret_file.get_ref()));
                 (w.name.get_ref().clone(), (w, keys))
             })
             .collect();
@@ -198,7 +227,7 @@ impl Webhooks {
                 .iter()
                 .filter(|(name, r)| {
                     !wanted.get(*name).is_some_and(|(w, keys)| {
-                        **w == r.config && keys.as_ref() == Some(&r.endpoint.keys)
+                        **w == r.config && keys.as_ref().ok() == Some(&r.endpoint.keys)
                     })
                 })
                 .map(|(name, _)| name.clone())
@@ -233,7 +262,7 @@ impl Webhooks {
                 tracing::info!(webhook = %name, "webhook removed");
             }
         }
-        for (name, (config, _)) in wanted {
+        for (name, (config, keys)) in wanted {
             if self
                 .running
                 .lock()
@@ -242,7 +271,7 @@ impl Webhooks {
             {
                 continue;
             }
-            match self.launch(loaded, config).await {
+            match self.launch(config, keys).await {
                 Ok(r) => {
                     self.running
                         .lock()
@@ -254,14 +283,18 @@ impl Webhooks {
         }
     }
 
-    async fn launch(&self, loaded: &LoadedConfig, w: &WebhookConfig) -> Result<Running, String> {
+    async fn launch(
+        &self,
+        w: &WebhookConfig,
+        keys: Result<Vec<Vec<u8>>, String>,
+    ) -> Result<Running, String> {
         let name = w.name.get_ref().clone();
         let endpoint = Arc::new(Endpoint {
             name: name.clone(),
             url: Url::parse(w.url.get_ref())?,
             tenant: w.tenant.clone(),
             records: w.records.as_ref().map(|r| r.get_ref().clone()),
-            keys: read_secrets(&loaded.resolve(w.secret_file.get_ref()))?,
+            keys: keys?,
             batch_size: w.batch_size.max(1),
             batch_wait: w.batch_wait.0,
             timeout: w.timeout.0,
@@ -354,26 +387,7 @@ impl Webhooks {
             "webhook": name,
         }]))
         .unwrap_or_default();
-        let timestamp = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
-        let mut headers = vec![
-            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-            (
-                HeaderName::from_static("webhook-id"),
-                HeaderValue::from_str(&id).map_err(|e| e.to_string())?,
-            ),
-            (
-                HeaderName::from_static("webhook-timestamp"),
-                HeaderValue::from(timestamp),
-            ),
-        ];
-        let signature = sign(&endpoint.keys, &id, timestamp, &body);
-        headers.push((
-            HeaderName::from_static("webhook-signature"),
-            HeaderValue::from_str(&signature).map_err(|e| e.to_string())?,
-        ));
+        let headers = signed_headers(&endpoint.keys, &id, &body);
         let request = crate::https::Request {
             method: hyper::Method::POST,
             url: &endpoint.url,

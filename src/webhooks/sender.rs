@@ -16,10 +16,9 @@
 //! send holds one batch in memory, nothing more, and slows nothing else.
 
 use super::tail::{Cursor, LogTail, Tailed};
-use super::{sign, Endpoint, Status};
+use super::{Endpoint, Status};
 use crate::https::{HttpsClient, Request};
 use bytes::Bytes;
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -163,23 +162,7 @@ impl Sender {
                 serde_json::to_vec(&batch.iter().map(|o| &o.json).collect::<Vec<_>>())
                     .unwrap_or_default(),
             );
-            let timestamp = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let mut headers = vec![
-                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                (
-                    HeaderName::from_static("webhook-id"),
-                    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("msg")),
-                ),
-                (
-                    HeaderName::from_static("webhook-timestamp"),
-                    HeaderValue::from(timestamp),
-                ),
-            ];
-            if let Ok(v) = HeaderValue::from_str(&sign(&e.keys, &id, timestamp, &body)) {
-                headers.push((HeaderName::from_static("webhook-signature"), v));
-            }
+            let headers = super::signed_headers(&e.keys, &id, &body);
             let request = Request {
                 method: hyper::Method::POST,
                 url: &e.url,

@@ -50,24 +50,7 @@ pub struct LogTail {
     error: Option<String>,
 }
 
-/// The segments in `dir`, by name (= the order they were written).
-pub fn segments(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    name.strip_suffix(".jsonl.zst")
-                        .or_else(|| name.strip_suffix(".jsonl"))
-                        .map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names.dedup();
-    names
-}
+pub use crate::logs::segments;
 
 /// The cursor at the end of the log as it is now: where a new webhook starts.
 pub fn end_of_log(dir: &Path) -> Cursor {
