@@ -12,6 +12,7 @@ use crate::spool::{Spool, SpoolError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_actors::cluster::ClusterPort;
 use switchyard_actors::engine::{Engine, EngineSettings, Submission};
 use switchyard_actors::messages::Restore;
 use switchyard_actors::pool::{Pool, Pools};
@@ -125,6 +126,7 @@ pub fn start_engine(
     loaded: &LoadedConfig,
     spool: &Spool,
     log: &EventLog,
+    cluster: Option<Arc<dyn ClusterPort>>,
 ) -> anyhow::Result<(Arc<Engine>, Dns, HttpsClient)> {
     let c = &loaded.config;
     let routes = c
@@ -148,6 +150,7 @@ pub fn start_engine(
         events: Arc::new(log.clone()),
         resolver: Arc::new(dns.clone()),
         connector: Arc::new(Connector::new(trust_roots)?),
+        cluster,
     };
     let bounces = crate::shaping::bounce_classifier(loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
     let engine = Arc::new(Engine::start(engine_settings(loaded)?, ports, bounces)?);
@@ -189,6 +192,7 @@ pub async fn restore_suspensions(spool: &Spool, engine: &Engine) -> anyhow::Resu
         overrides: read(spool, "override/")?,
         throttles: read(spool, "throttle/")?,
         bounces: read(spool, "bounce/")?,
+        tombstones: read(spool, "tombstone/")?,
     };
     let (s, o, t, b) = (
         restore.suspensions.len(),

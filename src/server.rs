@@ -135,9 +135,45 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
     };
     let log = EventLog::start(&data_dir.join("logs"), log_settings)
         .context("cannot start the event log")?;
-    let (engine, dns, https) = delivery::start_engine(&loaded, &spool, &log)
+    // The cluster is joined first: the engine's limits and policy are shared through it.
+    let started: Arc<std::sync::OnceLock<Arc<switchyard_actors::engine::Engine>>> = Arc::default();
+    let cluster = match &c.cluster {
+        Some(cc) => {
+            let settings = crate::cluster::Settings {
+                redis: cc.redis.get_ref().clone(),
+                node: cc
+                    .node
+                    .as_ref()
+                    .map(|n| n.get_ref().clone())
+                    .unwrap_or_else(crate::cluster::hostname),
+                key_prefix: cc.key_prefix.clone(),
+                lease_ttl: cc.lease_ttl.0,
+            };
+            let for_counts = started.clone();
+            let counts: crate::cluster::Counts = Arc::new(move || {
+                let engine = for_counts.get().cloned();
+                Box::pin(async move {
+                    let Some(engine) = engine else {
+                        return (0, 0);
+                    };
+                    let (_, _, queues, _) = engine.live();
+                    (queues as u64, engine.open_connections().await as u64)
+                })
+            });
+            Some(crate::cluster::Cluster::join(settings, counts).await?)
+        }
+        None => None,
+    };
+    let port = cluster
+        .clone()
+        .map(|c| c as Arc<dyn crate::cluster::ClusterPort>);
+    let (engine, dns, https) = delivery::start_engine(&loaded, &spool, &log, port)
         .context("cannot start the delivery engine")?;
+    let _ = started.set(engine.clone());
     delivery::restore_suspensions(&spool, &engine).await?;
+    if let Some(cluster) = &cluster {
+        cluster.share_policy(engine.clone());
+    }
     let recovering = tokio::spawn(delivery::recover(spool.clone(), engine.clone()));
     tokio::spawn(async move {
         match recovering.await {
@@ -162,29 +198,6 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         ingress.clone(),
         dns.clone(),
     ));
-    let cluster = match &c.cluster {
-        Some(cc) => {
-            let settings = crate::cluster::Settings {
-                redis: cc.redis.get_ref().clone(),
-                node: cc
-                    .node
-                    .as_ref()
-                    .map(|n| n.get_ref().clone())
-                    .unwrap_or_else(crate::cluster::hostname),
-                key_prefix: cc.key_prefix.clone(),
-            };
-            let for_counts = engine.clone();
-            let counts: crate::cluster::Counts = Arc::new(move || {
-                let engine = for_counts.clone();
-                Box::pin(async move {
-                    let (_, _, queues, _) = engine.live();
-                    (queues as u64, engine.open_connections().await as u64)
-                })
-            });
-            Some(crate::cluster::Cluster::join(settings, counts).await?)
-        }
-        None => None,
-    };
     let reloader = Arc::new(Reloader::new(
         path,
         &loaded,

@@ -26,7 +26,8 @@ use switchyard_actors::automation::{
 use switchyard_actors::bounce::{rules_from_toml, BounceClassifier};
 use switchyard_actors::ports::MxResolver;
 use switchyard_actors::shaping::{
-    DomainShaping, OptionValue, Origin, Provider, ProviderMatch, Rate, Shaping, ShapingOptions,
+    DomainShaping, Limit, OptionValue, Origin, Provider, ProviderMatch, Rate, Shaping,
+    ShapingOptions,
 };
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -314,19 +315,18 @@ impl Loader {
             }
         }
         let matches = table.get("match").map(|m| self.matches(src, m));
-        let connection_limit =
-            table
-                .get("provider_connection_limit")
-                .and_then(|v| match option_value(v.get_ref()) {
-                    OptionValue::Integer(n) if n > 0 => Some(n as usize),
-                    _ => {
-                        self.errors.push(src.error(
-                            span_of(v),
-                            "provider_connection_limit must be a positive integer",
-                        ));
-                        None
-                    }
-                });
+        let connection_limit = table.get("provider_connection_limit").and_then(|v| {
+            match Limit::parse("provider_connection_limit", &option_value(v.get_ref())) {
+                Ok(l) if l.count > 0 => Some(l),
+                _ => {
+                    self.errors.push(src.error(
+                        span_of(v),
+                        "provider_connection_limit must be a positive integer or \"local:N\"",
+                    ));
+                    None
+                }
+            }
+        });
         let max_message_rate = table.get("provider_max_message_rate").and_then(|v| {
             match v.get_ref().as_str().map(str::parse::<Rate>) {
                 Some(Ok(r)) => Some(r),
@@ -795,7 +795,7 @@ mod tests {
             .iter()
             .find(|p| &*p.name == "google")
             .unwrap();
-        assert_eq!(google.connection_limit, Some(5));
+        assert_eq!(google.connection_limit.map(|l| l.count), Some(5));
         // The community file's gmail rules exist although no [provider."gmail"] matches.
         assert!(l
             .rules
@@ -803,7 +803,10 @@ mod tests {
             .iter()
             .any(|r| &*r.name == "provider.gmail#0"));
         assert_eq!(
-            l.shaping.domains["comcast.net"].options.connection_limit,
+            l.shaping.domains["comcast.net"]
+                .options
+                .connection_limit
+                .map(|l| l.count),
             Some(25)
         );
         assert!(!l.shaping.domains["example.com"].mx_rollup);
@@ -846,13 +849,19 @@ mod tests {
         ];
         let l = load_texts(&files).unwrap();
         let d = &l.shaping.domains["x.example"].options;
-        assert_eq!((d.connection_limit, d.max_ready), (Some(4), Some(7)));
+        assert_eq!(
+            (d.connection_limit.map(|l| l.count), d.max_ready),
+            (Some(4), Some(7))
+        );
         assert_eq!(&*l.rules.rules()[0].name, "x.example#0");
         let mut files = files;
         files[1].1 = "[\"x.example\"]\nreplace_base = true\nconnection_limit = 4\n".into();
         let l = load_texts(&files).unwrap();
         let d = &l.shaping.domains["x.example"].options;
-        assert_eq!((d.connection_limit, d.max_ready), (Some(4), None));
+        assert_eq!(
+            (d.connection_limit.map(|l| l.count), d.max_ready),
+            (Some(4), None)
+        );
         assert!(l.rules.rules().is_empty());
     }
 }

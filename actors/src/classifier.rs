@@ -20,7 +20,10 @@
 //!   `BounceTenant`, `BounceCampaign` → the TenantActor (its mail to the site); each also
 //!   → the SuspensionRegister as a bounce order for new arrivals until `duration` is over.
 //!
-//! Threshold windows count per rule × source × site; they are written to the spool's
+//! Threshold windows count per rule × source × site. In a cluster they are the cluster's:
+//! each match is counted in one window in Redis, and the rule fires on the node whose
+//! match makes the count (counted here while Redis does not answer). Otherwise they are
+//! the node's own: they are written to the spool's
 //! `state` keyspace (at most once a second each) and read back at start, so matches counted
 //! before a restart still count, and a reload keeps those of rules that kept their name.
 //! The cache of which scopes apply to a site starts afresh when MX rollup re-resolves.
@@ -31,6 +34,7 @@
 //! outcome: the connection reports it to the message's scheduled queue as usual.
 
 use crate::automation::{Action, RuleBook, RulesInForce, ThresholdWindow, Trigger};
+use crate::cluster::{ClusterPort, Unreachable};
 use crate::message::{now_ms, QueueIdentity};
 use crate::messages::{AdminBounce, ReplySeen, SetBounce, SetOverride, SetThrottle, Suspend};
 use crate::ports::{EventSink, SpoolPort};
@@ -100,6 +104,8 @@ pub struct Effects {
     pub events: Arc<dyn EventSink>,
     /// Where threshold windows are kept across restarts.
     pub spool: Arc<dyn SpoolPort>,
+    /// The cluster whose nodes count threshold matches together, if any.
+    pub cluster: Option<Arc<dyn ClusterPort>>,
 }
 
 /// The automation state.
@@ -117,6 +123,8 @@ pub struct ClassifierActor {
     book: Arc<RuleBook>,
     /// `switchyard_classifier_matches_total` by rule index of `book`.
     matches: HashMap<usize, metrics::Counter>,
+    /// Its own address, for the cluster's answers.
+    me: Option<Addr<ClassifierActor>>,
 }
 
 impl ClassifierActor {
@@ -130,6 +138,7 @@ impl ClassifierActor {
             dirty: std::collections::HashSet::new(),
             book: Arc::new(RuleBook::default()),
             matches: HashMap::new(),
+            me: None,
         }
     }
 
@@ -192,17 +201,27 @@ impl ClassifierActor {
                 })
                 .increment(1);
             if let Trigger::Threshold { count, period } = rule.trigger {
-                if self.windows.len() >= WINDOW_SWEEP_AT {
-                    self.sweep(now);
+                if let (Some(cluster), Some(me)) = (&self.effects.cluster, &self.me) {
+                    // Counted in the cluster's window; fired (or counted here, when Redis
+                    // does not answer) when the answer comes.
+                    let key = format!("threshold/{}/{}/{}", rule.name, msg.source, msg.site);
+                    let (me, seen, name) = (me.clone(), msg.clone(), rule.name.clone());
+                    cluster.count_match(
+                        key,
+                        count,
+                        period,
+                        Box::new(move |answer| {
+                            me.do_send(ClusterCounted {
+                                rule: name,
+                                seen,
+                                at_ms: now,
+                                answer,
+                            })
+                        }),
+                    );
+                    continue;
                 }
-                let key = (rule.name.clone(), msg.source.clone(), msg.site.clone());
-                let fired = self
-                    .windows
-                    .entry(key.clone())
-                    .or_default()
-                    .hit(now, count, period);
-                self.dirty.insert(key);
-                if !fired {
+                if !self.count_here(&rule.name, msg, now, count, period) {
                     continue;
                 }
             }
@@ -215,6 +234,28 @@ impl ClassifierActor {
 }
 
 impl ClassifierActor {
+    /// Count a match in the node's own window; true when the rule fires.
+    fn count_here(
+        &mut self,
+        rule: &Arc<str>,
+        msg: &ReplySeen,
+        now: u64,
+        count: u32,
+        period: std::time::Duration,
+    ) -> bool {
+        if self.windows.len() >= WINDOW_SWEEP_AT {
+            self.sweep(now);
+        }
+        let key = (rule.clone(), msg.source.clone(), msg.site.clone());
+        let fired = self
+            .windows
+            .entry(key.clone())
+            .or_default()
+            .hit(now, count, period);
+        self.dirty.insert(key);
+        fired
+    }
+
     /// Drop windows without recent matches (the rule's period has passed since the last).
     fn sweep(&mut self, now: u64) {
         let periods: HashMap<&str, std::time::Duration> = self
@@ -277,6 +318,7 @@ fn fire(effects: &Effects, rule: &Arc<str>, action: &Action, msg: &ReplySeen, ex
         rule: Some(rule.to_string()),
         created_ms: 0,
         expires_ms,
+        updated_ms: 0,
     };
     // SetConfig: the (source, site) ready queue; SetDomainConfig (KumoMTA's scope): the
     // triggering source's mail to the triggering domain only, in a ready queue of its own.
@@ -291,6 +333,7 @@ fn fire(effects: &Effects, rule: &Arc<str>, action: &Action, msg: &ReplySeen, ex
         domain: Some(q.domain.to_string()),
         created_ms: 0,
         expires_ms,
+        updated_ms: 0,
     };
     let throttle = |campaign: Option<String>, rate| Throttle {
         id: String::new(),
@@ -303,6 +346,7 @@ fn fire(effects: &Effects, rule: &Arc<str>, action: &Action, msg: &ReplySeen, ex
         rule: Some(rule.to_string()),
         created_ms: 0,
         expires_ms,
+        updated_ms: 0,
     };
     let reason = format!("rule {rule}: {}", msg.reply.match_text());
     // Bounce what is queued now, and order the same for what arrives until the rule's
@@ -341,6 +385,7 @@ fn fire(effects: &Effects, rule: &Arc<str>, action: &Action, msg: &ReplySeen, ex
             rule: Some(rule.to_string()),
             created_ms: 0,
             expires_ms,
+            updated_ms: 0,
         }));
     };
     match action {
@@ -404,6 +449,7 @@ impl Actor for ClassifierActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX);
+        self.me = Some(ctx.address());
         // Threshold windows reach the spool at most once a second each, however many
         // replies count in them.
         ctx.run_interval(WINDOW_FLUSH_EVERY, |act, _| act.flush_windows());
@@ -434,5 +480,43 @@ impl Handler<ReplySeen> for ClassifierActor {
     fn handle(&mut self, msg: ReplySeen, _: &mut Context<Self>) {
         let text = msg.reply.match_text();
         self.automate(&msg, &text);
+    }
+}
+
+/// The cluster's answer to a threshold match counted there.
+struct ClusterCounted {
+    rule: Arc<str>,
+    seen: ReplySeen,
+    at_ms: u64,
+    answer: Result<bool, Unreachable>,
+}
+
+impl Message for ClusterCounted {
+    type Result = ();
+}
+
+impl Handler<ClusterCounted> for ClassifierActor {
+    type Result = ();
+
+    fn handle(&mut self, c: ClusterCounted, _: &mut Context<Self>) {
+        let rules = self.effects.rules.rules();
+        // The rule as it is now (a reload may have changed or removed it).
+        let Some(rule) = rules.rules().iter().find(|r| r.name == c.rule) else {
+            return;
+        };
+        let fired = match (c.answer, &rule.trigger) {
+            (Ok(fired), _) => fired,
+            (Err(Unreachable), Trigger::Threshold { count, period }) => {
+                let (count, period) = (*count, *period);
+                self.count_here(&c.rule, &c.seen, c.at_ms, count, period)
+            }
+            (Err(Unreachable), Trigger::Immediate) => true,
+        };
+        if fired {
+            let expires_ms = now_ms() + rule.duration.as_millis() as u64;
+            for action in &rule.actions {
+                fire(&self.effects, &rule.name, action, &c.seen, expires_ms);
+            }
+        }
     }
 }

@@ -117,7 +117,7 @@ impl Engine {
             settings.shaping.clone(),
             settings.rules.clone(),
         ));
-        let view = Arc::new(SuspensionView::default());
+        let view = Arc::new(SuspensionView::new(ports.cluster.clone()));
         let policies = Arc::new(PoliciesInForce::new(settings.policies.clone()));
         // The classifier and the register need what needs them: take their addresses first.
         let classifier_ctx = Context::<ClassifierActor>::new();
@@ -126,7 +126,7 @@ impl Engine {
             registry: Registry::new("switchyard_ready_queues", 1),
             rules: rules.clone(),
             view: view.clone(),
-            gates: ProviderGates::default(),
+            gates: ProviderGates::new(ports.cluster.clone()),
             kit: Arc::new(ConnectionKit {
                 ports: ports.clone(),
                 bounces: bounces.clone(),
@@ -158,7 +158,7 @@ impl Engine {
             bounces,
             policies: policies.clone(),
             pools: settings.pools.clone(),
-            tenant_limits: TenantLimits::new(&settings.tenant_rates),
+            tenant_limits: TenantLimits::new(&settings.tenant_rates, ports.cluster.as_ref()),
             reap_after: settings.reap_after,
             campaign_labels: settings.campaign_labels,
             arbiters,
@@ -176,6 +176,7 @@ impl Engine {
             tenants: tenants.clone(),
             events: ports.events.clone(),
             spool: ports.spool.clone(),
+            cluster: ports.cluster.clone(),
         }));
         Engine {
             tenants,
@@ -301,6 +302,21 @@ impl Engine {
     /// End a suspension, throttle or override now: `Some(true)` when the id existed.
     pub async fn resume(&self, id: String) -> Option<bool> {
         self.register.send(Resume { id }).await.ok()
+    }
+
+    /// Put changes of the shared policy made on other nodes into effect (newest wins).
+    pub fn apply_shared(&self, changes: Vec<crate::cluster::PolicyChange>) {
+        if !changes.is_empty() {
+            self.register.do_send(crate::messages::ApplyShared(changes));
+        }
+    }
+
+    /// Everything this node knows of the shared policy, live or deleted.
+    pub async fn shared_snapshot(&self) -> Option<Vec<crate::cluster::PolicyChange>> {
+        self.register
+            .send(crate::messages::SharedSnapshot)
+            .await
+            .ok()
     }
 
     /// Every active suspension, oldest first.

@@ -30,6 +30,7 @@ pub mod automation;
 pub mod bounce;
 pub mod campaign;
 pub mod classifier;
+pub mod cluster;
 pub mod connection;
 pub mod engine;
 pub mod limits;

@@ -5,9 +5,14 @@
 //! - [`ProviderGate`]: what a provider's sites share per egress source
 //!   (`provider_connection_limit`, `provider_max_message_rate`), kept in [`ProviderGates`].
 //!
+//! With a cluster ([`crate::cluster`]), a limit not written `local:` is shared by its
+//! nodes: rates through [`SharedRate`], connection limits through leases (the ready queue
+//! takes them, [`ProviderGate::lease_limit`]).
+//!
 //! A check that passes reads no clock: the clock is read only to say how long to wait.
 
-use crate::shaping::{Provider, Rate};
+use crate::cluster::{alone_share, ClusterPort, SharedRate};
+use crate::shaping::{Limit, Provider, Rate};
 use governor::clock::Clock;
 use governor::DefaultDirectRateLimiter;
 use std::collections::HashMap;
@@ -20,31 +25,63 @@ fn wait_time(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> D
     not_until.wait_time_from(governor::clock::DefaultClock::default().now())
 }
 
-/// One rate limit.
+/// One rate limit: the node's own, or shared by the nodes of a cluster.
 pub struct Limiter {
     rate: Rate,
-    limiter: DefaultDirectRateLimiter,
+    pace: Pace,
 }
 
+enum Pace {
+    Local(DefaultDirectRateLimiter),
+    Shared(SharedRate),
+}
+
+/// Where a limit is shared: the cluster, and the limit's key there.
+pub type SharedAs<'a> = Option<(&'a Arc<dyn ClusterPort>, String)>;
+
 impl Limiter {
-    /// A limiter for `rate`.
+    /// A limiter for `rate`, this node's own.
     pub fn new(rate: Rate) -> Limiter {
         Limiter {
             rate,
-            limiter: DefaultDirectRateLimiter::direct(rate.quota()),
+            pace: Pace::Local(DefaultDirectRateLimiter::direct(rate.quota())),
+        }
+    }
+
+    /// A limiter for `rate`, shared under `shared`'s key when there is a cluster and the
+    /// rate is not written `local:`.
+    pub fn shared(rate: Rate, shared: SharedAs<'_>) -> Limiter {
+        match shared {
+            Some((port, key)) if !rate.local => Limiter {
+                rate,
+                pace: Pace::Shared(SharedRate::new(port.clone(), key, rate)),
+            },
+            _ => Limiter::new(rate),
         }
     }
 
     /// Take one event now, or say how long until one is allowed.
     pub fn check(&self) -> Result<(), Duration> {
-        self.limiter.check().map_err(wait_time)
+        match &self.pace {
+            Pace::Local(l) => l.check().map_err(wait_time),
+            Pace::Shared(s) => s.check(),
+        }
     }
 
     /// `old` if it already limits to `want` (its state kept), else a fresh limiter.
     pub fn keep_or_new(old: Option<Limiter>, want: Option<Rate>) -> Option<Limiter> {
+        Limiter::keep_or_new_shared(old, want, None)
+    }
+
+    /// As [`Limiter::keep_or_new`], shared as `shared` says.
+    pub fn keep_or_new_shared(
+        old: Option<Limiter>,
+        want: Option<Rate>,
+        shared: SharedAs<'_>,
+    ) -> Option<Limiter> {
         match (old, want) {
             (Some(l), Some(w)) if l.rate == w => Some(l),
-            (_, Some(w)) => Some(Limiter::new(w)),
+            (_, Some(w)) => Some(Limiter::shared(w, shared)),
             (_, None) => None,
         }
     }
@@ -52,10 +89,12 @@ impl Limiter {
 
 /// Limits a provider's sites share, per egress source.
 pub struct ProviderGate {
-    /// Connections open now across the provider's sites.
+    /// Connections open now across the provider's sites (on this node).
     connections: AtomicUsize,
     /// Most connections at once.
-    connection_limit: Option<usize>,
+    connection_limit: Option<Limit>,
+    /// Its key in the cluster (`provider/<provider>/<source>`).
+    key: String,
     /// Messages across the provider's sites.
     messages: Option<Limiter>,
 }
@@ -69,10 +108,23 @@ impl ProviderGate {
         }
     }
 
-    /// Whether every connection slot is taken.
-    pub fn full(&self) -> bool {
+    /// Whether every connection slot of this node is taken (`nodes`: the cluster's nodes
+    /// when the limit is shared and Redis does not answer, so that each takes its share).
+    pub fn full(&self, nodes: Option<usize>) -> bool {
+        self.connection_limit.is_some_and(|limit| {
+            let mine = match nodes {
+                Some(n) if !limit.local => alone_share(limit.count as u64, n) as usize,
+                _ => limit.count,
+            };
+            self.connections.load(Ordering::Relaxed) >= mine
+        })
+    }
+
+    /// The cluster-wide connection limit a connection takes a lease on, if any.
+    pub fn lease_limit(&self) -> Option<(String, usize)> {
         self.connection_limit
-            .is_some_and(|limit| self.connections.load(Ordering::Relaxed) >= limit)
+            .filter(|l| !l.local)
+            .map(|l| (format!("conn/{}", self.key), l.count))
     }
 
     /// A connection opened.
@@ -95,18 +147,33 @@ type GateKey = (Arc<str>, Arc<str>);
 #[derive(Default)]
 pub struct ProviderGates {
     gates: Mutex<HashMap<GateKey, Arc<ProviderGate>>>,
+    /// The cluster the provider limits are shared in, if any.
+    cluster: Option<Arc<dyn ClusterPort>>,
 }
 
 impl ProviderGates {
+    /// Gates whose limits are shared in `cluster`, if any.
+    pub fn new(cluster: Option<Arc<dyn ClusterPort>>) -> ProviderGates {
+        ProviderGates {
+            gates: Mutex::default(),
+            cluster,
+        }
+    }
+
     /// The shared limits of `provider` for `source`.
     pub fn gate(&self, provider: &Provider, source: &str) -> Arc<ProviderGate> {
         let mut map = self.gates.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((provider.name.clone(), source.into()))
             .or_insert_with(|| {
+                let key = format!("provider/{}/{source}", provider.name);
+                let shared = self.cluster.as_ref().map(|c| (c, format!("msg/{key}")));
                 Arc::new(ProviderGate {
                     connections: AtomicUsize::new(0),
                     connection_limit: provider.connection_limit,
-                    messages: provider.max_message_rate.map(Limiter::new),
+                    messages: provider
+                        .max_message_rate
+                        .map(|r| Limiter::shared(r, shared)),
+                    key,
                 })
             })
             .clone()
@@ -120,12 +187,18 @@ pub struct TenantLimits {
 }
 
 impl TenantLimits {
-    /// Limiters for these rates.
-    pub fn new(rates: &HashMap<String, Rate>) -> TenantLimits {
+    /// Limiters for these rates, shared in `cluster` if any.
+    pub fn new(
+        rates: &HashMap<String, Rate>,
+        cluster: Option<&Arc<dyn ClusterPort>>,
+    ) -> TenantLimits {
         TenantLimits {
             limiters: rates
                 .iter()
-                .map(|(t, r)| (t.clone(), Arc::new(Limiter::new(*r))))
+                .map(|(t, r)| {
+                    let shared = cluster.map(|c| (c, format!("msg/tenant/{t}")));
+                    (t.clone(), Arc::new(Limiter::shared(*r, shared)))
+                })
                 .collect(),
         }
     }

@@ -348,6 +348,7 @@ impl MemoryPorts {
                 events: events.clone(),
                 resolver: routes.clone(),
                 connector: Arc::new(SharedConnector(connector.clone())),
+                cluster: None,
             },
             spool,
             events,

@@ -150,7 +150,7 @@ pub struct DeliveryOutcome {
 }
 
 /// A reply seen by a connection, with whose mail it was about, for automation.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct ReplySeen {
     /// The reply.
@@ -260,7 +260,20 @@ pub struct Restore {
     pub throttles: Vec<Throttle>,
     /// Bounce orders.
     pub bounces: Vec<TimedBounce>,
+    /// Deletions kept for the cluster (`tombstone/ID`).
+    pub tombstones: Vec<crate::cluster::PolicyChange>,
 }
+
+/// Changes of the shared policy made on other nodes (newest wins).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ApplyShared(pub Vec<crate::cluster::PolicyChange>);
+
+/// Everything the suspension register knows, live or deleted, to reconcile with the
+/// cluster.
+#[derive(Message)]
+#[rtype(result = "Vec<crate::cluster::PolicyChange>")]
+pub struct SharedSnapshot;
 
 /// A scheduled queue went away (reaped); its campaign forgets it.
 #[derive(Message)]

@@ -230,4 +230,6 @@ pub struct Ports {
     pub resolver: Arc<dyn MxResolver>,
     /// Outbound SMTP.
     pub connector: Arc<dyn SmtpConnector>,
+    /// The other nodes, with `[cluster]`.
+    pub cluster: Option<Arc<dyn crate::cluster::ClusterPort>>,
 }

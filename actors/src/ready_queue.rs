@@ -23,8 +23,15 @@
 //! `consecutive_connection_failures_before_delay` failed connections in a row, every waiting
 //! message is deferred with the last failure. A suspended source ([`SourceSuspension`])
 //! hands its messages back to their scheduled queues, to go out over other sources.
+//!
+//! In a cluster ([`crate::cluster`]), limits not written `local:` are the cluster's, keyed
+//! by source and lane: the rates are shared limiters, and each connection holds a lease on
+//! `connection_limit` (and on its providers' `provider_connection_limit`), asked for before
+//! it opens and given back when it closes. While Redis does not answer, the ready queue
+//! goes by its share: the limit divided by the nodes last seen.
 
 use crate::automation::RulesInForce;
+use crate::cluster::{alone_share, LeaseId, Unreachable};
 use crate::connection::{ConnectionActor, ConnectionKit, ReadyLine};
 use crate::limits::{Limiter, ProviderGate, ProviderGates};
 use crate::message::{message_id, now_ms, MessageKey, QueueIdentity, Reply};
@@ -47,6 +54,12 @@ use tokio::sync::oneshot;
 /// How soon a ready queue held back only by a provider's shared connection limit looks
 /// again (the slot frees in another ready queue, which cannot call this one).
 const PROVIDER_SLOT_RECHECK: Duration = Duration::from_millis(200);
+/// How soon a ready queue refused a cluster lease (every slot taken on other nodes) asks
+/// again.
+const LEASE_RECHECK: Duration = Duration::from_millis(100);
+/// After Redis did not answer a lease, the ready queue goes by its share this long before
+/// asking again.
+const ALONE_FOR: Duration = Duration::from_secs(1);
 /// Messages (offers, requests of connections) that may wait in a ready queue's mailbox.
 const MAILBOX: usize = 256;
 
@@ -179,6 +192,15 @@ pub struct ReadyQueueActor {
     connection_limiter: Option<Limiter>,
     /// A timer to hand out or connect again once a limit allows.
     pace: Option<SpawnHandle>,
+    /// Cluster leases held by its open connections (one each, while Redis answers).
+    leases: Vec<LeaseId>,
+    /// A lease granted for the next connection.
+    spare_lease: Option<LeaseId>,
+    /// A lease has been asked for.
+    leasing: bool,
+    /// Since when Redis has not answered a lease: connections go by the node's share of
+    /// the cluster limits meanwhile.
+    alone: Option<Instant>,
     /// The source is suspended towards this site.
     suspended: bool,
     /// Connection attempts that failed in a row.
@@ -238,6 +260,10 @@ impl ReadyQueueActor {
             message_limiter: None,
             connection_limiter: None,
             pace: None,
+            leases: Vec::new(),
+            spare_lease: None,
+            leasing: false,
+            alone: None,
             suspended,
             failures: 0,
             source,
@@ -283,10 +309,20 @@ impl ReadyQueueActor {
                 .view
                 .overrides_for(&self.source.name, &self.site, self.lane.alone.as_deref());
         let settings = PathSettings::from_options(&self.base.overlay(&over));
-        self.message_limiter =
-            Limiter::keep_or_new(self.message_limiter.take(), settings.max_message_rate);
-        self.connection_limiter =
-            Limiter::keep_or_new(self.connection_limiter.take(), settings.max_connection_rate);
+        let cluster = self.all.kit.ports.cluster.as_ref();
+        let shared = |what: &str| {
+            cluster.map(|c| (c, format!("{what}/{}/{}", self.source.name, self.lane.name)))
+        };
+        self.message_limiter = Limiter::keep_or_new_shared(
+            self.message_limiter.take(),
+            settings.max_message_rate,
+            shared("msg"),
+        );
+        self.connection_limiter = Limiter::keep_or_new_shared(
+            self.connection_limiter.take(),
+            settings.max_connection_rate,
+            shared("connect"),
+        );
         if settings != self.settings {
             tracing::info!(source = %self.source.name, site = %self.site, ?settings, "ready queue reshaped");
         }
@@ -348,9 +384,81 @@ impl ReadyQueueActor {
         }
     }
 
+    /// The nodes of the cluster while Redis does not answer leases (each node then takes
+    /// its share of a shared connection limit).
+    fn alone_in(&self) -> Option<usize> {
+        self.alone?;
+        self.all.kit.ports.cluster.as_ref().map(|c| c.nodes())
+    }
+
+    /// Most connections this ready queue opens now.
+    fn connection_cap(&self) -> usize {
+        match self.alone_in() {
+            Some(nodes) if !self.settings.connection_limit_local => {
+                alone_share(self.settings.connection_limit as u64, nodes) as usize
+            }
+            _ => self.settings.connection_limit,
+        }
+    }
+
+    /// The cluster-wide connection limits a new connection counts against.
+    fn lease_limits(&self) -> Vec<(String, usize)> {
+        if self.all.kit.ports.cluster.is_none() {
+            return Vec::new();
+        }
+        let own = (!self.settings.connection_limit_local).then(|| {
+            (
+                format!("conn/{}/{}", self.source.name, self.lane.name),
+                self.settings.connection_limit,
+            )
+        });
+        own.into_iter()
+            .chain(self.providers.iter().filter_map(|g| g.lease_limit()))
+            .collect()
+    }
+
+    /// A lease for one more connection: `Ok(None)` when none is needed (no cluster limit,
+    /// or Redis does not answer), `Err` while one is being asked for (its answer comes
+    /// back as [`LeaseAnswer`]).
+    fn take_lease(&mut self, ctx: &mut Context<Self>) -> Result<Option<LeaseId>, ()> {
+        let Some(cluster) = self.all.kit.ports.cluster.clone() else {
+            return Ok(None);
+        };
+        let limits = self.lease_limits();
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        if let Some(lease) = self.spare_lease.take() {
+            return Ok(Some(lease));
+        }
+        let alone = self.alone.is_some();
+        let ask_again = self.alone.is_none_or(|t| t.elapsed() >= ALONE_FOR);
+        if !self.leasing && ask_again {
+            self.leasing = true;
+            let me = ctx.address();
+            cluster.lease(
+                limits,
+                Box::new(move |answer| me.do_send(LeaseAnswer(answer))),
+            );
+        }
+        if alone {
+            Ok(None)
+        } else {
+            Err(())
+        }
+    }
+
+    /// Give back a lease no connection took.
+    fn release_spare(&mut self) {
+        if let (Some(lease), Some(c)) = (self.spare_lease.take(), &self.all.kit.ports.cluster) {
+            c.release(lease);
+        }
+    }
+
     /// May one more connection open now? Otherwise how long until it may.
     fn connection_permit(&self) -> Result<(), Duration> {
-        if self.providers.iter().any(|g| g.full()) {
+        let nodes = self.alone_in();
+        if self.providers.iter().any(|g| g.full(nodes)) {
             return Err(PROVIDER_SLOT_RECHECK);
         }
         match &self.connection_limiter {
@@ -467,7 +575,7 @@ impl ReadyQueueActor {
         self.wake_blocked();
         // Each starting connection will take one message: open more only for the rest, and
         // none while the message rate holds messages back.
-        while self.connections < self.settings.connection_limit
+        while self.connections < self.connection_cap()
             && self.starting < self.ready.len()
             && self.pace.is_none()
         {
@@ -475,6 +583,10 @@ impl ReadyQueueActor {
                 self.pace_after(wait, ctx);
                 break;
             }
+            let Ok(lease) = self.take_lease(ctx) else {
+                break;
+            };
+            self.leases.extend(lease);
             self.connections += 1;
             self.starting += 1;
             for gate in &self.providers {
@@ -510,6 +622,9 @@ impl ReadyQueueActor {
                 mta_sts: self.mta_sts.clone(),
             }
             .start();
+        }
+        if self.ready.is_empty() {
+            self.release_spare();
         }
         self.idle_since = (self.ready.is_empty() && self.connections == 0).then(Instant::now);
         self.publish();
@@ -593,6 +708,10 @@ impl Actor for ReadyQueueActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.release_spare();
+        if let Some(c) = &self.all.kit.ports.cluster {
+            self.leases.drain(..).for_each(|l| c.release(l));
+        }
         self.ready_gauge.set(0.0);
         self.connections_gauge.set(0.0);
         for (_, room) in self.blocked.drain(..) {
@@ -679,10 +798,50 @@ impl Handler<ConnectionClosed> for ReadyQueueActor {
 
     fn handle(&mut self, _: ConnectionClosed, ctx: &mut Context<Self>) {
         self.connections = self.connections.saturating_sub(1);
+        if let (Some(lease), Some(c)) = (self.leases.pop(), &self.all.kit.ports.cluster) {
+            c.release(lease);
+        }
         for gate in &self.providers {
             gate.closed();
         }
         self.dispatch(ctx);
+    }
+}
+
+/// The answer to a lease asked for by [`ReadyQueueActor::take_lease`].
+struct LeaseAnswer(Result<Option<LeaseId>, Unreachable>);
+
+impl Message for LeaseAnswer {
+    type Result = ();
+}
+
+impl Handler<LeaseAnswer> for ReadyQueueActor {
+    type Result = ();
+
+    fn handle(&mut self, LeaseAnswer(answer): LeaseAnswer, ctx: &mut Context<Self>) {
+        self.leasing = false;
+        match answer {
+            Ok(granted) => {
+                if self.alone.take().is_some() {
+                    tracing::info!(source = %self.source.name, site = %self.lane.name, "cluster connection leases answer again");
+                }
+                match granted {
+                    Some(lease) => {
+                        self.spare_lease = Some(lease);
+                        self.dispatch(ctx);
+                    }
+                    // Every slot is taken in the cluster: look again soon.
+                    None => self.pace_after(LEASE_RECHECK, ctx),
+                }
+            }
+            Err(Unreachable) => {
+                if self.alone.is_none() {
+                    tracing::warn!(source = %self.source.name, site = %self.lane.name, "Redis does not answer for connection leases; going by this node's share of the cluster limits");
+                }
+                self.alone = Some(Instant::now());
+                self.dispatch(ctx);
+            }
+        }
     }
 }
 

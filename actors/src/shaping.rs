@@ -237,7 +237,7 @@ impl std::fmt::Display for OptionValue {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ShapingOptions {
     /// Concurrent connections per ready queue.
-    pub connection_limit: Option<usize>,
+    pub connection_limit: Option<Limit>,
     /// New connections per period.
     pub max_connection_rate: Option<Rate>,
     /// Messages per period.
@@ -374,16 +374,35 @@ fn count(key: &str, v: &OptionValue) -> Result<usize, String> {
     }
 }
 
-/// A limit; KumoMTA's `"local:N"` (a limit not shared between nodes) is N here, where
-/// every limit is local.
-fn limit(key: &str, v: &OptionValue) -> Result<usize, String> {
-    match v {
-        OptionValue::String(s) => s
-            .strip_prefix("local:")
-            .and_then(|n| n.trim().parse().ok())
-            .ok_or_else(|| format!("{key} must be an integer or \"local:N\", got {v}")),
-        _ => count(key, v),
+/// A count limit: `N`, shared by the nodes of a cluster, or KumoMTA's `"local:N"`, each
+/// node's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// The most at once.
+    pub count: usize,
+    /// Written `local:`.
+    pub local: bool,
+}
+
+impl Limit {
+    /// `N` or `"local:N"`.
+    pub fn parse(key: &str, v: &OptionValue) -> Result<Limit, String> {
+        match v {
+            OptionValue::String(s) => s
+                .strip_prefix("local:")
+                .and_then(|n| n.trim().parse().ok())
+                .map(|count| Limit { count, local: true })
+                .ok_or_else(|| format!("{key} must be an integer or \"local:N\", got {v}")),
+            _ => count(key, v).map(|count| Limit {
+                count,
+                local: false,
+            }),
+        }
     }
+}
+
+fn limit(key: &str, v: &OptionValue) -> Result<Limit, String> {
+    Limit::parse(key, v)
 }
 
 fn rate(key: &str, v: &OptionValue) -> Result<Rate, String> {
@@ -459,6 +478,8 @@ fn tls_mode(v: &OptionValue) -> Result<TlsMode, String> {
 pub struct PathSettings {
     /// Concurrent connections.
     pub connection_limit: usize,
+    /// `connection_limit` was written `local:` (not shared by a cluster's nodes).
+    pub connection_limit_local: bool,
     /// New connections per period.
     pub max_connection_rate: Option<Rate>,
     /// Messages per period.
@@ -493,7 +514,8 @@ impl PathSettings {
     /// Resolve layered options, KumoMTA's defaults where nothing is set.
     pub fn from_options(o: &ShapingOptions) -> PathSettings {
         PathSettings {
-            connection_limit: o.connection_limit.unwrap_or(32).max(1),
+            connection_limit: o.connection_limit.map_or(32, |l| l.count).max(1),
+            connection_limit_local: o.connection_limit.is_some_and(|l| l.local),
             max_connection_rate: o.max_connection_rate,
             max_message_rate: o.max_message_rate,
             max_deliveries_per_connection: o.max_deliveries_per_connection.unwrap_or(1024).max(1),
@@ -615,7 +637,7 @@ pub struct Provider {
     /// Per-source options.
     pub sources: HashMap<String, ShapingOptions>,
     /// Connections per source across all its sites.
-    pub connection_limit: Option<usize>,
+    pub connection_limit: Option<Limit>,
     /// Messages per source across all its sites.
     pub max_message_rate: Option<Rate>,
 }
@@ -959,7 +981,13 @@ mod tests {
         assert!(o
             .set("connection_limit", &OptionValue::String("local:5".into()))
             .unwrap());
-        assert_eq!(o.connection_limit, Some(5));
+        assert_eq!(
+            o.connection_limit,
+            Some(Limit {
+                count: 5,
+                local: true
+            })
+        );
         assert!(o
             .set("max_message_rate", &OptionValue::String("1/minute".into()))
             .unwrap());

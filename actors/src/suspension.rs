@@ -7,6 +7,7 @@
 //! towards their site, and ready queues read the overrides layered on their shaping. A
 //! change bumps the view's version, so a reader re-checks only after one.
 
+use crate::cluster::ClusterPort;
 use crate::limits::Limiter;
 use crate::message::now_ms;
 use crate::record::{LogRecord, RecordKind};
@@ -66,6 +67,9 @@ pub struct Suspension {
     pub created_ms: u64,
     /// Ends, ms since the epoch.
     pub expires_ms: u64,
+    /// Last changed, ms since the epoch: in a cluster, the newest change wins.
+    #[serde(default)]
+    pub updated_ms: u64,
 }
 
 impl Suspension {
@@ -199,6 +203,9 @@ pub struct Override {
     pub created_ms: u64,
     /// Ends, ms since the epoch.
     pub expires_ms: u64,
+    /// Last changed, ms since the epoch: in a cluster, the newest change wins.
+    #[serde(default)]
+    pub updated_ms: u64,
 }
 
 impl Override {
@@ -275,9 +282,19 @@ struct InForce {
 pub struct SuspensionView {
     version: AtomicU64,
     state: RwLock<InForce>,
+    /// The cluster throttles are shared in, if any.
+    cluster: Option<Arc<dyn ClusterPort>>,
 }
 
 impl SuspensionView {
+    /// An empty view whose throttles are shared in `cluster`, if any.
+    pub fn new(cluster: Option<Arc<dyn ClusterPort>>) -> SuspensionView {
+        SuspensionView {
+            cluster,
+            ..SuspensionView::default()
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, InForce> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -435,6 +452,10 @@ impl SuspensionView {
     /// rate stays the same.
     pub(crate) fn put_throttle(&self, t: Arc<Throttle>) {
         let tenant: Arc<str> = Arc::from(t.tenant.as_str());
+        let shared = self
+            .cluster
+            .as_ref()
+            .map(|c| (c, format!("msg/throttle/{}", t.id)));
         self.change(|state| {
             let list = state.throttles.entry(tenant).or_default();
             let old = list
@@ -443,7 +464,7 @@ impl SuspensionView {
                 .map(|i| list.remove(i));
             let limiter = match old {
                 Some(o) if o.throttle.rate == t.rate => o.limiter,
-                _ => Arc::new(Limiter::new(t.rate)),
+                _ => Arc::new(Limiter::shared(t.rate, shared)),
             };
             list.push(ThrottleInForce {
                 throttle: t,

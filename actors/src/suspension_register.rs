@@ -21,11 +21,19 @@
 //! and `ThrottleEnd`, put into the view with their limiter, and the tenant told to recheck.
 //! SetConfig overrides too: stored as `override/ID`, logged as `Override`/`OverrideEnd`,
 //! applied by the ready queues of their site.
+//!
+//! In a cluster ([`crate::cluster`]) every change made here — new, extended, resumed — is
+//! stamped with its time and told to the other nodes; theirs arrive as [`ApplyShared`] and
+//! are put into effect here the same way (and logged here too: each node's log says what
+//! it enforces), unless this node knows a newer change of the same object. A resume leaves
+//! a tombstone (`tombstone/ID`) until the object's own expiry; an expiry needs none (every
+//! copy ends at the same moment). [`SharedSnapshot`] is everything, for reconciliation.
 
+use crate::cluster::{ClusterPort, PolicyChange, PolicyKind};
 use crate::message::now_ms;
 use crate::messages::{
-    ListBounces, ListOverrides, ListSuspensions, ListThrottles, Recheck, Restore, Resume,
-    SetBounce, SetOverride, SetThrottle, SourceSuspension, Suspend,
+    ApplyShared, ListBounces, ListOverrides, ListSuspensions, ListThrottles, Recheck, Restore,
+    Resume, SetBounce, SetOverride, SetThrottle, SharedSnapshot, SourceSuspension, Suspend,
 };
 use crate::ports::Ports;
 use crate::ready_queue::ReadyQueues;
@@ -51,6 +59,11 @@ pub struct SuspensionRegister {
     bounces: HashMap<String, TimedBounce>,
     overrides: HashMap<String, Override>,
     timers: HashMap<String, SpawnHandle>,
+    /// The cluster the policy is shared in, if any.
+    cluster: Option<Arc<dyn ClusterPort>>,
+    /// In a cluster: what was deleted (resumed, cancelled) and when, kept until the
+    /// object's own expiry so that an older copy from another node cannot bring it back.
+    tombstones: HashMap<String, PolicyChange>,
     /// How often the gauges of what is in force are published again (see
     /// [`crate::registry::gauge_refresh`]).
     refresh: std::time::Duration,
@@ -65,6 +78,7 @@ impl SuspensionRegister {
         ports: Ports,
         refresh: std::time::Duration,
     ) -> Self {
+        let cluster = ports.cluster.clone();
         SuspensionRegister {
             refresh,
             view,
@@ -76,7 +90,260 @@ impl SuspensionRegister {
             bounces: HashMap::new(),
             overrides: HashMap::new(),
             timers: HashMap::new(),
+            cluster,
+            tombstones: HashMap::new(),
         }
+    }
+
+    /// Tell the other nodes of a change made here.
+    fn share<T: Serialize>(
+        &self,
+        kind: PolicyKind,
+        id: &str,
+        updated_ms: u64,
+        expires_ms: u64,
+        object: Option<&T>,
+    ) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        cluster.share(PolicyChange {
+            kind,
+            id: id.to_string(),
+            updated_ms,
+            expires_ms,
+            node: cluster.node().to_string(),
+            object: object.and_then(|o| serde_json::to_value(o).ok()),
+        });
+    }
+
+    /// What is known of `id`, live or deleted: when it last changed.
+    fn version_of(&self, id: &str) -> Option<u64> {
+        self.suspensions
+            .get(id)
+            .map(|s| s.updated_ms)
+            .or_else(|| self.throttles.get(id).map(|t| t.updated_ms))
+            .or_else(|| self.bounces.get(id).map(|b| b.updated_ms))
+            .or_else(|| self.overrides.get(id).map(|o| o.updated_ms))
+            .or_else(|| self.tombstones.get(id).map(|t| t.updated_ms))
+    }
+
+    /// Keep a deletion (cluster only) until the object's expiry.
+    fn bury(&mut self, tombstone: PolicyChange) {
+        if self.cluster.is_none() || tombstone.expires_ms <= now_ms() {
+            return;
+        }
+        self.persist(format!("tombstone/{}", tombstone.id), &tombstone);
+        self.tombstones.insert(tombstone.id.clone(), tombstone);
+    }
+
+    /// Forget the tombstones whose object would have expired by now.
+    fn prune_tombstones(&mut self) {
+        let now = now_ms();
+        let gone: Vec<String> = self
+            .tombstones
+            .values()
+            .filter(|t| t.expires_ms <= now)
+            .map(|t| t.id.clone())
+            .collect();
+        for id in gone {
+            self.tombstones.remove(&id);
+            self.ports.spool.delete_state(format!("tombstone/{id}"));
+        }
+    }
+
+    /// A suspension in force, new or changed (here or on another node): stored, applied,
+    /// logged and timed.
+    fn put_suspension(&mut self, s: Suspension, ctx: &mut Context<Self>) {
+        self.suspensions.insert(s.id.clone(), s.clone());
+        self.apply(&s);
+        self.persist(format!("suspension/{}", s.id), &s);
+        self.set_gauge(&s);
+        self.ports.events.write(s.record(RecordKind::Suspension));
+        tracing::info!(id = %s.id, kind = ?s.kind, tenant = ?s.tenant, campaign = ?s.campaign, source = ?s.source, site = ?s.site, rule = ?s.rule, "suspended until {}", rfc3339_ms(s.expires_ms));
+        self.arm(&s.id, s.expires_ms, ctx);
+    }
+
+    /// An override in force, new or changed.
+    fn put_override(&mut self, o: Override, ctx: &mut Context<Self>) {
+        self.overrides.insert(o.id.clone(), o.clone());
+        self.persist(format!("override/{}", o.id), &o);
+        self.publish_overrides(&o.site);
+        o.publish_expiry(true);
+        self.ports.events.write(o.record(RecordKind::Override));
+        tracing::info!(id = %o.id, source = ?o.source, site = %o.site, option = %o.name, value = %o.value, rule = ?o.rule, "shaping override until {}", rfc3339_ms(o.expires_ms));
+        self.arm(&o.id, o.expires_ms, ctx);
+    }
+
+    /// A throttle in force, new or changed.
+    fn put_throttle(&mut self, t: Throttle, ctx: &mut Context<Self>) {
+        self.throttles.insert(t.id.clone(), t.clone());
+        self.apply_throttle(&t);
+        self.persist(format!("throttle/{}", t.id), &t);
+        self.ports.events.write(t.record(RecordKind::Throttle));
+        tracing::info!(id = %t.id, tenant = %t.tenant, campaign = ?t.campaign, domain = ?t.domain, site = ?t.site, rate = %t.rate, rule = ?t.rule, "throttled until {}", rfc3339_ms(t.expires_ms));
+        self.arm(&t.id, t.expires_ms, ctx);
+    }
+
+    /// A bounce order in force, new or changed.
+    fn put_bounce(&mut self, b: TimedBounce, ctx: &mut Context<Self>) {
+        self.bounces.insert(b.id.clone(), b.clone());
+        self.publish_bounces(&b);
+        b.publish(true);
+        self.persist(format!("bounce/{}", b.id), &b);
+        tracing::info!(id = %b.id, tenant = ?b.tenant, campaign = ?b.campaign, domain = ?b.domain, site = ?b.site, rule = ?b.rule, "bouncing until {}", b.expires());
+        self.arm(&b.id, b.expires_ms, ctx);
+    }
+
+    /// A change made on another node, unless what this node knows of it is as new.
+    fn apply_shared(&mut self, c: PolicyChange, ctx: &mut Context<Self>) {
+        if self.version_of(&c.id).is_some_and(|v| v >= c.updated_ms) || c.expires_ms <= now_ms() {
+            return;
+        }
+        let Some(object) = c.object.clone() else {
+            self.end(&c.id, &format!("resumed on node {}", c.node), ctx);
+            self.bury(c);
+            return;
+        };
+        if self.tombstones.remove(&c.id).is_some() {
+            self.ports.spool.delete_state(format!("tombstone/{}", c.id));
+        }
+        let bad = |e: serde_json::Error| tracing::warn!(id = %c.id, node = %c.node, "a policy change from the cluster cannot be read ({e}); left out");
+        match c.kind {
+            PolicyKind::Suspension => match serde_json::from_value::<Suspension>(object) {
+                Ok(s) => self.put_shared_suspension(s, ctx),
+                Err(e) => bad(e),
+            },
+            PolicyKind::Throttle => match serde_json::from_value::<Throttle>(object) {
+                Ok(t) => self.put_throttle(t, ctx),
+                Err(e) => bad(e),
+            },
+            PolicyKind::Bounce => match serde_json::from_value::<TimedBounce>(object) {
+                Ok(b) => self.put_bounce(b, ctx),
+                Err(e) => bad(e),
+            },
+            PolicyKind::Override => match serde_json::from_value::<Override>(object) {
+                Ok(o) => self.put_override(o, ctx),
+                Err(e) => bad(e),
+            },
+        }
+    }
+
+    /// A suspension from another node. When this node already has one for the same target
+    /// under another id (both made one before hearing of the other's), the smaller id stays
+    /// with the later expiry and the other is deleted — every node decides the same, and no
+    /// moment passes without a hold.
+    fn put_shared_suspension(&mut self, s: Suspension, ctx: &mut Context<Self>) {
+        let twin = self
+            .suspensions
+            .values()
+            .find(|o| o.id != s.id && o.same_target(&s))
+            .cloned();
+        let Some(twin) = twin else {
+            return self.put_suspension(s, ctx);
+        };
+        let (mut keep, gone) = if twin.id < s.id { (twin, s) } else { (s, twin) };
+        keep.expires_ms = keep.expires_ms.max(gone.expires_ms);
+        keep.updated_ms = changed_at(keep.updated_ms.max(gone.updated_ms));
+        self.put_suspension(keep.clone(), ctx);
+        self.share(
+            PolicyKind::Suspension,
+            &keep.id,
+            keep.updated_ms,
+            keep.expires_ms,
+            Some(&keep),
+        );
+        self.suspensions.remove(&gone.id);
+        self.ports
+            .spool
+            .delete_state(format!("suspension/{}", gone.id));
+        if let Some(handle) = self.timers.remove(&gone.id) {
+            ctx.cancel_future(handle);
+        }
+        gone.publish_expiry(false);
+        if gone.kind == SuspensionKind::Tenant || gone.kind == SuspensionKind::Campaign {
+            self.view.remove_hold(&gone);
+        }
+        let tombstone = PolicyChange {
+            kind: PolicyKind::Suspension,
+            id: gone.id.clone(),
+            updated_ms: changed_at(gone.updated_ms),
+            expires_ms: gone.expires_ms,
+            node: self
+                .cluster
+                .as_ref()
+                .map(|c| c.node().to_string())
+                .unwrap_or_default(),
+            object: None,
+        };
+        self.share::<()>(
+            PolicyKind::Suspension,
+            &tombstone.id,
+            tombstone.updated_ms,
+            tombstone.expires_ms,
+            None,
+        );
+        self.bury(tombstone);
+        tracing::info!(kept = %keep.id, merged = %gone.id, "two nodes suspended the same target; merged into one suspension");
+    }
+
+    /// Everything this node knows, live or deleted, as changes to reconcile with Redis.
+    fn snapshot(&self) -> Vec<PolicyChange> {
+        let node = self
+            .cluster
+            .as_ref()
+            .map(|c| c.node().to_string())
+            .unwrap_or_default();
+        let change = |kind, id: &str, updated_ms, expires_ms, object: Option<serde_json::Value>| {
+            PolicyChange {
+                kind,
+                id: id.to_string(),
+                updated_ms,
+                expires_ms,
+                node: node.clone(),
+                object,
+            }
+        };
+        let json = |v: serde_json::Result<serde_json::Value>| v.ok();
+        let mut all: Vec<PolicyChange> = Vec::new();
+        all.extend(self.suspensions.values().map(|s| {
+            change(
+                PolicyKind::Suspension,
+                &s.id,
+                s.updated_ms,
+                s.expires_ms,
+                json(serde_json::to_value(s)),
+            )
+        }));
+        all.extend(self.throttles.values().map(|t| {
+            change(
+                PolicyKind::Throttle,
+                &t.id,
+                t.updated_ms,
+                t.expires_ms,
+                json(serde_json::to_value(t)),
+            )
+        }));
+        all.extend(self.bounces.values().map(|b| {
+            change(
+                PolicyKind::Bounce,
+                &b.id,
+                b.updated_ms,
+                b.expires_ms,
+                json(serde_json::to_value(b)),
+            )
+        }));
+        all.extend(self.overrides.values().map(|o| {
+            change(
+                PolicyKind::Override,
+                &o.id,
+                o.updated_ms,
+                o.expires_ms,
+                json(serde_json::to_value(o)),
+            )
+        }));
+        all.extend(self.tombstones.values().cloned());
+        all
     }
 
     fn arm(&mut self, id: &str, expires_ms: u64, ctx: &mut Context<Self>) {
@@ -87,6 +354,7 @@ impl SuspensionRegister {
         let key = id.to_string();
         let handle = ctx.run_later(delay, move |act, ctx| {
             act.timers.remove(&key);
+            // Its copy in Redis expires at the same moment: nothing to tell.
             act.end(&key, "expired", ctx);
         });
         self.timers.insert(id.to_string(), handle);
@@ -193,8 +461,14 @@ impl SuspensionRegister {
         }
     }
 
-    /// End a suspension or override by id.
-    fn end(&mut self, id: &str, why: &str, ctx: &mut Context<Self>) -> bool {
+    /// End a suspension, throttle, bounce order or override by id; what it was and when
+    /// it would have expired.
+    fn end(
+        &mut self,
+        id: &str,
+        why: &str,
+        ctx: &mut Context<Self>,
+    ) -> Option<(PolicyKind, u64, u64)> {
         if let Some(handle) = self.timers.remove(id) {
             ctx.cancel_future(handle);
         }
@@ -206,7 +480,7 @@ impl SuspensionRegister {
             r.reason = Some(why.to_string());
             self.ports.events.write(r);
             tracing::info!(id, kind = ?s.kind, tenant = ?s.tenant, source = ?s.source, site = ?s.site, why, "suspension ended");
-            return true;
+            return Some((PolicyKind::Suspension, s.updated_ms, s.expires_ms));
         }
         if let Some(t) = self.throttles.remove(id) {
             self.ports.spool.delete_state(format!("throttle/{id}"));
@@ -218,14 +492,14 @@ impl SuspensionRegister {
             r.reason = Some(why.to_string());
             self.ports.events.write(r);
             tracing::info!(id, tenant = %t.tenant, campaign = ?t.campaign, site = ?t.site, why, "throttle ended");
-            return true;
+            return Some((PolicyKind::Throttle, t.updated_ms, t.expires_ms));
         }
         if let Some(b) = self.bounces.remove(id) {
             self.ports.spool.delete_state(format!("bounce/{id}"));
             self.publish_bounces(&b);
             b.publish(false);
             tracing::info!(id, tenant = ?b.tenant, campaign = ?b.campaign, domain = ?b.domain, site = ?b.site, why, "bounce order ended");
-            return true;
+            return Some((PolicyKind::Bounce, b.updated_ms, b.expires_ms));
         }
         if let Some(o) = self.overrides.remove(id) {
             self.ports.spool.delete_state(format!("override/{id}"));
@@ -235,9 +509,9 @@ impl SuspensionRegister {
             r.reason = Some(why.to_string());
             self.ports.events.write(r);
             tracing::info!(id, site = %o.site, option = %o.name, why, "shaping override ended");
-            return true;
+            return Some((PolicyKind::Override, o.updated_ms, o.expires_ms));
         }
-        false
+        None
     }
 }
 
@@ -252,6 +526,7 @@ impl Actor for SuspensionRegister {
             act.throttles.values().for_each(|t| t.publish(true));
             act.bounces.values().for_each(|b| b.publish(true));
             act.overrides.values().for_each(|o| o.publish_expiry(true));
+            act.prune_tombstones();
         });
     }
 }
@@ -262,16 +537,14 @@ impl Handler<Suspend> for SuspensionRegister {
     fn handle(&mut self, Suspend(mut s): Suspend, ctx: &mut Context<Self>) -> Self::Result {
         let existing = self
             .suspensions
-            .values_mut()
+            .values()
             .find(|o| o.same_target(&s))
-            .map(|o| {
-                o.expires_ms = o.expires_ms.max(s.expires_ms);
-                o.reason = s.reason.clone();
-                o.clone()
-            });
+            .cloned();
         let s = match existing {
-            Some(extended) => {
-                self.apply(&extended);
+            Some(mut extended) => {
+                extended.expires_ms = extended.expires_ms.max(s.expires_ms);
+                extended.reason = s.reason;
+                extended.updated_ms = changed_at(extended.updated_ms);
                 extended
             }
             None => {
@@ -279,16 +552,18 @@ impl Handler<Suspend> for SuspensionRegister {
                 if s.created_ms == 0 {
                     s.created_ms = now_ms();
                 }
-                self.suspensions.insert(s.id.clone(), s.clone());
-                self.apply(&s);
+                s.updated_ms = changed_at(0);
                 s
             }
         };
-        self.persist(format!("suspension/{}", s.id), &s);
-        self.set_gauge(&s);
-        self.ports.events.write(s.record(RecordKind::Suspension));
-        tracing::info!(id = %s.id, kind = ?s.kind, tenant = ?s.tenant, campaign = ?s.campaign, source = ?s.source, site = ?s.site, rule = ?s.rule, "suspended until {}", rfc3339_ms(s.expires_ms));
-        self.arm(&s.id.clone(), s.expires_ms, ctx);
+        self.put_suspension(s.clone(), ctx);
+        self.share(
+            PolicyKind::Suspension,
+            &s.id,
+            s.updated_ms,
+            s.expires_ms,
+            Some(&s),
+        );
         MessageResult(s)
     }
 }
@@ -297,7 +572,25 @@ impl Handler<Resume> for SuspensionRegister {
     type Result = bool;
 
     fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) -> bool {
-        self.end(&msg.id, "resumed", ctx)
+        let Some((kind, updated_ms, expires_ms)) = self.end(&msg.id, "resumed", ctx) else {
+            return false;
+        };
+        let updated_ms = changed_at(updated_ms);
+        self.share::<()>(kind, &msg.id, updated_ms, expires_ms, None);
+        let node = self
+            .cluster
+            .as_ref()
+            .map(|c| c.node().to_string())
+            .unwrap_or_default();
+        self.bury(PolicyChange {
+            kind,
+            id: msg.id,
+            updated_ms,
+            expires_ms,
+            node,
+            object: None,
+        });
+        true
     }
 }
 
@@ -315,23 +608,27 @@ impl Handler<SetOverride> for SuspensionRegister {
     type Result = ();
 
     fn handle(&mut self, SetOverride(mut o): SetOverride, ctx: &mut Context<Self>) {
-        if let Some(existing) = self.overrides.values_mut().find(|x| x.same_target(&o)) {
-            existing.expires_ms = existing.expires_ms.max(o.expires_ms);
-            existing.value = o.value.clone();
-            o = existing.clone();
+        if let Some(existing) = self.overrides.values().find(|x| x.same_target(&o)) {
+            let mut changed = existing.clone();
+            changed.expires_ms = existing.expires_ms.max(o.expires_ms);
+            changed.value = o.value.clone();
+            changed.updated_ms = changed_at(existing.updated_ms);
+            o = changed;
         } else {
             o.id = new_id();
             if o.created_ms == 0 {
                 o.created_ms = now_ms();
             }
-            self.overrides.insert(o.id.clone(), o.clone());
+            o.updated_ms = changed_at(0);
         }
-        self.persist(format!("override/{}", o.id), &o);
-        self.publish_overrides(&o.site);
-        o.publish_expiry(true);
-        self.ports.events.write(o.record(RecordKind::Override));
-        tracing::info!(id = %o.id, source = ?o.source, site = %o.site, option = %o.name, value = %o.value, rule = ?o.rule, "shaping override until {}", rfc3339_ms(o.expires_ms));
-        self.arm(&o.id.clone(), o.expires_ms, ctx);
+        self.put_override(o.clone(), ctx);
+        self.share(
+            PolicyKind::Override,
+            &o.id,
+            o.updated_ms,
+            o.expires_ms,
+            Some(&o),
+        );
     }
 }
 
@@ -349,25 +646,30 @@ impl Handler<SetThrottle> for SuspensionRegister {
     type Result = MessageResult<SetThrottle>;
 
     fn handle(&mut self, SetThrottle(mut t): SetThrottle, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(existing) = self.throttles.values_mut().find(|x| x.same_target(&t)) {
+        if let Some(existing) = self.throttles.values().find(|x| x.same_target(&t)) {
             // Fired again: same id, the later expiry, the new rate.
-            existing.expires_ms = existing.expires_ms.max(t.expires_ms);
-            existing.rate = t.rate;
-            existing.reason = t.reason.clone();
-            existing.rule = t.rule.clone().or(existing.rule.take());
-            t = existing.clone();
+            let mut changed = existing.clone();
+            changed.expires_ms = existing.expires_ms.max(t.expires_ms);
+            changed.rate = t.rate;
+            changed.reason = t.reason.clone();
+            changed.rule = t.rule.clone().or(changed.rule.take());
+            changed.updated_ms = changed_at(existing.updated_ms);
+            t = changed;
         } else {
             t.id = new_id();
             if t.created_ms == 0 {
                 t.created_ms = now_ms();
             }
-            self.throttles.insert(t.id.clone(), t.clone());
+            t.updated_ms = changed_at(0);
         }
-        self.apply_throttle(&t);
-        self.persist(format!("throttle/{}", t.id), &t);
-        self.ports.events.write(t.record(RecordKind::Throttle));
-        tracing::info!(id = %t.id, tenant = %t.tenant, campaign = ?t.campaign, domain = ?t.domain, site = ?t.site, rate = %t.rate, rule = ?t.rule, "throttled until {}", rfc3339_ms(t.expires_ms));
-        self.arm(&t.id.clone(), t.expires_ms, ctx);
+        self.put_throttle(t.clone(), ctx);
+        self.share(
+            PolicyKind::Throttle,
+            &t.id,
+            t.updated_ms,
+            t.expires_ms,
+            Some(&t),
+        );
         MessageResult(t)
     }
 }
@@ -376,22 +678,27 @@ impl Handler<SetBounce> for SuspensionRegister {
     type Result = MessageResult<SetBounce>;
 
     fn handle(&mut self, SetBounce(mut b): SetBounce, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(existing) = self.bounces.values_mut().find(|x| x.same_target(&b)) {
-            existing.expires_ms = existing.expires_ms.max(b.expires_ms);
-            existing.reason = b.reason.clone();
-            b = existing.clone();
+        if let Some(existing) = self.bounces.values().find(|x| x.same_target(&b)) {
+            let mut changed = existing.clone();
+            changed.expires_ms = existing.expires_ms.max(b.expires_ms);
+            changed.reason = b.reason.clone();
+            changed.updated_ms = changed_at(existing.updated_ms);
+            b = changed;
         } else {
             b.id = new_id();
             if b.created_ms == 0 {
                 b.created_ms = now_ms();
             }
-            self.bounces.insert(b.id.clone(), b.clone());
+            b.updated_ms = changed_at(0);
         }
-        self.publish_bounces(&b);
-        b.publish(true);
-        self.persist(format!("bounce/{}", b.id), &b);
-        tracing::info!(id = %b.id, tenant = ?b.tenant, campaign = ?b.campaign, domain = ?b.domain, site = ?b.site, rule = ?b.rule, "bouncing until {}", b.expires());
-        self.arm(&b.id.clone(), b.expires_ms, ctx);
+        self.put_bounce(b.clone(), ctx);
+        self.share(
+            PolicyKind::Bounce,
+            &b.id,
+            b.updated_ms,
+            b.expires_ms,
+            Some(&b),
+        );
         MessageResult(b)
     }
 }
@@ -444,9 +751,36 @@ impl Handler<Restore> for SuspensionRegister {
             o.publish_expiry(true);
             self.arm(&o.id, o.expires_ms, ctx);
         }
+        for t in msg.tombstones {
+            self.tombstones.insert(t.id.clone(), t);
+        }
         let sites: HashSet<String> = self.overrides.values().map(|o| o.site.clone()).collect();
         for site in sites {
             self.publish_overrides(&site);
         }
+    }
+}
+
+/// When a change made now is stamped: now, and always after the change before it.
+fn changed_at(before_ms: u64) -> u64 {
+    now_ms().max(before_ms + 1)
+}
+
+impl Handler<ApplyShared> for SuspensionRegister {
+    type Result = ();
+
+    fn handle(&mut self, ApplyShared(changes): ApplyShared, ctx: &mut Context<Self>) {
+        for c in changes {
+            self.apply_shared(c, ctx);
+        }
+    }
+}
+
+impl Handler<SharedSnapshot> for SuspensionRegister {
+    type Result = MessageResult<SharedSnapshot>;
+
+    fn handle(&mut self, _: SharedSnapshot, _: &mut Context<Self>) -> Self::Result {
+        self.prune_tombstones();
+        MessageResult(self.snapshot())
     }
 }

@@ -46,6 +46,9 @@ pub struct Throttle {
     pub created_ms: u64,
     /// Ends, ms since the epoch.
     pub expires_ms: u64,
+    /// Last changed, ms since the epoch: in a cluster, the newest change wins.
+    #[serde(default)]
+    pub updated_ms: u64,
 }
 
 fn rate_out<S: Serializer>(rate: &Rate, s: S) -> Result<S::Ok, S::Error> {

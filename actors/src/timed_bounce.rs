@@ -34,6 +34,9 @@ pub struct TimedBounce {
     pub created_ms: u64,
     /// Ends, ms since the epoch.
     pub expires_ms: u64,
+    /// Last changed, ms since the epoch: in a cluster, the newest change wins.
+    #[serde(default)]
+    pub updated_ms: u64,
 }
 
 impl TimedBounce {

@@ -32,6 +32,7 @@ fn tenant_suspension(tenant: &str, minutes: u64) -> Suspension {
         rule: None,
         created_ms: 0,
         expires_ms: now_ms() + minutes * 60_000,
+        updated_ms: 0,
     }
 }
 
@@ -138,7 +139,10 @@ async fn a_held_tenant_sends_nothing_and_its_release_counts_no_attempt() {
 #[actix::test]
 async fn a_hold_pulls_back_what_the_ready_queue_still_has() {
     let mut shaping = Shaping::default();
-    shaping.default.connection_limit = Some(1);
+    shaping.default.connection_limit = Some(switchyard_actors::shaping::Limit {
+        count: 1,
+        local: false,
+    });
     let (engine, mem) = engine(
         ScriptedConnector::accepting(),
         settings(shaping, RuleBook::default(), Duration::from_secs(60)),

@@ -87,6 +87,7 @@ pub(super) async fn create_throttle(
         rule: None,
         created_ms: now,
         expires_ms: now + duration.as_millis() as u64,
+        updated_ms: 0,
     };
     let stored = state.engine.throttle(t).await.ok_or_else(stopped)?;
     Ok((StatusCode::CREATED, Json(throttle_json(&stored))).into_response())
@@ -206,6 +207,7 @@ pub(super) async fn bounce(
                 rule: None,
                 created_ms: now,
                 expires_ms: now + d.as_millis() as u64,
+                updated_ms: 0,
             };
             Some(state.engine.bounce_order(order).await.ok_or_else(stopped)?)
         }

@@ -275,6 +275,7 @@ async fn create_suspension(
         rule: None,
         created_ms: now,
         expires_ms: now + duration.as_millis() as u64,
+        updated_ms: 0,
     };
     let stored = state
         .engine

@@ -56,6 +56,15 @@ impl Daemon {
 
     /// Like [`Daemon::start`] in a given directory.
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Daemon {
+        Self::start_in_with_env(dir, extra, &[])
+    }
+
+    /// Like [`Daemon::start`] with extra environment variables.
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_in_with_env(tempfile::tempdir().unwrap(), extra, env)
+    }
+
+    fn start_in_with_env(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> Daemon {
         let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("switchyard.toml");
@@ -92,7 +101,7 @@ impl Daemon {
             config,
             child: None,
         };
-        d.spawn();
+        d.spawn_with_env(env);
         d
     }
 

@@ -1,21 +1,33 @@
-//! The cluster: several switchyard nodes sharing one Redis (`[cluster]`).
+//! The cluster: several switchyard nodes sharing one Redis (`[cluster]`), and no other
+//! daemon.
 //!
-//! This part is membership. Each node claims its name in Redis (`<prefix>:node:<name>`,
-//! holding a random instance id, expiring unless renewed) and, every second, renews the
-//! claim and stamps its heartbeat — with Redis's own `TIME`, so no node's clock matters —
-//! into the hash `<prefix>:nodes` with its live queues and open connections, in one Lua
-//! script. A node whose name is claimed by another live instance is refused at start. The
-//! nodes heard from in the last 5 s are the cluster (`GET /api/v1/cluster`, `ctl cluster`,
-//! `switchyard_cluster_nodes`); `switchyard_cluster_up` says whether Redis answers. Redis
-//! down (at start or later) never stops a node: it goes on alone, says so, and connects
-//! again by itself.
+//! - Membership (here). Each node claims its name in Redis (`<prefix>:node:<name>`,
+//!   holding a random instance id, expiring unless renewed) and, every second, renews the
+//!   claim and stamps its heartbeat — with Redis's own `TIME`, so no node's clock matters —
+//!   into the hash `<prefix>:nodes` with its live queues and open connections, in one Lua
+//!   script. A node whose name is claimed by another live instance is refused at start. The
+//!   nodes heard from in the last 5 s are the cluster (`GET /api/v1/cluster`, `ctl cluster`,
+//!   `switchyard_cluster_nodes`); `switchyard_cluster_up` says whether Redis answers. Redis
+//!   down (at start or later) never stops a node: it goes on alone, says so, and connects
+//!   again by itself.
+//! - Shared limits ([`limits`]): the actors' [`ClusterPort`] — GCRA rates, connection
+//!   leases and threshold windows, each one Lua script timed by Redis's `TIME`.
+//! - Shared policy ([`policy`]): suspensions, throttles, bounce orders and overrides as
+//!   keys expiring with them, announced on a channel, reconciled in full on a timer and
+//!   whenever Redis comes back.
 //!
-//! Shared policy and shared limits come next (issue 19's later points).
+//! Every call to Redis runs on the daemon's runtime ([`Cluster::spawn`]); none blocks an
+//! actor.
+
+mod limits;
+mod policy;
+
+pub use switchyard_actors::cluster::ClusterPort;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// How often a node renews its claim and stamps its heartbeat.
@@ -49,6 +61,8 @@ pub struct Settings {
     pub node: String,
     /// Prefix of every key.
     pub key_prefix: String,
+    /// How long a connection lease lives unless renewed.
+    pub lease_ttl: Duration,
 }
 
 /// One node as the cluster sees it.
@@ -64,7 +78,7 @@ pub struct NodeInfo {
 /// What a node counts of itself for its heartbeat: (live queues, open connections).
 pub type Counts = Arc<dyn Fn() -> futures::future::BoxFuture<'static, (u64, u64)> + Send + Sync>;
 
-/// This node's membership.
+/// This node in the cluster.
 pub struct Cluster {
     settings: Settings,
     instance: String,
@@ -72,6 +86,16 @@ pub struct Cluster {
     connection: tokio::sync::Mutex<Option<ConnectionManager>>,
     up: AtomicBool,
     nodes: Mutex<Vec<NodeInfo>>,
+    /// The nodes last seen alive (at least 1).
+    last_nodes: AtomicUsize,
+    /// The daemon's runtime, where every call to Redis runs.
+    runtime: tokio::runtime::Handle,
+    /// Itself, for the tasks it spawns.
+    me: Weak<Cluster>,
+    /// Connection leases held by this node.
+    leases: limits::Leases,
+    /// Wakes the policy reconciliation (Redis came back, a change could not be written).
+    reconcile: tokio::sync::Notify,
 }
 
 /// `url` without its password.
@@ -109,13 +133,18 @@ impl Cluster {
     pub async fn join(settings: Settings, counts: Counts) -> anyhow::Result<Arc<Cluster>> {
         let client = redis::Client::open(settings.redis.as_str())
             .map_err(|e| anyhow::anyhow!("[cluster] redis: {e}"))?;
-        let cluster = Arc::new(Cluster {
+        let cluster = Arc::new_cyclic(|me| Cluster {
             instance: uuid::Uuid::now_v7().to_string(),
             settings,
             client,
             connection: tokio::sync::Mutex::new(None),
             up: AtomicBool::new(false),
             nodes: Mutex::new(Vec::new()),
+            last_nodes: AtomicUsize::new(1),
+            runtime: tokio::runtime::Handle::current(),
+            me: me.clone(),
+            leases: limits::Leases::default(),
+            reconcile: tokio::sync::Notify::new(),
         });
         match cluster.beat(counts().await).await {
             Ok(true) => {}
@@ -129,6 +158,7 @@ impl Cluster {
                 "Redis does not answer ({e}); this node starts alone and keeps trying"
             ),
         }
+        cluster.keep_leases();
         let this = cluster.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
@@ -172,6 +202,8 @@ impl Cluster {
         if self.up.swap(up, Ordering::Relaxed) != up {
             if up {
                 tracing::info!(redis = %shown_url(&self.settings.redis), "cluster: Redis answers");
+                // Whatever changed on either side meanwhile is reconciled now.
+                self.reconcile.notify_one();
             } else {
                 tracing::warn!(redis = %shown_url(&self.settings.redis), "cluster: Redis does not answer; going on alone with what this node knows");
             }
@@ -231,13 +263,30 @@ impl Cluster {
                 .await;
         }
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        self.last_nodes.store(nodes.len().max(1), Ordering::Relaxed);
         metrics::gauge!("switchyard_cluster_nodes").set(nodes.len() as f64);
         *self.nodes.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
         Ok(true)
     }
 
+    /// Run `work` on the daemon's runtime (callers may be actors on their own threads).
+    fn spawn<F>(&self, work: impl FnOnce(Arc<Cluster>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Some(this) = self.me.upgrade() {
+            self.runtime.spawn(work(this));
+        }
+    }
+
+    /// Prefix a key.
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.settings.key_prefix)
+    }
+
     /// Leave (shutdown): give the name and the heartbeat up at once.
     pub async fn leave(&self) {
+        self.give_back_all().await;
         let Ok(mut c) = self.connection().await else {
             return;
         };

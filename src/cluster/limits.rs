@@ -1,0 +1,286 @@
+//! Limits shared by the nodes: the actors' [`ClusterPort`] over Redis.
+//!
+//! Each is one Lua script, so it is atomic in Redis, and each reads Redis's own `TIME`, so
+//! no node's clock matters:
+//!
+//! - a rate (`<prefix>:rate:<key>`) is a GCRA whose theoretical arrival time is kept in
+//!   microseconds — the same burst meaning as the node's own limiter (`max_burst` events at
+//!   once, then one every period / N), at sub-second resolution;
+//! - a connection limit (`<prefix>:lease:<key>`) is a sorted set of leases scored by when
+//!   they expire; a lease is taken on every limit a connection counts against at once, or
+//!   on none. This node renews its leases every third of `lease_ttl`, gives each back when
+//!   its connection closes, and a dead node's leases expire by themselves;
+//! - a threshold window (`<prefix>:threshold:<key>`) is a sorted set of match times.
+
+use super::Cluster;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use switchyard_actors::cluster::{Answer, ClusterPort, LeaseId, PolicyChange, Taken, Unreachable};
+use switchyard_actors::shaping::Rate;
+
+/// Take up to ARGV[3] events from the GCRA of KEYS[1] (one every ARGV[1] µs, ARGV[2] at
+/// once): {granted, 0} or {0, µs to wait}.
+const GCRA_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local allowance = interval * (tonumber(ARGV[2]) - 1)
+local want = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if tat < now then tat = now end
+local granted = 0
+while granted < want and tat - now <= allowance do
+  tat = tat + interval
+  granted = granted + 1
+end
+if granted > 0 then
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  return {granted, 0}
+end
+return {0, tat - now - allowance}
+"#;
+
+/// Lease ARGV[2] on every set of KEYS (at most ARGV[2 + i] in KEYS[i]) for ARGV[1] ms, all
+/// or none: 1 when granted.
+const LEASE_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[i + 2]) then return 0 end
+end
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[2])
+  redis.call('PEXPIRE', KEYS[i], ttl * 2)
+end
+return 1
+"#;
+
+/// Renew lease ARGV[1 + i] in KEYS[i] for ARGV[1] ms (put back if Redis lost it).
+const RENEW_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', KEYS[i], ttl * 2)
+end
+return #KEYS
+"#;
+
+/// Count match ARGV[3] in the window KEYS[1] of ARGV[1] ms: 1 when it makes ARGV[2] (the
+/// window then starts afresh).
+const THRESHOLD_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local period = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+redis.call('PEXPIRE', KEYS[1], period)
+return 0
+"#;
+
+/// Leases renewed per script call.
+const RENEW_BATCH: usize = 500;
+
+/// The leases this node holds: lease → the sets it is in.
+#[derive(Default)]
+pub(super) struct Leases {
+    next: AtomicU64,
+    held: Mutex<HashMap<u64, Vec<String>>>,
+}
+
+impl Cluster {
+    /// A lease's member in the sets: this instance and its number.
+    fn member(&self, lease: u64) -> String {
+        format!("{}:{lease}", self.instance)
+    }
+
+    /// Renew this node's leases every third of `lease_ttl`, for as long as it runs.
+    pub(super) fn keep_leases(&self) {
+        self.spawn(|this| async move {
+            let every = (this.settings.lease_ttl / 3).max(Duration::from_millis(100));
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = this.renew_leases().await {
+                    tracing::debug!("cluster: leases not renewed: {e}");
+                }
+            }
+        });
+    }
+
+    async fn renew_leases(&self) -> redis::RedisResult<()> {
+        let pairs: Vec<(String, String)> = {
+            let held = self.leases.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.iter()
+                .flat_map(|(n, keys)| keys.iter().map(|k| (k.clone(), self.member(*n))))
+                .collect()
+        };
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.connection().await?;
+        let script = redis::Script::new(RENEW_SCRIPT);
+        for chunk in pairs.chunks(RENEW_BATCH) {
+            let mut call = script.prepare_invoke();
+            call.arg(self.settings.lease_ttl.as_millis() as u64);
+            for (key, member) in chunk {
+                call.key(key).arg(member);
+            }
+            let _: i64 = call.invoke_async(&mut c).await?;
+        }
+        Ok(())
+    }
+
+    async fn take_rate(&self, key: &str, rate: Rate, want: u32) -> redis::RedisResult<Taken> {
+        let mut c = self.connection().await?;
+        let interval_us = (rate.per.as_micros() / u128::from(rate.count.max(1))).max(1) as u64;
+        let (granted, wait_us): (u32, u64) = redis::Script::new(GCRA_SCRIPT)
+            .key(self.key(&format!("rate:{key}")))
+            .arg(interval_us)
+            .arg(rate.burst())
+            .arg(want.max(1))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(Taken {
+            granted,
+            wait: Duration::from_micros(wait_us),
+        })
+    }
+
+    async fn take_lease(&self, limits: &[(String, usize)]) -> redis::RedisResult<Option<LeaseId>> {
+        let mut c = self.connection().await?;
+        let n = self.leases.next.fetch_add(1, Ordering::Relaxed);
+        let keys: Vec<String> = limits
+            .iter()
+            .map(|(k, _)| self.key(&format!("lease:{k}")))
+            .collect();
+        let script = redis::Script::new(LEASE_SCRIPT);
+        let mut call = script.prepare_invoke();
+        call.arg(self.settings.lease_ttl.as_millis() as u64)
+            .arg(self.member(n));
+        for (key, (_, limit)) in keys.iter().zip(limits) {
+            call.key(key).arg(*limit);
+        }
+        let granted: i64 = call.invoke_async(&mut c).await?;
+        if granted != 1 {
+            return Ok(None);
+        }
+        self.leases
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n, keys);
+        Ok(Some(LeaseId(n)))
+    }
+
+    async fn give_back(&self, lease: u64) -> redis::RedisResult<()> {
+        let keys = self
+            .leases
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&lease);
+        let Some(keys) = keys else {
+            return Ok(());
+        };
+        let mut c = self.connection().await?;
+        let member = self.member(lease);
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("ZREM").arg(key).arg(&member).ignore();
+        }
+        pipe.query_async(&mut c).await
+    }
+
+    /// Give every lease back (shutdown).
+    pub(super) async fn give_back_all(&self) {
+        let all: Vec<u64> = {
+            let held = self.leases.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.keys().copied().collect()
+        };
+        for lease in all {
+            let _ = self.give_back(lease).await;
+        }
+    }
+
+    async fn count(&self, key: &str, count: u32, period: Duration) -> redis::RedisResult<bool> {
+        let mut c = self.connection().await?;
+        let fired: i64 = redis::Script::new(THRESHOLD_SCRIPT)
+            .key(self.key(&format!("threshold:{key}")))
+            .arg(period.as_millis() as u64)
+            .arg(count)
+            .arg(uuid::Uuid::now_v7().to_string())
+            .invoke_async(&mut c)
+            .await?;
+        Ok(fired == 1)
+    }
+}
+
+/// An answer from Redis, or [`Unreachable`] (logged at debug: the callers say it once).
+fn answered<T>(result: redis::RedisResult<T>, what: &str) -> Result<T, Unreachable> {
+    result.map_err(|e| {
+        tracing::debug!("cluster: {what}: {e}");
+        Unreachable
+    })
+}
+
+impl ClusterPort for Cluster {
+    fn node(&self) -> &str {
+        &self.settings.node
+    }
+
+    fn share(&self, change: PolicyChange) {
+        self.spawn(|this| async move { this.share_change(change).await });
+    }
+
+    fn take(&self, key: String, rate: Rate, want: u32, answer: Answer<Result<Taken, Unreachable>>) {
+        self.spawn(|this| async move {
+            answer(answered(this.take_rate(&key, rate, want).await, "rate"));
+        });
+    }
+
+    fn lease(
+        &self,
+        limits: Vec<(String, usize)>,
+        answer: Answer<Result<Option<LeaseId>, Unreachable>>,
+    ) {
+        self.spawn(|this| async move {
+            answer(answered(this.take_lease(&limits).await, "lease"));
+        });
+    }
+
+    fn release(&self, lease: LeaseId) {
+        self.spawn(|this| async move {
+            if let Err(e) = this.give_back(lease.0).await {
+                // Not given back: it expires by itself within lease_ttl.
+                tracing::debug!("cluster: lease not given back: {e}");
+            }
+        });
+    }
+
+    fn count_match(
+        &self,
+        key: String,
+        count: u32,
+        period: Duration,
+        answer: Answer<Result<bool, Unreachable>>,
+    ) {
+        self.spawn(|this| async move {
+            answer(answered(this.count(&key, count, period).await, "threshold"));
+        });
+    }
+
+    fn nodes(&self) -> usize {
+        self.last_nodes.load(Ordering::Relaxed).max(1)
+    }
+}
