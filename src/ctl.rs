@@ -231,8 +231,9 @@ pub fn cluster(api: &Api, as_json: bool) -> Result<String, CtlError> {
         (Value::Null, _) => "no [cluster]: a single node".to_string(),
         (url, Some(true)) => format!("redis {} up", text(url)),
         (url, _) => format!(
-            "redis {} DOWN: going on alone with the policy and limits this node knows",
-            text(url)
+            "redis {} DOWN: going on alone with the policy this node knows and 1/{} of each cluster limit (the nodes last seen)",
+            text(url),
+            v["nodes_last_seen"].as_u64().unwrap_or(1)
         ),
     };
     let rows: Vec<Vec<String>> = v["nodes"]

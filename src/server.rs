@@ -147,7 +147,7 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
                     .map(|n| n.get_ref().clone())
                     .unwrap_or_else(crate::cluster::hostname),
                 key_prefix: cc.key_prefix.clone(),
-                lease_ttl: cc.lease_ttl.0,
+                lease_ttl: cc.lease_ttl.get_ref().0,
             };
             let for_counts = started.clone();
             let counts: crate::cluster::Counts = Arc::new(move || {

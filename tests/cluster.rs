@@ -331,9 +331,17 @@ fn a_rule_fired_on_one_node_holds_the_tenant_on_every_node_until_resumed_on_any(
     wait_suspended(&p.a, "noisy", 1, 5);
 }
 
-/// The most sessions the sink had open at once over `n` accepted messages, delivered by the
-/// pair under `connection_limit = limit`.
-fn peak_sessions(limit: &str, n: usize) -> u64 {
+/// Neither node fell back to its share of a limit: Redis answered throughout.
+fn redis_answered(p: &Pair) {
+    for d in [&p.a, &p.b] {
+        assert!(!d.log().contains("does not answer"), "{}", d.log());
+    }
+}
+
+/// The most sessions the sink had open at once over `n` accepted messages from each node,
+/// delivered by the pair under `connection_limit = limit`, and the most leases seen in
+/// Redis meanwhile.
+fn peak_sessions(limit: &str, n: usize) -> (u64, u64) {
     let shaping = format!("connection_limit = {limit}\nmax_deliveries_per_connection = 5\n");
     // Slow answers keep sessions open side by side.
     let responses = "[[rule]]\ndelay = \"150ms\"\ncode = 250\nmsg = \"2.0.0 Ok (slow)\"\n";
@@ -343,32 +351,46 @@ fn peak_sessions(limit: &str, n: usize) -> u64 {
         s.spawn(|| send_as(a, n, "news@t.example", "u@gmail.test", "t"));
         s.spawn(|| send_as(b, n, "news@t.example", "u@gmail.test", "t"));
     });
-    let got = p.sink.wait("every message", Duration::from_secs(120), |r| {
-        r.iter().filter(|x| x["code"] == 250).count() >= 2 * n
-    });
+    let mut leases = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let seen = p.redis.cli(&["ZCARD", "test:lease:conn/ip/mx.gmail.test"]);
+        leases = leases.max(seen.trim().parse().unwrap_or(0));
+        let got = p.sink.received();
+        if got.iter().filter(|x| x["code"] == 250).count() >= 2 * n {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "only {} delivered", got.len());
+        std::thread::sleep(Duration::from_millis(20));
+    };
     for peer in ["127.0.0.2", "127.0.0.3"] {
         assert!(
             got.iter().any(|r| r["peer"] == peer),
             "{peer} delivered nothing"
         );
     }
-    got.iter().filter_map(|r| r["open"].as_u64()).max().unwrap()
+    redis_answered(&p);
+    let peak = got.iter().filter_map(|r| r["open"].as_u64()).max().unwrap();
+    (peak, leases)
 }
 
 #[test]
 fn a_connection_limit_holds_for_the_cluster_and_local_for_each_node() {
-    let shared = peak_sessions("2", 30);
-    eprintln!("connection_limit = 2: peak {shared} sessions at the sink");
-    assert!(
-        shared <= 2,
-        "peak {shared} sessions with connection_limit = 2 on two nodes"
+    // 3, odd: alone, each node would take its share, 1 (a peak of 2); shared, the peak is 3.
+    let (shared, leases) = peak_sessions("3", 30);
+    eprintln!("connection_limit = 3: peak {shared} sessions at the sink, at most {leases} leases in Redis");
+    assert_eq!(
+        shared, 3,
+        "peak sessions with connection_limit = 3 on two nodes"
     );
-    let local = peak_sessions("\"local:2\"", 30);
-    eprintln!("connection_limit = \"local:2\": peak {local} sessions at the sink");
+    assert_eq!(leases, 3, "most leases seen in Redis");
+    let (local, leases) = peak_sessions("\"local:3\"", 30);
+    eprintln!("connection_limit = \"local:3\": peak {local} sessions at the sink");
     assert!(
-        local > 2,
-        "peak {local} sessions with connection_limit = \"local:2\" on two nodes"
+        local > 3,
+        "peak {local} sessions with connection_limit = \"local:3\" on two nodes"
     );
+    assert_eq!(leases, 0, "a local limit takes no lease");
 }
 
 #[test]
@@ -391,6 +413,10 @@ fn a_message_rate_holds_for_the_cluster() {
         "240/min, max_burst=5 on two nodes: {} accepted in 30 s",
         got.len()
     );
+    // Still sending: the limiter's state is in Redis, and no node went by its share.
+    let state = p.redis.cli(&["EXISTS", "test:rate:msg/ip/mx.gmail.test"]);
+    assert_eq!(state.trim(), "1", "the shared limiter's key");
+    redis_answered(&p);
     // 5 at once, then one every 250 ms: at most 125 in 30 s, whichever node sends them.
     assert!(got.len() <= 125, "{} accepted in 30 s", got.len());
     assert!(got.len() >= 60, "only {} accepted in 30 s", got.len());
@@ -455,6 +481,15 @@ fn with_redis_down_under_load_nodes_deliver_everything_keep_policy_and_reconcile
     );
     assert_eq!(status, 201, "{body}");
     wait_suspended(&p.b, "held", 1, 5);
+    // And one that a will resume while apart: b's copy is then stale.
+    let (status, body) = p.a.request(
+        "POST",
+        "/api/v1/suspensions",
+        Some(r#"{"tenant":"gone","duration":"1h","reason":"resumed while apart"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let gone: Value = serde_json::from_str(&body).unwrap();
+    wait_suspended(&p.b, "gone", 1, 5);
 
     let (a, b) = (&p.a, &p.b);
     let mut sent = 0;
@@ -484,6 +519,9 @@ fn with_redis_down_under_load_nodes_deliver_everything_keep_policy_and_reconcile
             );
             assert_eq!(status, 201, "{body}");
             send_as(a, 2, "news@held.example", "u@gmail.test", "held");
+            let path = format!("/api/v1/suspensions/{}", gone["id"].as_str().unwrap());
+            let (status, body) = a.request("DELETE", &path, None);
+            assert_eq!(status, 204, "{body}");
         }
         std::thread::sleep(Duration::from_secs(3));
     }
@@ -521,6 +559,11 @@ fn with_redis_down_under_load_nodes_deliver_everything_keep_policy_and_reconcile
     p.redis.up();
     wait_view(&p.a, "Redis back", |v| v["redis"]["up"] == true);
     wait_suspended(&p.a, "apart", 1, 20);
+    // a's resume reaches b, and b's stale copy does not bring it back on a (the tombstone
+    // is newer).
+    wait_suspended(&p.b, "gone", 0, 20);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(suspended(&p.a, "gone").is_empty() && suspended(&p.b, "gone").is_empty());
     let ev = p.a.events();
     let lost: Vec<&Value> = ev
         .iter()

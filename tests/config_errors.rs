@@ -35,6 +35,15 @@ const BROKEN: &[(&str, &str)] = &[
     ("[tenant.\"acme\"]\nmax_message_rate = \"100 per hour\"\n", ":2:20: invalid rate \"100 per hour\""),
     ("[http]\nlisten = \"localhost\"\n", ":2:10: invalid socket address syntax"),
     ("[tls]\ntrust_roots = [\"missing-ca.pem\"]\n", ":2:16: cannot read CA certificates from"),
+    (
+        "[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\nlease_ttl = \"100ms\"\n",
+        ":3:13: [cluster] lease_ttl must be at least 1s",
+    ),
+    (
+        "[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\nnode = \"mta 1\"\n",
+        ":3:8: invalid node name \"mta 1\"",
+    ),
+    ("[cluster]\nredis = \"http://127.0.0.1/\"\n", ":2:9: [cluster] redis:"),
 ];
 
 #[test]

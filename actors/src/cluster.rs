@@ -6,26 +6,26 @@
 //!
 //! - Shared policy: the suspension register announces every change of a suspension,
 //!   throttle, bounce order or override as a [`PolicyChange`] ([`ClusterPort::share`]),
-//!   and applies the changes of the other nodes ([`crate::messages::ApplyShared`]); the
-//!   newest change of each object wins, and a deletion stays as a tombstone until the
-//!   object's own expiry.
-//! - Shared rates ([`SharedRate`], inside [`crate::limits::Limiter`]): events are taken
-//!   from one GCRA in Redis, a few at a time; while Redis does not answer, the limiter goes
-//!   on alone at the rate divided by the nodes last seen.
+//!   and applies the changes of the other nodes (`messages::ApplyShared`); the newest
+//!   change of each object wins, and a deletion stays as a tombstone until the object's
+//!   own expiry.
+//! - Shared rates (`SharedRate`, inside `limits::Limiter`): events are taken from one
+//!   GCRA in Redis, a few at a time; while Redis does not answer, the limiter goes on alone
+//!   at the rate divided by the nodes last seen.
 //! - Shared connection limits ([`ClusterPort::lease`]): a connection holds a lease on each
 //!   limit it counts against; the port renews the leases it holds and they expire by
 //!   themselves when a node dies.
 //! - Threshold rules count their matches in one window for the whole cluster
 //!   ([`ClusterPort::count_match`]).
 //!
+//! This module depends on no other of the crate: the limits, ready queues, classifier
+//! and register use it.
+//!
 //! Calls answer through a callback, on the port's own runtime: an actor that asks sends the
 //! answer to itself.
 
-use crate::limits::Limiter;
-use crate::shaping::Rate;
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What kind of policy object a change is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -105,8 +105,16 @@ pub trait ClusterPort: Send + Sync + 'static {
     /// Announce a change made on this node (kept and announced again at the next
     /// reconciliation if Redis does not answer now).
     fn share(&self, change: PolicyChange);
-    /// Take up to `want` events now from the shared GCRA of `key` at `rate`.
-    fn take(&self, key: String, rate: Rate, want: u32, answer: Answer<Result<Taken, Unreachable>>);
+    /// Take up to `want` events now from the shared GCRA of `key`: one every `interval`,
+    /// `burst` at once.
+    fn take(
+        &self,
+        key: String,
+        interval: Duration,
+        burst: u64,
+        want: u32,
+        answer: Answer<Result<Taken, Unreachable>>,
+    );
     /// One lease on each of `limits` (key, most leases), all or none: `Some` when granted.
     fn lease(
         &self,
@@ -133,108 +141,6 @@ pub trait ClusterPort: Send + Sync + 'static {
 /// the nodes last seen, at least 1.
 pub fn alone_share(limit: u64, nodes: usize) -> u64 {
     (limit / nodes.max(1) as u64).max(1)
-}
-
-/// How long a check waits while an answer from Redis is on its way.
-const ASKING_WAIT: Duration = Duration::from_millis(2);
-/// Events granted but not used within this are given up (never used later in a burst).
-const GRANT_LIFETIME: Duration = Duration::from_secs(1);
-/// Most events asked for at once.
-const MOST_AT_ONCE: u64 = 16;
-/// After Redis did not answer, the limiter goes on alone this long before asking again.
-const ALONE_FOR: Duration = Duration::from_secs(1);
-
-/// A rate shared by the nodes of a cluster.
-pub struct SharedRate {
-    port: Arc<dyn ClusterPort>,
-    key: String,
-    rate: Rate,
-    state: Arc<Mutex<SharedState>>,
-}
-
-#[derive(Default)]
-struct SharedState {
-    /// Events granted and not yet used, until `granted_until`.
-    granted: u32,
-    granted_until: Option<Instant>,
-    /// An answer is on its way.
-    asking: bool,
-    /// The shared limiter said: none before this.
-    not_before: Option<Instant>,
-    /// Redis did not answer: the node's own share of the rate, until `alone_until`.
-    alone: Option<Arc<Limiter>>,
-    alone_until: Option<Instant>,
-}
-
-impl SharedRate {
-    /// `rate` shared under `key`.
-    pub fn new(port: Arc<dyn ClusterPort>, key: String, rate: Rate) -> SharedRate {
-        SharedRate {
-            port,
-            key,
-            rate,
-            state: Arc::default(),
-        }
-    }
-
-    /// Take one event now, or say how long to wait before asking again.
-    pub fn check(&self) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.granted > 0 && s.granted_until.is_some_and(|t| t > now) {
-            s.granted -= 1;
-            return Ok(());
-        }
-        s.granted = 0;
-        if let Some(until) = s.alone_until {
-            if until > now || s.asking {
-                let alone = s.alone.clone();
-                drop(s);
-                return alone.map_or(Ok(()), |l| l.check());
-            }
-        }
-        if s.asking {
-            return Err(ASKING_WAIT);
-        }
-        if let Some(t) = s.not_before.filter(|t| *t > now) {
-            return Err(t - now);
-        }
-        s.asking = true;
-        drop(s);
-        let want = self.rate.burst().min(MOST_AT_ONCE) as u32;
-        let (state, port, rate) = (self.state.clone(), self.port.clone(), self.rate);
-        self.port.take(
-            self.key.clone(),
-            self.rate,
-            want,
-            Box::new(move |answer| {
-                let now = Instant::now();
-                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-                s.asking = false;
-                match answer {
-                    Ok(t) => {
-                        s.alone = None;
-                        s.alone_until = None;
-                        s.granted = t.granted;
-                        s.granted_until = Some(now + GRANT_LIFETIME);
-                        s.not_before = (t.granted == 0).then(|| now + t.wait);
-                    }
-                    Err(Unreachable) => {
-                        if s.alone.is_none() {
-                            let share = Rate {
-                                count: alone_share(rate.count, port.nodes()),
-                                burst: rate.burst.map(|b| alone_share(b, port.nodes())),
-                                ..rate
-                            };
-                            s.alone = Some(Arc::new(Limiter::new(share)));
-                        }
-                        s.alone_until = Some(now + ALONE_FOR);
-                    }
-                }
-            }),
-        );
-        Err(ASKING_WAIT)
-    }
 }
 
 #[cfg(test)]

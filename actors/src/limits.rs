@@ -11,14 +11,14 @@
 //!
 //! A check that passes reads no clock: the clock is read only to say how long to wait.
 
-use crate::cluster::{alone_share, ClusterPort, SharedRate};
+use crate::cluster::{alone_share, ClusterPort, Unreachable};
 use crate::shaping::{Limit, Provider, Rate};
 use governor::clock::Clock;
 use governor::DefaultDirectRateLimiter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a limiter that said no wants us to wait.
 fn wait_time(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> Duration {
@@ -177,6 +177,129 @@ impl ProviderGates {
                 })
             })
             .clone()
+    }
+}
+
+/// How long a check waits while an answer from Redis is on its way.
+const ASKING_WAIT: Duration = Duration::from_millis(2);
+/// Events granted but not used within this are given up (never used later in a burst).
+const GRANT_LIFETIME: Duration = Duration::from_secs(1);
+/// Most events asked for at once.
+const MOST_AT_ONCE: u64 = 16;
+/// After Redis did not answer, the limiter goes on alone this long before asking again.
+const ALONE_FOR: Duration = Duration::from_secs(1);
+
+/// A rate shared by the nodes of a cluster: events are taken from its GCRA in Redis, as
+/// many at once as the last ask used up (from one, doubling up to the burst or 16; events
+/// not used within a second are given up, and the next ask is for one). While Redis does
+/// not answer, the node goes on alone at its share of the rate.
+pub struct SharedRate {
+    port: Arc<dyn ClusterPort>,
+    key: String,
+    rate: Rate,
+    state: Arc<Mutex<SharedState>>,
+}
+
+#[derive(Default)]
+struct SharedState {
+    /// Events granted and not yet used, until `granted_until`.
+    granted: u32,
+    granted_until: Option<Instant>,
+    /// An answer is on its way.
+    asking: bool,
+    /// The shared limiter said: none before this.
+    not_before: Option<Instant>,
+    /// Redis did not answer: the node's own share of the rate, until `alone_until`.
+    alone: Option<Arc<Limiter>>,
+    alone_until: Option<Instant>,
+    /// How many events the next ask is for.
+    want: u32,
+}
+
+impl SharedRate {
+    /// `rate` shared under `key`.
+    pub fn new(port: Arc<dyn ClusterPort>, key: String, rate: Rate) -> SharedRate {
+        SharedRate {
+            port,
+            key,
+            rate,
+            state: Arc::default(),
+        }
+    }
+
+    /// Most events asked for at once.
+    fn most_at_once(&self) -> u32 {
+        self.rate.burst().min(MOST_AT_ONCE) as u32
+    }
+
+    /// Take one event now, or say how long to wait before asking again.
+    pub fn check(&self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.granted > 0 && s.granted_until.is_some_and(|t| t > now) {
+            s.granted -= 1;
+            if s.granted == 0 {
+                // All used: ask for more next time.
+                s.want = (s.want.max(1) * 2).min(self.most_at_once());
+            }
+            return Ok(());
+        }
+        if s.granted > 0 {
+            // Some went unused: ask for one next time.
+            s.want = 1;
+        }
+        s.granted = 0;
+        if let Some(until) = s.alone_until {
+            if until > now || s.asking {
+                let alone = s.alone.clone();
+                drop(s);
+                return alone.map_or(Ok(()), |l| l.check());
+            }
+        }
+        if s.asking {
+            return Err(ASKING_WAIT);
+        }
+        if let Some(t) = s.not_before.filter(|t| *t > now) {
+            return Err(t - now);
+        }
+        s.asking = true;
+        let want = s.want.clamp(1, self.most_at_once());
+        drop(s);
+        let (state, port, rate) = (self.state.clone(), self.port.clone(), self.rate);
+        let interval =
+            (rate.per / rate.count.clamp(1, u32::MAX as u64) as u32).max(Duration::from_micros(1));
+        self.port.take(
+            self.key.clone(),
+            interval,
+            rate.burst(),
+            want,
+            Box::new(move |answer| {
+                let now = Instant::now();
+                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                s.asking = false;
+                match answer {
+                    Ok(t) => {
+                        s.alone = None;
+                        s.alone_until = None;
+                        s.granted = t.granted;
+                        s.granted_until = Some(now + GRANT_LIFETIME);
+                        s.not_before = (t.granted == 0).then(|| now + t.wait);
+                    }
+                    Err(Unreachable) => {
+                        if s.alone.is_none() {
+                            let share = Rate {
+                                count: alone_share(rate.count, port.nodes()),
+                                burst: rate.burst.map(|b| alone_share(b, port.nodes())),
+                                ..rate
+                            };
+                            s.alone = Some(Arc::new(Limiter::new(share)));
+                        }
+                        s.alone_until = Some(now + ALONE_FOR);
+                    }
+                }
+            }),
+        );
+        Err(ASKING_WAIT)
     }
 }
 

@@ -45,6 +45,7 @@ use crate::ports::{ConnectTarget, EgressSource, MxHost, TlsMode};
 use crate::registry::Registry;
 use crate::shaping::{PathSettings, ShapingOptions};
 use crate::suspension::SuspensionView;
+use actix::dev::SendError;
 use actix::prelude::*;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -419,33 +420,50 @@ impl ReadyQueueActor {
 
     /// A lease for one more connection: `Ok(None)` when none is needed (no cluster limit,
     /// or Redis does not answer), `Err` while one is being asked for (its answer comes
-    /// back as [`LeaseAnswer`]).
+    /// back as [`LeaseAnswer`]). Connections opened without one while Redis did not answer
+    /// get theirs first, before any new connection.
     fn take_lease(&mut self, ctx: &mut Context<Self>) -> Result<Option<LeaseId>, ()> {
-        let Some(cluster) = self.all.kit.ports.cluster.clone() else {
-            return Ok(None);
-        };
-        let limits = self.lease_limits();
-        if limits.is_empty() {
+        if self.lease_limits().is_empty() {
             return Ok(None);
         }
-        if let Some(lease) = self.spare_lease.take() {
-            return Ok(Some(lease));
+        if self.leases.len() >= self.connections {
+            if let Some(lease) = self.spare_lease.take() {
+                return Ok(Some(lease));
+            }
         }
-        let alone = self.alone.is_some();
-        let ask_again = self.alone.is_none_or(|t| t.elapsed() >= ALONE_FOR);
-        if !self.leasing && ask_again {
-            self.leasing = true;
-            let me = ctx.address();
-            cluster.lease(
-                limits,
-                Box::new(move |answer| me.do_send(LeaseAnswer(answer))),
-            );
-        }
-        if alone {
+        self.ask_lease(ctx);
+        if self.alone.is_some() {
             Ok(None)
         } else {
             Err(())
         }
+    }
+
+    /// Ask the cluster for a lease, unless one is on its way or Redis did not answer a
+    /// moment ago.
+    fn ask_lease(&mut self, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.all.kit.ports.cluster.clone() else {
+            return;
+        };
+        if self.leasing || self.alone.is_some_and(|t| t.elapsed() < ALONE_FOR) {
+            return;
+        }
+        self.leasing = true;
+        let me = ctx.address();
+        let back = cluster.clone();
+        cluster.lease(
+            self.lease_limits(),
+            Box::new(move |answer| {
+                // A ready queue gone meanwhile gives the lease straight back.
+                if let Err(
+                    SendError::Full(LeaseAnswer(Ok(Some(lease))))
+                    | SendError::Closed(LeaseAnswer(Ok(Some(lease)))),
+                ) = me.try_send(LeaseAnswer(answer))
+                {
+                    back.release(lease);
+                }
+            }),
+        );
     }
 
     /// Give back a lease no connection took.
@@ -542,6 +560,7 @@ impl ReadyQueueActor {
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         if self.suspended || self.all.draining.load(std::sync::atomic::Ordering::Relaxed) {
             self.waiting.clear();
+            self.release_spare();
             return self.publish();
         }
         let hosts = match &self.targets {
@@ -579,13 +598,18 @@ impl ReadyQueueActor {
             && self.starting < self.ready.len()
             && self.pace.is_none()
         {
-            if let Err(wait) = self.connection_permit() {
-                self.pace_after(wait, ctx);
-                break;
-            }
+            // The lease first: a connection-rate event is not spent on a connection that
+            // cannot open.
             let Ok(lease) = self.take_lease(ctx) else {
                 break;
             };
+            if let Err(wait) = self.connection_permit() {
+                if lease.is_some() {
+                    self.spare_lease = lease;
+                }
+                self.pace_after(wait, ctx);
+                break;
+            }
             self.leases.extend(lease);
             self.connections += 1;
             self.starting += 1;
@@ -798,8 +822,13 @@ impl Handler<ConnectionClosed> for ReadyQueueActor {
 
     fn handle(&mut self, _: ConnectionClosed, ctx: &mut Context<Self>) {
         self.connections = self.connections.saturating_sub(1);
-        if let (Some(lease), Some(c)) = (self.leases.pop(), &self.all.kit.ports.cluster) {
-            c.release(lease);
+        // Leases are this queue's, not one connection's: one goes back only when the queue
+        // holds more than it has connections (those opened while Redis did not answer
+        // hold none).
+        if self.leases.len() > self.connections {
+            if let (Some(lease), Some(c)) = (self.leases.pop(), &self.all.kit.ports.cluster) {
+                c.release(lease);
+            }
         }
         for gate in &self.providers {
             gate.closed();
@@ -826,6 +855,16 @@ impl Handler<LeaseAnswer> for ReadyQueueActor {
                     tracing::info!(source = %self.source.name, site = %self.lane.name, "cluster connection leases answer again");
                 }
                 match granted {
+                    // A connection opened while Redis did not answer takes it, and the
+                    // next is asked for; otherwise it is for the next connection.
+                    Some(lease) if self.leases.len() < self.connections => {
+                        self.leases.push(lease);
+                        if self.leases.len() < self.connections {
+                            self.ask_lease(ctx);
+                        } else {
+                            self.dispatch(ctx);
+                        }
+                    }
                     Some(lease) => {
                         self.spare_lease = Some(lease);
                         self.dispatch(ctx);
@@ -887,6 +926,7 @@ impl Handler<SourceSuspension> for ReadyQueueActor {
     fn handle(&mut self, msg: SourceSuspension, ctx: &mut Context<Self>) {
         self.suspended = msg.suspended;
         if msg.suspended {
+            self.release_spare();
             // Waiting connections get nothing more and close.
             self.waiting.clear();
             self.hand_back(None);

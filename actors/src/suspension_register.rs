@@ -27,7 +27,9 @@
 //! are put into effect here the same way (and logged here too: each node's log says what
 //! it enforces), unless this node knows a newer change of the same object. A resume leaves
 //! a tombstone (`tombstone/ID`) until the object's own expiry; an expiry needs none (every
-//! copy ends at the same moment). [`SharedSnapshot`] is everything, for reconciliation.
+//! copy ends at the same moment). Two nodes that made an object for the same target
+//! before hearing of each other's end up with one: the smaller id, with the later expiry.
+//! [`SharedSnapshot`] is everything, for reconciliation.
 
 use crate::cluster::{ClusterPort, PolicyChange, PolicyKind};
 use crate::message::now_ms;
@@ -95,26 +97,55 @@ impl SuspensionRegister {
         }
     }
 
-    /// Tell the other nodes of a change made here.
-    fn share<T: Serialize>(
+    /// A change of `kind`'s `id` made on this node (`object` `None`: deleted).
+    fn change(
         &self,
         kind: PolicyKind,
         id: &str,
         updated_ms: u64,
         expires_ms: u64,
-        object: Option<&T>,
-    ) {
-        let Some(cluster) = &self.cluster else {
-            return;
-        };
-        cluster.share(PolicyChange {
+        object: Option<serde_json::Value>,
+    ) -> PolicyChange {
+        PolicyChange {
             kind,
             id: id.to_string(),
             updated_ms,
             expires_ms,
-            node: cluster.node().to_string(),
-            object: object.and_then(|o| serde_json::to_value(o).ok()),
-        });
+            node: self
+                .cluster
+                .as_ref()
+                .map(|c| c.node().to_string())
+                .unwrap_or_default(),
+            object,
+        }
+    }
+
+    /// `x` as it is now, as a change.
+    fn change_of<T: Shared>(&self, x: &T) -> PolicyChange {
+        let (updated_ms, expires_ms) = x.times();
+        self.change(
+            T::KIND,
+            x.id(),
+            updated_ms,
+            expires_ms,
+            serde_json::to_value(x).ok(),
+        )
+    }
+
+    /// Tell the other nodes of `x` as it is now.
+    fn share<T: Shared>(&self, x: &T) {
+        if let Some(cluster) = &self.cluster {
+            cluster.share(self.change_of(x));
+        }
+    }
+
+    /// Delete `id` everywhere: tell the other nodes and keep the tombstone.
+    fn share_deletion(&mut self, kind: PolicyKind, id: &str, updated_ms: u64, expires_ms: u64) {
+        let tombstone = self.change(kind, id, updated_ms, expires_ms, None);
+        if let Some(cluster) = &self.cluster {
+            cluster.share(tombstone.clone());
+        }
+        self.bury(tombstone);
     }
 
     /// What is known of `id`, live or deleted: when it last changed.
@@ -208,140 +239,55 @@ impl SuspensionRegister {
         if self.tombstones.remove(&c.id).is_some() {
             self.ports.spool.delete_state(format!("tombstone/{}", c.id));
         }
-        let bad = |e: serde_json::Error| tracing::warn!(id = %c.id, node = %c.node, "a policy change from the cluster cannot be read ({e}); left out");
-        match c.kind {
-            PolicyKind::Suspension => match serde_json::from_value::<Suspension>(object) {
-                Ok(s) => self.put_shared_suspension(s, ctx),
-                Err(e) => bad(e),
-            },
-            PolicyKind::Throttle => match serde_json::from_value::<Throttle>(object) {
-                Ok(t) => self.put_throttle(t, ctx),
-                Err(e) => bad(e),
-            },
-            PolicyKind::Bounce => match serde_json::from_value::<TimedBounce>(object) {
-                Ok(b) => self.put_bounce(b, ctx),
-                Err(e) => bad(e),
-            },
-            PolicyKind::Override => match serde_json::from_value::<Override>(object) {
-                Ok(o) => self.put_override(o, ctx),
-                Err(e) => bad(e),
-            },
+        let read = match c.kind {
+            PolicyKind::Suspension => {
+                serde_json::from_value::<Suspension>(object).map(|x| self.put_shared(x, ctx))
+            }
+            PolicyKind::Throttle => {
+                serde_json::from_value::<Throttle>(object).map(|x| self.put_shared(x, ctx))
+            }
+            PolicyKind::Bounce => {
+                serde_json::from_value::<TimedBounce>(object).map(|x| self.put_shared(x, ctx))
+            }
+            PolicyKind::Override => {
+                serde_json::from_value::<Override>(object).map(|x| self.put_shared(x, ctx))
+            }
+        };
+        if let Err(e) = read {
+            tracing::warn!(id = %c.id, node = %c.node, "a policy change from the cluster cannot be read ({e}); left out");
         }
     }
 
-    /// A suspension from another node. When this node already has one for the same target
+    /// An object from another node. When this node already has one for the same target
     /// under another id (both made one before hearing of the other's), the smaller id stays
-    /// with the later expiry and the other is deleted — every node decides the same, and no
-    /// moment passes without a hold.
-    fn put_shared_suspension(&mut self, s: Suspension, ctx: &mut Context<Self>) {
-        let twin = self
-            .suspensions
-            .values()
-            .find(|o| o.id != s.id && o.same_target(&s))
-            .cloned();
-        let Some(twin) = twin else {
-            return self.put_suspension(s, ctx);
+    /// with the later expiry and the other is ended and deleted everywhere — every node
+    /// decides the same, and the kept one is in force before the other ends (no moment
+    /// without a hold).
+    fn put_shared<T: Shared>(&mut self, x: T, ctx: &mut Context<Self>) {
+        let Some(twin) = x.twin(self) else {
+            return x.put(self, ctx);
         };
-        let (mut keep, gone) = if twin.id < s.id { (twin, s) } else { (s, twin) };
-        keep.expires_ms = keep.expires_ms.max(gone.expires_ms);
-        keep.updated_ms = changed_at(keep.updated_ms.max(gone.updated_ms));
-        self.put_suspension(keep.clone(), ctx);
-        self.share(
-            PolicyKind::Suspension,
-            &keep.id,
-            keep.updated_ms,
-            keep.expires_ms,
-            Some(&keep),
-        );
-        self.suspensions.remove(&gone.id);
-        self.ports
-            .spool
-            .delete_state(format!("suspension/{}", gone.id));
-        if let Some(handle) = self.timers.remove(&gone.id) {
-            ctx.cancel_future(handle);
-        }
-        gone.publish_expiry(false);
-        if gone.kind == SuspensionKind::Tenant || gone.kind == SuspensionKind::Campaign {
-            self.view.remove_hold(&gone);
-        }
-        let tombstone = PolicyChange {
-            kind: PolicyKind::Suspension,
-            id: gone.id.clone(),
-            updated_ms: changed_at(gone.updated_ms),
-            expires_ms: gone.expires_ms,
-            node: self
-                .cluster
-                .as_ref()
-                .map(|c| c.node().to_string())
-                .unwrap_or_default(),
-            object: None,
+        let (mut keep, gone) = if twin.id() < x.id() {
+            (twin, x)
+        } else {
+            (x, twin)
         };
-        self.share::<()>(
-            PolicyKind::Suspension,
-            &tombstone.id,
-            tombstone.updated_ms,
-            tombstone.expires_ms,
-            None,
-        );
-        self.bury(tombstone);
-        tracing::info!(kept = %keep.id, merged = %gone.id, "two nodes suspended the same target; merged into one suspension");
+        let ((kept_at, kept_until), (gone_at, gone_until)) = (keep.times(), gone.times());
+        keep.stretch(kept_until.max(gone_until), changed_at(kept_at.max(gone_at)));
+        keep.clone().put(self, ctx);
+        self.share(&keep);
+        self.end(gone.id(), &format!("merged into {}", keep.id()), ctx);
+        self.share_deletion(T::KIND, gone.id(), changed_at(gone_at), gone_until);
+        tracing::info!(kept = %keep.id(), merged = %gone.id(), kind = ?T::KIND, "two nodes made the same policy object; merged into one");
     }
 
     /// Everything this node knows, live or deleted, as changes to reconcile with Redis.
     fn snapshot(&self) -> Vec<PolicyChange> {
-        let node = self
-            .cluster
-            .as_ref()
-            .map(|c| c.node().to_string())
-            .unwrap_or_default();
-        let change = |kind, id: &str, updated_ms, expires_ms, object: Option<serde_json::Value>| {
-            PolicyChange {
-                kind,
-                id: id.to_string(),
-                updated_ms,
-                expires_ms,
-                node: node.clone(),
-                object,
-            }
-        };
-        let json = |v: serde_json::Result<serde_json::Value>| v.ok();
         let mut all: Vec<PolicyChange> = Vec::new();
-        all.extend(self.suspensions.values().map(|s| {
-            change(
-                PolicyKind::Suspension,
-                &s.id,
-                s.updated_ms,
-                s.expires_ms,
-                json(serde_json::to_value(s)),
-            )
-        }));
-        all.extend(self.throttles.values().map(|t| {
-            change(
-                PolicyKind::Throttle,
-                &t.id,
-                t.updated_ms,
-                t.expires_ms,
-                json(serde_json::to_value(t)),
-            )
-        }));
-        all.extend(self.bounces.values().map(|b| {
-            change(
-                PolicyKind::Bounce,
-                &b.id,
-                b.updated_ms,
-                b.expires_ms,
-                json(serde_json::to_value(b)),
-            )
-        }));
-        all.extend(self.overrides.values().map(|o| {
-            change(
-                PolicyKind::Override,
-                &o.id,
-                o.updated_ms,
-                o.expires_ms,
-                json(serde_json::to_value(o)),
-            )
-        }));
+        all.extend(self.suspensions.values().map(|x| self.change_of(x)));
+        all.extend(self.throttles.values().map(|x| self.change_of(x)));
+        all.extend(self.bounces.values().map(|x| self.change_of(x)));
+        all.extend(self.overrides.values().map(|x| self.change_of(x)));
         all.extend(self.tombstones.values().cloned());
         all
     }
@@ -557,13 +503,7 @@ impl Handler<Suspend> for SuspensionRegister {
             }
         };
         self.put_suspension(s.clone(), ctx);
-        self.share(
-            PolicyKind::Suspension,
-            &s.id,
-            s.updated_ms,
-            s.expires_ms,
-            Some(&s),
-        );
+        self.share(&s);
         MessageResult(s)
     }
 }
@@ -575,21 +515,7 @@ impl Handler<Resume> for SuspensionRegister {
         let Some((kind, updated_ms, expires_ms)) = self.end(&msg.id, "resumed", ctx) else {
             return false;
         };
-        let updated_ms = changed_at(updated_ms);
-        self.share::<()>(kind, &msg.id, updated_ms, expires_ms, None);
-        let node = self
-            .cluster
-            .as_ref()
-            .map(|c| c.node().to_string())
-            .unwrap_or_default();
-        self.bury(PolicyChange {
-            kind,
-            id: msg.id,
-            updated_ms,
-            expires_ms,
-            node,
-            object: None,
-        });
+        self.share_deletion(kind, &msg.id, changed_at(updated_ms), expires_ms);
         true
     }
 }
@@ -622,13 +548,7 @@ impl Handler<SetOverride> for SuspensionRegister {
             o.updated_ms = changed_at(0);
         }
         self.put_override(o.clone(), ctx);
-        self.share(
-            PolicyKind::Override,
-            &o.id,
-            o.updated_ms,
-            o.expires_ms,
-            Some(&o),
-        );
+        self.share(&o);
     }
 }
 
@@ -663,13 +583,7 @@ impl Handler<SetThrottle> for SuspensionRegister {
             t.updated_ms = changed_at(0);
         }
         self.put_throttle(t.clone(), ctx);
-        self.share(
-            PolicyKind::Throttle,
-            &t.id,
-            t.updated_ms,
-            t.expires_ms,
-            Some(&t),
-        );
+        self.share(&t);
         MessageResult(t)
     }
 }
@@ -692,13 +606,7 @@ impl Handler<SetBounce> for SuspensionRegister {
             b.updated_ms = changed_at(0);
         }
         self.put_bounce(b.clone(), ctx);
-        self.share(
-            PolicyKind::Bounce,
-            &b.id,
-            b.updated_ms,
-            b.expires_ms,
-            Some(&b),
-        );
+        self.share(&b);
         MessageResult(b)
     }
 }
@@ -782,5 +690,90 @@ impl Handler<SharedSnapshot> for SuspensionRegister {
     fn handle(&mut self, _: SharedSnapshot, _: &mut Context<Self>) -> Self::Result {
         self.prune_tombstones();
         MessageResult(self.snapshot())
+    }
+}
+
+/// What the register shares with the other nodes, alike for its four kinds.
+trait Shared: Clone + Serialize {
+    const KIND: PolicyKind;
+    fn id(&self) -> &str;
+    /// (last changed, ends), ms since the epoch.
+    fn times(&self) -> (u64, u64);
+    fn stretch(&mut self, expires_ms: u64, updated_ms: u64);
+    /// One the register has for the same target under another id.
+    fn twin(&self, register: &SuspensionRegister) -> Option<Self>;
+    /// Put it in force.
+    fn put(self, register: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>);
+}
+
+/// The [`Shared`] methods every kind has in the same fields.
+macro_rules! shared_fields {
+    () => {
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn times(&self) -> (u64, u64) {
+            (self.updated_ms, self.expires_ms)
+        }
+        fn stretch(&mut self, expires_ms: u64, updated_ms: u64) {
+            self.expires_ms = expires_ms;
+            self.updated_ms = updated_ms;
+        }
+    };
+}
+
+impl Shared for Suspension {
+    const KIND: PolicyKind = PolicyKind::Suspension;
+    shared_fields!();
+    fn twin(&self, r: &SuspensionRegister) -> Option<Self> {
+        r.suspensions
+            .values()
+            .find(|o| o.id != self.id && o.same_target(self))
+            .cloned()
+    }
+    fn put(self, r: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>) {
+        r.put_suspension(self, ctx)
+    }
+}
+
+impl Shared for Throttle {
+    const KIND: PolicyKind = PolicyKind::Throttle;
+    shared_fields!();
+    fn twin(&self, r: &SuspensionRegister) -> Option<Self> {
+        r.throttles
+            .values()
+            .find(|o| o.id != self.id && o.same_target(self))
+            .cloned()
+    }
+    fn put(self, r: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>) {
+        r.put_throttle(self, ctx)
+    }
+}
+
+impl Shared for TimedBounce {
+    const KIND: PolicyKind = PolicyKind::Bounce;
+    shared_fields!();
+    fn twin(&self, r: &SuspensionRegister) -> Option<Self> {
+        r.bounces
+            .values()
+            .find(|o| o.id != self.id && o.same_target(self))
+            .cloned()
+    }
+    fn put(self, r: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>) {
+        r.put_bounce(self, ctx)
+    }
+}
+
+impl Shared for Override {
+    const KIND: PolicyKind = PolicyKind::Override;
+    shared_fields!();
+    fn twin(&self, r: &SuspensionRegister) -> Option<Self> {
+        r.overrides
+            .values()
+            .find(|o| o.id != self.id && o.same_target(self))
+            .cloned()
+    }
+    fn put(self, r: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>) {
+        r.put_override(self, ctx)
     }
 }

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use switchyard_actors::cluster::{Answer, ClusterPort, LeaseId, PolicyChange, Taken, Unreachable};
-use switchyard_actors::shaping::Rate;
 
 /// Take up to ARGV[3] events from the GCRA of KEYS[1] (one every ARGV[1] µs, ARGV[2] at
 /// once): {granted, 0} or {0, µs to wait}.
@@ -59,16 +58,29 @@ end
 return 1
 "#;
 
-/// Renew lease ARGV[1 + i] in KEYS[i] for ARGV[1] ms (put back if Redis lost it).
+/// Renew lease ARGV[2i] in KEYS[i] (at most ARGV[2i + 1] there) for ARGV[1] ms; one that
+/// Redis lost (restarted, or expired while it did not answer) is taken again if there is
+/// room. Returns how many could not be.
 const RENEW_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
+local lost = 0
 for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], now + ttl, ARGV[i + 1])
+  local member = ARGV[2 * i]
+  if redis.call('ZSCORE', KEYS[i], member) then
+    redis.call('ZADD', KEYS[i], 'XX', now + ttl, member)
+  else
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    if redis.call('ZCARD', KEYS[i]) < tonumber(ARGV[2 * i + 1]) then
+      redis.call('ZADD', KEYS[i], now + ttl, member)
+    else
+      lost = lost + 1
+    end
+  end
   redis.call('PEXPIRE', KEYS[i], ttl * 2)
 end
-return #KEYS
+return lost
 "#;
 
 /// Count match ARGV[3] in the window KEYS[1] of ARGV[1] ms: 1 when it makes ARGV[2] (the
@@ -90,11 +102,11 @@ return 0
 /// Leases renewed per script call.
 const RENEW_BATCH: usize = 500;
 
-/// The leases this node holds: lease → the sets it is in.
+/// The leases this node holds: lease → the sets it is in, with their limits.
 #[derive(Default)]
 pub(super) struct Leases {
     next: AtomicU64,
-    held: Mutex<HashMap<u64, Vec<String>>>,
+    held: Mutex<HashMap<u64, Vec<(String, usize)>>>,
 }
 
 impl Cluster {
@@ -119,35 +131,59 @@ impl Cluster {
     }
 
     async fn renew_leases(&self) -> redis::RedisResult<()> {
-        let pairs: Vec<(String, String)> = {
+        let held: Vec<(u64, String, usize)> = {
             let held = self.leases.held.lock().unwrap_or_else(|e| e.into_inner());
             held.iter()
-                .flat_map(|(n, keys)| keys.iter().map(|k| (k.clone(), self.member(*n))))
+                .flat_map(|(n, keys)| keys.iter().map(|(k, limit)| (*n, k.clone(), *limit)))
                 .collect()
         };
-        if pairs.is_empty() {
+        if held.is_empty() {
             return Ok(());
         }
         let mut c = self.connection().await?;
         let script = redis::Script::new(RENEW_SCRIPT);
-        for chunk in pairs.chunks(RENEW_BATCH) {
+        let mut lost = 0;
+        for chunk in held.chunks(RENEW_BATCH) {
             let mut call = script.prepare_invoke();
             call.arg(self.settings.lease_ttl.as_millis() as u64);
-            for (key, member) in chunk {
-                call.key(key).arg(member);
+            for (n, key, limit) in chunk {
+                call.key(key).arg(self.member(*n)).arg(*limit);
             }
-            let _: i64 = call.invoke_async(&mut c).await?;
+            lost += call.invoke_async::<i64>(&mut c).await?;
+        }
+        if lost > 0 {
+            tracing::warn!(lost, "cluster: connection leases lost in Redis and taken by other nodes since; those connections count over the cluster's limit until they close");
+        }
+        // A lease given back while this renewal ran may have been put back: out again.
+        let gone: Vec<(u64, String)> = {
+            let now = self.leases.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.iter()
+                .filter(|(n, _, _)| !now.contains_key(n))
+                .map(|(n, k, _)| (*n, k.clone()))
+                .collect()
+        };
+        if !gone.is_empty() {
+            let mut pipe = redis::pipe();
+            for (n, key) in gone {
+                pipe.cmd("ZREM").arg(key).arg(self.member(n)).ignore();
+            }
+            pipe.query_async::<()>(&mut c).await?;
         }
         Ok(())
     }
 
-    async fn take_rate(&self, key: &str, rate: Rate, want: u32) -> redis::RedisResult<Taken> {
+    async fn take_rate(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u64,
+        want: u32,
+    ) -> redis::RedisResult<Taken> {
         let mut c = self.connection().await?;
-        let interval_us = (rate.per.as_micros() / u128::from(rate.count.max(1))).max(1) as u64;
         let (granted, wait_us): (u32, u64) = redis::Script::new(GCRA_SCRIPT)
             .key(self.key(&format!("rate:{key}")))
-            .arg(interval_us)
-            .arg(rate.burst())
+            .arg(interval.as_micros().max(1) as u64)
+            .arg(burst.max(1))
             .arg(want.max(1))
             .invoke_async(&mut c)
             .await?;
@@ -160,15 +196,15 @@ impl Cluster {
     async fn take_lease(&self, limits: &[(String, usize)]) -> redis::RedisResult<Option<LeaseId>> {
         let mut c = self.connection().await?;
         let n = self.leases.next.fetch_add(1, Ordering::Relaxed);
-        let keys: Vec<String> = limits
+        let keys: Vec<(String, usize)> = limits
             .iter()
-            .map(|(k, _)| self.key(&format!("lease:{k}")))
+            .map(|(k, limit)| (self.key(&format!("lease:{k}")), *limit))
             .collect();
         let script = redis::Script::new(LEASE_SCRIPT);
         let mut call = script.prepare_invoke();
         call.arg(self.settings.lease_ttl.as_millis() as u64)
             .arg(self.member(n));
-        for (key, (_, limit)) in keys.iter().zip(limits) {
+        for (key, limit) in &keys {
             call.key(key).arg(*limit);
         }
         let granted: i64 = call.invoke_async(&mut c).await?;
@@ -196,7 +232,7 @@ impl Cluster {
         let mut c = self.connection().await?;
         let member = self.member(lease);
         let mut pipe = redis::pipe();
-        for key in keys {
+        for (key, _) in keys {
             pipe.cmd("ZREM").arg(key).arg(&member).ignore();
         }
         pipe.query_async(&mut c).await
@@ -243,9 +279,17 @@ impl ClusterPort for Cluster {
         self.spawn(|this| async move { this.share_change(change).await });
     }
 
-    fn take(&self, key: String, rate: Rate, want: u32, answer: Answer<Result<Taken, Unreachable>>) {
+    fn take(
+        &self,
+        key: String,
+        interval: Duration,
+        burst: u64,
+        want: u32,
+        answer: Answer<Result<Taken, Unreachable>>,
+    ) {
         self.spawn(|this| async move {
-            answer(answered(this.take_rate(&key, rate, want).await, "rate"));
+            let taken = this.take_rate(&key, interval, burst, want).await;
+            answer(answered(taken, "rate"));
         });
     }
 

@@ -38,6 +38,8 @@ const NODE_TTL: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for a connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed first connection, callers are told at once for this long.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
 /// Renew the claim on KEYS[1] for instance ARGV[1] (PX ARGV[2]) unless another instance
 /// holds it (then -1), and stamp the heartbeat of node ARGV[3] (queues ARGV[4], connections
@@ -83,7 +85,11 @@ pub struct Cluster {
     settings: Settings,
     instance: String,
     client: redis::Client,
-    connection: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// The connection to Redis, once made (it reconnects by itself after that).
+    connection: std::sync::RwLock<Option<ConnectionManager>>,
+    /// Held while a first connection is being made, with when the last attempt failed:
+    /// other callers are answered at once meanwhile, not queued behind it.
+    connecting: tokio::sync::Mutex<Option<std::time::Instant>>,
     up: AtomicBool,
     nodes: Mutex<Vec<NodeInfo>>,
     /// The nodes last seen alive (at least 1).
@@ -137,7 +143,8 @@ impl Cluster {
             instance: uuid::Uuid::now_v7().to_string(),
             settings,
             client,
-            connection: tokio::sync::Mutex::new(None),
+            connection: std::sync::RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(None),
             up: AtomicBool::new(false),
             nodes: Mutex::new(Vec::new()),
             last_nodes: AtomicUsize::new(1),
@@ -179,19 +186,44 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// A live connection, made if there is none.
+    /// The connection, made if there is none yet. While one caller makes it (or for a
+    /// moment after that failed) the others get an error at once: a node without Redis
+    /// goes on alone rather than waiting in line.
     async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
-        let mut held = self.connection.lock().await;
-        if let Some(c) = held.as_ref() {
-            return Ok(c.clone());
+        let made = || {
+            self.connection
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        };
+        if let Some(c) = made() {
+            return Ok(c);
+        }
+        let not_now = |why: &'static str| redis::RedisError::from((redis::ErrorKind::Io, why));
+        let Ok(mut failed) = self.connecting.try_lock() else {
+            return Err(not_now("connecting to Redis"));
+        };
+        if let Some(c) = made() {
+            return Ok(c);
+        }
+        if failed.is_some_and(|t| t.elapsed() < RECONNECT_PAUSE) {
+            return Err(not_now("Redis did not answer a moment ago"));
         }
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(1);
-        let c = ConnectionManager::new_with_config(self.client.clone(), config).await?;
-        *held = Some(c.clone());
-        Ok(c)
+        match ConnectionManager::new_with_config(self.client.clone(), config).await {
+            Ok(c) => {
+                *self.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+                *failed = None;
+                Ok(c)
+            }
+            Err(e) => {
+                *failed = Some(std::time::Instant::now());
+                Err(e)
+            }
+        }
     }
 
     /// One heartbeat, then the list of nodes. `Ok(false)`: the name is held by another
@@ -310,6 +342,8 @@ impl Cluster {
                 "up": self.up.load(Ordering::Relaxed),
                 "url": shown_url(&self.settings.redis),
             },
+            // What each cluster limit is divided by while Redis does not answer.
+            "nodes_last_seen": self.last_nodes.load(Ordering::Relaxed).max(1),
             "nodes": nodes,
         })
     }

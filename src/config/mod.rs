@@ -545,15 +545,15 @@ pub struct ClusterConfig {
     pub key_prefix: String,
     /// Connection leases live this long unless renewed.
     #[serde(default = "default_lease_ttl")]
-    pub lease_ttl: HumanDuration,
+    pub lease_ttl: Spanned<HumanDuration>,
 }
 
 fn default_key_prefix() -> String {
     "switchyard".into()
 }
 
-fn default_lease_ttl() -> HumanDuration {
-    HumanDuration(std::time::Duration::from_secs(15))
+fn default_lease_ttl() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration(std::time::Duration::from_secs(15)))
 }
 
 /// `[[webhook]]`: one HTTP endpoint the event log's records are pushed to (see
@@ -933,6 +933,13 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
     if let Some(cluster) = &c.cluster {
         if let Err(e) = redis::Client::open(cluster.redis.get_ref().as_str()) {
             err(cluster.redis.span(), format!("[cluster] redis: {e}"));
+        }
+        if cluster.lease_ttl.get_ref().0 < std::time::Duration::from_secs(1) {
+            err(
+                cluster.lease_ttl.span(),
+                "[cluster] lease_ttl must be at least 1s (leases are renewed every third of it)"
+                    .into(),
+            );
         }
         if let Some(node) = &cluster.node {
             if !is_valid_name(node.get_ref()) {
