@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{send_as, world, Dnsmasq, BIN};
+use common::{send_as, world, Dnsmasq, BIN, GMAIL_5_7_26};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -23,8 +23,6 @@ fn of<'a>(ev: &'a [Value], kind: &str, tenant: &str) -> Vec<&'a Value> {
 fn count(kind: &'static str, tenant: &'static str, n: usize) -> impl Fn(&[Value]) -> bool {
     move |ev| of(ev, kind, tenant).len() >= n
 }
-
-const GMAIL_5_7_26: &str = "5.7.26 This message does not have authentication information or fails to pass authentication checks (SPF or DKIM)";
 
 #[test]
 fn a_tenant_is_suspended_not_the_shared_ip() {

@@ -102,9 +102,9 @@ pub type Answer<T> = Box<dyn FnOnce(T) + Send>;
 pub trait ClusterPort: Send + Sync + 'static {
     /// This node's name.
     fn node(&self) -> &str;
-    /// Announce a change made on this node (kept and announced again at the next
-    /// reconciliation if Redis does not answer now).
-    fn share(&self, change: PolicyChange);
+    /// Announce changes made on this node, in this order (kept and announced again at
+    /// the next reconciliation if Redis does not answer now).
+    fn share(&self, changes: Vec<PolicyChange>);
     /// Take up to `want` events now from the shared GCRA of `key`: one every `interval`,
     /// `burst` at once.
     fn take(

@@ -468,8 +468,25 @@ impl ReadyQueueActor {
 
     /// Give back a lease no connection took.
     fn release_spare(&mut self) {
-        if let (Some(lease), Some(c)) = (self.spare_lease.take(), &self.all.kit.ports.cluster) {
+        if let Some(lease) = self.spare_lease.take() {
+            self.release(lease);
+        }
+    }
+
+    fn release(&self, lease: LeaseId) {
+        if let Some(c) = &self.all.kit.ports.cluster {
             c.release(lease);
+        }
+    }
+
+    /// Leases owed: connections opened while Redis did not answer have none; and going
+    /// alone, ask again now and then whether Redis answers. (Called from every dispatch,
+    /// whether or not a connection may open.)
+    fn lease_owed(&mut self, ctx: &mut Context<Self>) {
+        if (self.alone.is_some() || self.leases.len() < self.connections)
+            && !self.lease_limits().is_empty()
+        {
+            self.ask_lease(ctx);
         }
     }
 
@@ -563,10 +580,12 @@ impl ReadyQueueActor {
             self.release_spare();
             return self.publish();
         }
+        self.lease_owed(ctx);
         let hosts = match &self.targets {
             Ok(hosts) => hosts.clone(),
             Err(reply) => {
                 let reply = reply.clone();
+                self.release_spare();
                 if self.targets_refused_by_mta_sts {
                     metrics::counter!("switchyard_mta_sts_failures_total", "reason" => "mx_mismatch")
                         .increment(self.ready.len() as u64);
@@ -717,6 +736,7 @@ impl Actor for ReadyQueueActor {
             crate::registry::gauge_refresh(self.all.reap_after),
             |act, ctx| {
                 act.publish();
+                act.lease_owed(ctx);
                 let idle_long = !act.suspended
                     && act
                         .idle_since
@@ -826,8 +846,8 @@ impl Handler<ConnectionClosed> for ReadyQueueActor {
         // holds more than it has connections (those opened while Redis did not answer
         // hold none).
         if self.leases.len() > self.connections {
-            if let (Some(lease), Some(c)) = (self.leases.pop(), &self.all.kit.ports.cluster) {
-                c.release(lease);
+            if let Some(lease) = self.leases.pop() {
+                self.release(lease);
             }
         }
         for gate in &self.providers {
@@ -866,7 +886,9 @@ impl Handler<LeaseAnswer> for ReadyQueueActor {
                         }
                     }
                     Some(lease) => {
-                        self.spare_lease = Some(lease);
+                        if let Some(old) = self.spare_lease.replace(lease) {
+                            self.release(old);
+                        }
                         self.dispatch(ctx);
                     }
                     // Every slot is taken in the cluster: look again soon.

@@ -135,15 +135,23 @@ impl SuspensionRegister {
     /// Tell the other nodes of `x` as it is now.
     fn share<T: Shared>(&self, x: &T) {
         if let Some(cluster) = &self.cluster {
-            cluster.share(self.change_of(x));
+            cluster.share(vec![self.change_of(x)]);
         }
     }
 
-    /// Delete `id` everywhere: tell the other nodes and keep the tombstone.
-    fn share_deletion(&mut self, kind: PolicyKind, id: &str, updated_ms: u64, expires_ms: u64) {
+    /// Delete `id` everywhere: tell the other nodes (after `first`, if any, in that order)
+    /// and keep the tombstone.
+    fn share_deletion(
+        &mut self,
+        first: Option<PolicyChange>,
+        kind: PolicyKind,
+        id: &str,
+        updated_ms: u64,
+        expires_ms: u64,
+    ) {
         let tombstone = self.change(kind, id, updated_ms, expires_ms, None);
         if let Some(cluster) = &self.cluster {
-            cluster.share(tombstone.clone());
+            cluster.share(first.into_iter().chain([tombstone.clone()]).collect());
         }
         self.bury(tombstone);
     }
@@ -259,25 +267,39 @@ impl SuspensionRegister {
     }
 
     /// An object from another node. When this node already has one for the same target
-    /// under another id (both made one before hearing of the other's), the smaller id stays
-    /// with the later expiry and the other is ended and deleted everywhere — every node
-    /// decides the same, and the kept one is in force before the other ends (no moment
-    /// without a hold).
+    /// under another id (both made one before hearing of the other's), one stays: under
+    /// the smaller id, with the contents of the one changed last and the later expiry; the
+    /// other is ended and deleted everywhere. Every node decides the same; the kept one is
+    /// in force before the other ends, and is announced before the deletion (no moment
+    /// without a hold, here or elsewhere).
     fn put_shared<T: Shared>(&mut self, x: T, ctx: &mut Context<Self>) {
         let Some(twin) = x.twin(self) else {
             return x.put(self, ctx);
         };
-        let (mut keep, gone) = if twin.id() < x.id() {
+        let (smaller, gone) = if twin.id() < x.id() {
             (twin, x)
         } else {
             (x, twin)
         };
-        let ((kept_at, kept_until), (gone_at, gone_until)) = (keep.times(), gone.times());
+        let ((kept_at, kept_until), (gone_at, gone_until)) = (smaller.times(), gone.times());
+        let mut keep = if gone_at > kept_at {
+            let mut newer = gone.clone();
+            newer.take_identity(&smaller);
+            newer
+        } else {
+            smaller
+        };
         keep.stretch(kept_until.max(gone_until), changed_at(kept_at.max(gone_at)));
         keep.clone().put(self, ctx);
-        self.share(&keep);
         self.end(gone.id(), &format!("merged into {}", keep.id()), ctx);
-        self.share_deletion(T::KIND, gone.id(), changed_at(gone_at), gone_until);
+        let kept = self.change_of(&keep);
+        self.share_deletion(
+            Some(kept),
+            T::KIND,
+            gone.id(),
+            changed_at(gone_at),
+            gone_until,
+        );
         tracing::info!(kept = %keep.id(), merged = %gone.id(), kind = ?T::KIND, "two nodes made the same policy object; merged into one");
     }
 
@@ -515,7 +537,7 @@ impl Handler<Resume> for SuspensionRegister {
         let Some((kind, updated_ms, expires_ms)) = self.end(&msg.id, "resumed", ctx) else {
             return false;
         };
-        self.share_deletion(kind, &msg.id, changed_at(updated_ms), expires_ms);
+        self.share_deletion(None, kind, &msg.id, changed_at(updated_ms), expires_ms);
         true
     }
 }
@@ -700,6 +722,8 @@ trait Shared: Clone + Serialize {
     /// (last changed, ends), ms since the epoch.
     fn times(&self) -> (u64, u64);
     fn stretch(&mut self, expires_ms: u64, updated_ms: u64);
+    /// Become `other` by id and creation, keeping its own contents.
+    fn take_identity(&mut self, other: &Self);
     /// One the register has for the same target under another id.
     fn twin(&self, register: &SuspensionRegister) -> Option<Self>;
     /// Put it in force.
@@ -718,6 +742,10 @@ macro_rules! shared_fields {
         fn stretch(&mut self, expires_ms: u64, updated_ms: u64) {
             self.expires_ms = expires_ms;
             self.updated_ms = updated_ms;
+        }
+        fn take_identity(&mut self, other: &Self) {
+            self.id = other.id.clone();
+            self.created_ms = other.created_ms;
         }
     };
 }

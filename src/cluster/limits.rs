@@ -262,6 +262,26 @@ impl Cluster {
     }
 }
 
+/// An answer promised to an actor: given once, and [`Unreachable`] if the task carrying it
+/// ends without giving it (the runtime shutting down), so no asker waits for ever.
+struct Promise<T: 'static>(Option<Answer<Result<T, Unreachable>>>);
+
+impl<T> Promise<T> {
+    fn keep(mut self, result: Result<T, Unreachable>) {
+        if let Some(answer) = self.0.take() {
+            answer(result);
+        }
+    }
+}
+
+impl<T> Drop for Promise<T> {
+    fn drop(&mut self) {
+        if let Some(answer) = self.0.take() {
+            answer(Err(Unreachable));
+        }
+    }
+}
+
 /// An answer from Redis, or [`Unreachable`] (logged at debug: the callers say it once).
 fn answered<T>(result: redis::RedisResult<T>, what: &str) -> Result<T, Unreachable> {
     result.map_err(|e| {
@@ -275,8 +295,12 @@ impl ClusterPort for Cluster {
         &self.settings.node
     }
 
-    fn share(&self, change: PolicyChange) {
-        self.spawn(|this| async move { this.share_change(change).await });
+    fn share(&self, changes: Vec<PolicyChange>) {
+        self.spawn(|this| async move {
+            for change in changes {
+                this.share_change(change).await;
+            }
+        });
     }
 
     fn take(
@@ -287,9 +311,10 @@ impl ClusterPort for Cluster {
         want: u32,
         answer: Answer<Result<Taken, Unreachable>>,
     ) {
+        let answer = Promise(Some(answer));
         self.spawn(|this| async move {
             let taken = this.take_rate(&key, interval, burst, want).await;
-            answer(answered(taken, "rate"));
+            answer.keep(answered(taken, "rate"));
         });
     }
 
@@ -298,8 +323,9 @@ impl ClusterPort for Cluster {
         limits: Vec<(String, usize)>,
         answer: Answer<Result<Option<LeaseId>, Unreachable>>,
     ) {
+        let answer = Promise(Some(answer));
         self.spawn(|this| async move {
-            answer(answered(this.take_lease(&limits).await, "lease"));
+            answer.keep(answered(this.take_lease(&limits).await, "lease"));
         });
     }
 
@@ -319,8 +345,9 @@ impl ClusterPort for Cluster {
         period: Duration,
         answer: Answer<Result<bool, Unreachable>>,
     ) {
+        let answer = Promise(Some(answer));
         self.spawn(|this| async move {
-            answer(answered(this.count(&key, count, period).await, "threshold"));
+            answer.keep(answered(this.count(&key, count, period).await, "threshold"));
         });
     }
 

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
+/// Gmail's domain-based verdict, the reply the seed's automation rule answers.
+pub const GMAIL_5_7_26: &str = "5.7.26 This message does not have authentication information or fails to pass authentication checks (SPF or DKIM)";
+
 /// A free loopback port (bound then released; the daemon binds it right after), taken
 /// below the kernel's ephemeral range (32768-60999): outgoing connections — and the tests
 /// make thousands — never take such a port between our check and the daemon's bind, as they
@@ -635,6 +638,11 @@ impl ResponseSink {
     /// Every transaction so far.
     pub fn received(&self) -> Vec<serde_json::Value> {
         read_jsonl(&self.record)
+    }
+
+    /// Whether any transaction so far came from `sender`.
+    pub fn got_mail_from(&self, sender: &str) -> bool {
+        self.received().iter().any(|r| r["mail_from"] == sender)
     }
 
     /// Wait until `f` holds on the transactions; returns them.
