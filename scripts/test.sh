@@ -23,6 +23,7 @@ CHECKS=(
   "python3 -c 'import smtplib, ssl, asyncio'     |python3"
   "python3 -m pip --version                      |python3-pip"
   "redis-server --version                        |redis-server"
+  "redis-cli --version                           |redis-tools"
 )
 # capability check            | PyPI package
 PIP_CHECKS=(

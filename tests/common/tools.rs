@@ -51,7 +51,7 @@ impl Tool {
             Tool::Prometheus => &["prometheus", "--version"],
             Tool::Promtool => &["promtool", "--version"],
             Tool::PostfixTools => &["sh", "-c", "command -v smtp-source && command -v smtp-sink"],
-            Tool::RedisServer => &["redis-server", "--version"],
+            Tool::RedisServer => &["sh", "-c", "redis-server --version && redis-cli --version"],
         }
     }
 
@@ -69,7 +69,7 @@ impl Tool {
             Tool::Prometheus => "prometheus",
             Tool::Promtool => "promtool",
             Tool::PostfixTools => "Postfix's smtp-source and smtp-sink",
-            Tool::RedisServer => "redis-server",
+            Tool::RedisServer => "redis-server and redis-cli",
         }
     }
 
@@ -88,7 +88,7 @@ impl Tool {
             Tool::Dnsmasq => "the Debian package dnsmasq-base",
             Tool::Prometheus | Tool::Promtool => "the Debian package prometheus",
             Tool::PostfixTools => "the Debian package postfix",
-            Tool::RedisServer => "the Debian package redis-server",
+            Tool::RedisServer => "the Debian packages redis-server and redis-tools",
         }
     }
 
