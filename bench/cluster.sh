@@ -32,9 +32,7 @@ printf '[[rule]]\ncode = 550\nmsg = "5.7.26 This message does not have authentic
   > "$work/responses.toml"
 target/release/switchyard sink --listen "127.0.0.1:$reject_port" --responses "$work/responses.toml" &
 pids+=($!)
-for p in $redis_port $sink_port $reject_port; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done
-done
+for p in $redis_port $sink_port $reject_port; do sy_wait_port "$p"; done
 
 now() { date +%s.%N; }
 node_pids=()
@@ -58,7 +56,8 @@ stop_nodes() {
   for p in "${node_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   node_pids=()
 }
-delivered() { curl -s "127.0.0.1:$1/metrics" | awk '/^switchyard_delivery_total\{.*outcome="delivered"/ {s+=$2} END{printf "%d\n", s}'; }
+# delivered HTTP_PORT: messages the node on that port has delivered
+delivered() { sy_http=$1 sy_metric '^switchyard_delivery_total\{.*outcome="delivered"'; }
 
 # --- propagation ---
 printf '[["example.org".automation]]\nname = "gmail-auth"\nregex = "This message does not have authentication information"\naction = "SuspendTenant"\nduration = "3 hours"\n' \

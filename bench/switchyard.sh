@@ -4,6 +4,7 @@
 #   sy_start DIR             start it on that config (log in DIR/switchyard.log), set
 #                            $sy_pid, and wait for its HTTP port
 #   sy_metric REGEX          the sum of the /metrics lines matching REGEX
+#   sy_wait_port PORT        wait (up to 10 s) until something accepts on 127.0.0.1:PORT
 #   sy_cleanup_on_exit DIR   on exit, kill $sy_pid and every pid in the array `pids`
 #                            (started empty), and remove DIR
 
@@ -23,7 +24,11 @@ sy_config() {
 sy_start() {
   target/release/switchyard serve --config "$1/switchyard.toml" 2>>"$1/switchyard.log" &
   sy_pid=$!
-  for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$sy_http) 2>/dev/null && return; sleep 0.05; done
+  sy_wait_port "$sy_http"
+}
+
+sy_wait_port() {
+  for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done
 }
 
 sy_metric() {

@@ -284,10 +284,7 @@ pub fn webhooks(api: &Api, as_json: bool) -> Result<String, CtlError> {
 
 /// `ctl webhooks test NAME`.
 pub fn webhook_test(api: &Api, name: &str, as_json: bool) -> Result<String, CtlError> {
-    let path = format!(
-        "/api/v1/webhooks/{}/test",
-        percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
-    );
+    let path = format!("/api/v1/webhooks/{}/test", query_value(name));
     let v = api.call("POST", &path, None)?;
     Ok(if as_json {
         format!("{v}\n")
@@ -422,7 +419,7 @@ pub fn bounces(api: &Api, as_json: bool) -> Result<String, CtlError> {
     listing(api, "/api/v1/bounces", &cols, as_json)
 }
 
-/// A query-string value, percent-encoded.
+/// A query-string value or a path segment, percent-encoded.
 fn query_value(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -137,19 +137,20 @@ pub fn start_engine(
         })
         .collect();
     let dns = Dns::new(&c.dns.nameservers.values, routes)?;
-    let trust_roots = loaded.trust_roots()?;
-    let https = HttpsClient::new(verified_tls_config(trust_roots.clone())?, dns.resolver());
+    // One verifying TLS configuration for MTA-STS fetches, webhooks and outbound SMTP.
+    let verified = verified_tls_config(loaded.trust_roots()?)?;
+    let https = HttpsClient::new(verified.clone(), dns.resolver());
     dns.enable_mta_sts(MtaSts::new(
         dns.resolver(),
         https.clone(),
-        spool.state_entries("mta-sts/")?,
+        spool.state_entries(crate::mta_sts::STATE_PREFIX)?,
         Arc::new(spool.clone()),
     ));
     let ports = Ports {
         spool: Arc::new(spool.clone()),
         events: Arc::new(log.clone()),
         resolver: Arc::new(dns.clone()),
-        connector: Arc::new(Connector::new(trust_roots)?),
+        connector: Arc::new(Connector::new(verified)?),
         cluster,
     };
     let bounces = crate::shaping::bounce_classifier(loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -176,15 +177,9 @@ pub fn start_engine(
 pub async fn restore_suspensions(spool: &Spool, engine: &Engine) -> anyhow::Result<()> {
     fn read<T: serde::de::DeserializeOwned>(spool: &Spool, prefix: &str) -> anyhow::Result<Vec<T>> {
         Ok(spool
-            .state_entries(prefix)?
+            .read_state(prefix)?
             .into_iter()
-            .filter_map(|(key, v)| match serde_json::from_slice(&v) {
-                Ok(x) => Some(x),
-                Err(e) => {
-                    tracing::error!("spool state {key} cannot be read back ({e}); left out");
-                    None
-                }
-            })
+            .map(|(_, _, x)| x)
             .collect())
     }
     let restore = Restore {

@@ -55,6 +55,24 @@ pub struct LogSettings {
 pub struct EventLog {
     tx: Sender<Entry>,
     backlog: Arc<Backlog>,
+    latest: LatestSegment,
+}
+
+/// The name of the newest segment, as the log thread last opened it (or as the directory
+/// had it at start): a reader at the end of an older one knows there is more to read
+/// without listing the directory.
+#[derive(Clone, Default)]
+pub struct LatestSegment(Arc<std::sync::Mutex<String>>);
+
+impl LatestSegment {
+    /// The newest segment's name; empty before the first.
+    pub fn get(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, name: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = name;
+    }
 }
 
 /// What the log thread is given.
@@ -87,7 +105,10 @@ impl EventLog {
         std::fs::create_dir_all(dir)?;
         let (tx, rx) = channel();
         let backlog = Arc::new(Backlog::default());
+        let latest = LatestSegment::default();
+        latest.set(segments(dir).pop().unwrap_or_default());
         let writer = SegmentWriter {
+            latest: latest.clone(),
             dir: dir.to_path_buf(),
             settings,
             current: None,
@@ -109,7 +130,16 @@ impl EventLog {
         std::thread::Builder::new()
             .name("event-log".into())
             .spawn(move || writer.run(rx))?;
-        Ok(EventLog { tx, backlog })
+        Ok(EventLog {
+            tx,
+            backlog,
+            latest,
+        })
+    }
+
+    /// The newest segment's name, kept up to date.
+    pub fn latest_segment(&self) -> LatestSegment {
+        self.latest.clone()
     }
 
     /// Queue a record. Never blocks, never drops.
@@ -202,6 +232,8 @@ struct SegmentWriter {
     backlog: Arc<Backlog>,
     /// Failed writes since the last one that went through (logged once, counted each time).
     failures: u64,
+    /// The newest segment's name, for readers.
+    latest: LatestSegment,
 }
 
 /// "2026-11-28T10:15:00.000Z" → "20261128-10".
@@ -488,45 +520,30 @@ impl SegmentWriter {
         // Never an hour before the latest segment's (a record stamped before the hour
         // turned, a size rotation just after it, a clock stepped back across a restart):
         // names must sort in the order segments are written.
-        let latest = segments(&self.dir)
-            .pop()
-            .map(|name| name.get(..11).unwrap_or_default().to_string())
-            .unwrap_or_default();
-        let hour = if latest.as_str() > hour {
-            latest
-        } else {
-            hour.to_string()
-        };
-        let hour = hour.as_str();
-        let prefix = format!("{hour}-");
-        let used = std::fs::read_dir(&self.dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter_map(|e| {
-                        let name = e.file_name().to_string_lossy().into_owned();
-                        let seq = name
-                            .strip_prefix(&prefix)?
-                            .split('.')
-                            .next()?
-                            .parse::<u32>()
-                            .ok()?;
-                        Some(seq + 1)
-                    })
-                    .max()
-                    .unwrap_or(0)
-            })
-            .unwrap_or(0);
+        let latest = self.latest.get();
+        let latest_hour = latest.get(..11).unwrap_or_default();
+        let hour = latest_hour.max(hour);
+        // Past the latest's sequence number in its hour (the writer names every segment,
+        // and `latest` starts from the directory).
+        let used = latest
+            .strip_prefix(&format!("{hour}-"))
+            .and_then(|seq| seq.parse::<u32>().ok())
+            .map_or(0, |seq| seq + 1);
         let path = (used..used + 1000)
             .map(|n| self.dir.join(format!("{hour}-{n:03}.jsonl")))
             .find(|p| !p.exists() && !PathBuf::from(format!("{}.zst", p.display())).exists())?;
         match OpenOptions::new().create(true).append(true).open(&path) {
-            Ok(f) => Some(Segment {
-                hour: hour.to_string(),
-                path,
-                written: 0,
-                out: f,
-                pending: std::mem::take(&mut self.orphans),
-            }),
+            Ok(f) => {
+                let name = path.file_stem().map(|n| n.to_string_lossy().into_owned());
+                self.latest.set(name.unwrap_or_default());
+                Some(Segment {
+                    hour: hour.to_string(),
+                    path,
+                    written: 0,
+                    out: f,
+                    pending: std::mem::take(&mut self.orphans),
+                })
+            }
             Err(e) => {
                 tracing::error!("cannot open log segment {}: {e}", path.display());
                 None

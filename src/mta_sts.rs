@@ -24,6 +24,7 @@
 //! (`invalid_policy`).
 
 use crate::https::HttpsClient;
+use crate::spool::read_state;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
@@ -43,7 +44,7 @@ const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(300);
 /// Most background refreshes one upkeep round starts.
 const REFRESHES_PER_UPKEEP: usize = 100;
 /// Prefix of the stored policies in the spool's `state` keyspace.
-const STATE_PREFIX: &str = "mta-sts/";
+pub const STATE_PREFIX: &str = "mta-sts/";
 /// Where a policy is published.
 const POLICY_PATH: &str = "/.well-known/mta-sts.txt";
 
@@ -102,24 +103,16 @@ impl MtaSts {
     ) -> MtaSts {
         let now = now_ms();
         let mut entries = HashMap::new();
-        for (key, value) in stored {
-            let Some(domain) = key.strip_prefix(STATE_PREFIX) else {
+        for (key, domain, p) in read_state::<StsPolicy>(stored, STATE_PREFIX, Some(&*store)) {
+            if p.expires_ms() <= now {
+                store.delete_state(key);
                 continue;
-            };
-            match serde_json::from_slice::<StsPolicy>(&value) {
-                Ok(p) if p.expires_ms() > now => {
-                    let entry = Entry {
-                        policy: Some(Arc::new(p)),
-                        ..Default::default()
-                    };
-                    entries.insert(domain.to_string(), entry);
-                }
-                Ok(_) => store.delete_state(key),
-                Err(e) => {
-                    tracing::error!("spool state {key} cannot be read back ({e}); dropped");
-                    store.delete_state(key);
-                }
             }
+            let entry = Entry {
+                policy: Some(Arc::new(p)),
+                ..Default::default()
+            };
+            entries.insert(domain, entry);
         }
         if !entries.is_empty() {
             tracing::info!(

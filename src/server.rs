@@ -187,7 +187,8 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         &loaded,
         https,
         &data_dir.join("logs"),
-        spool.state_entries("webhook/")?,
+        log.latest_segment(),
+        spool.state_entries(crate::webhooks::CURSOR_PREFIX)?,
         Arc::new(spool.clone()),
     )
     .await;

@@ -491,6 +491,15 @@ impl Spool {
         Ok(out)
     }
 
+    /// The entries of the `state` keyspace under `prefix`, read back from JSON (see
+    /// [`read_state`]).
+    pub fn read_state<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String, T)>, SpoolError> {
+        Ok(read_state(self.state_entries(prefix)?, prefix, None))
+    }
+
     /// Remove messages that no recipient entry refers to any more (left by a crash between a
     /// last removal and the message's own removal). Returns how many went.
     pub fn remove_orphans(&self) -> Result<usize, SpoolError> {
@@ -951,6 +960,37 @@ impl switchyard_actors::ports::SpoolPort for Spool {
     fn load(&self, key: &MessageKey) -> Result<switchyard_actors::ports::LoadedMessage, String> {
         Spool::load(self, key).map_err(|e| e.to_string())
     }
+}
+
+/// State entries (as [`Spool::state_entries`] lists them) read back from JSON: (key, the
+/// key after `prefix`, value). One that cannot be read back is logged and left out — and,
+/// given `store`, deleted from it.
+pub fn read_state<T: serde::de::DeserializeOwned>(
+    entries: Vec<(String, Vec<u8>)>,
+    prefix: &str,
+    store: Option<&dyn switchyard_actors::ports::SpoolPort>,
+) -> Vec<(String, String, T)> {
+    entries
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let name = key.strip_prefix(prefix)?.to_string();
+            match serde_json::from_slice(&value) {
+                Ok(v) => Some((key, name, v)),
+                Err(e) => {
+                    match store {
+                        Some(store) => {
+                            tracing::error!("spool state {key} cannot be read back ({e}); dropped");
+                            store.delete_state(key);
+                        }
+                        None => {
+                            tracing::error!("spool state {key} cannot be read back ({e}); left out")
+                        }
+                    }
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -21,14 +21,43 @@ use std::time::{Duration, Instant};
 /// `redis-server` on a loopback port, nothing saved to disk.
 struct Redis {
     port: u16,
+    /// Its listening arguments: `--port PORT`, or TLS only on PORT.
+    listen: Vec<std::ffi::OsString>,
     child: Option<Child>,
 }
 
 impl Redis {
     fn start() -> Redis {
+        let port = common::free_port();
+        Redis::start_with(port, vec!["--port".into(), port.to_string().into()])
+    }
+
+    /// TLS only, with `cert`/`key` (and `ca`, whose clients need no certificate), and a
+    /// password.
+    fn start_tls(cert: &Path, key: &Path, ca: &Path, password: &str) -> Redis {
+        let port = common::free_port();
+        let mut listen: Vec<std::ffi::OsString> = ["--port", "0", "--tls-auth-clients", "no"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        for (flag, value) in [
+            ("--tls-port", port.to_string().as_ref()),
+            ("--tls-cert-file", cert.as_os_str()),
+            ("--tls-key-file", key.as_os_str()),
+            ("--tls-ca-cert-file", ca.as_os_str()),
+            ("--requirepass", password.as_ref()),
+        ] {
+            listen.push(flag.into());
+            listen.push(value.to_os_string());
+        }
+        Redis::start_with(port, listen)
+    }
+
+    fn start_with(port: u16, listen: Vec<std::ffi::OsString>) -> Redis {
         Tool::RedisServer.require();
         let mut r = Redis {
-            port: common::free_port(),
+            port,
+            listen,
             child: None,
         };
         r.up();
@@ -38,7 +67,7 @@ impl Redis {
     fn up(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--port", &self.port.to_string()])
+            .args(&self.listen)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -190,20 +219,27 @@ struct Pair {
 
 const MX: &str = "mx.gmail.test";
 
-/// A node's config: the cluster section, DNS, shaping and egress source.
-fn node_config(
+/// A node on `dns`, sending to `sink` with `shaping`, egress from `ip` (source "ip"), a
+/// held message retried only after an hour, `extra` and its cluster section in its config.
+fn node(
     redis: &Redis,
     dns: &Dnsmasq,
-    shaping: &Path,
-    node: &str,
+    sink: &ResponseSink,
+    shaping: &str,
+    name: &str,
     ip: &str,
     extra: &str,
-) -> String {
-    format!(
-        "[dns]\nnameservers = [\"127.0.0.1:{}\"]\n\n[shaping]\nfiles = [\"{}\"]\n\n[queue]\nretry_interval = \"1h\"\n\n[[source]]\nname = \"ip\"\naddress = \"{ip}\"\n\n[[pool]]\nname = \"default\"\nsources = [{{ source = \"ip\", weight = 1 }}]\n\n{extra}\n{}",
+) -> Daemon {
+    let config = format!(
+        "[queue]\nretry_interval = \"1h\"\n\n[[source]]\nname = \"ip\"\naddress = \"{ip}\"\n\n[[pool]]\nname = \"default\"\nsources = [{{ source = \"ip\", weight = 1 }}]\n\n{extra}\n{}",
+        redis.section(name)
+    );
+    common::daemon_over(
+        tempfile::tempdir().unwrap(),
         dns.port,
-        shaping.display(),
-        redis.section(node)
+        sink.port,
+        shaping,
+        &config,
     )
 }
 
@@ -217,17 +253,8 @@ fn pair(shaping: &str, responses: &str, extra: &str) -> Pair {
         format!("--mx-host=gmail.test,{MX},10"),
         format!("--host-record={MX},127.0.0.1"),
     ]);
-    let file = dir.path().join("shaping.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[\"default\"]\nsmtp_port = {}\nenable_tls = \"Disabled\"\nprohibited_hosts = []\n\n{shaping}",
-            sink.port
-        ),
-    )
-    .unwrap();
-    let a = Daemon::start(&node_config(&redis, &dns, &file, "a", "127.0.0.2", extra));
-    let b = Daemon::start(&node_config(&redis, &dns, &file, "b", "127.0.0.3", extra));
+    let a = node(&redis, &dns, &sink, shaping, "a", "127.0.0.2", extra);
+    let b = node(&redis, &dns, &sink, shaping, "b", "127.0.0.3", extra);
     wait_view(&a, "both nodes", |v| names(v) == ["a", "b"]);
     wait_view(&b, "both nodes", |v| names(v) == ["a", "b"]);
     Pair {
@@ -575,39 +602,12 @@ fn with_redis_down_under_load_nodes_deliver_everything_keep_policy_and_reconcile
 
 #[test]
 fn a_node_joins_over_tls_with_a_password_verifying_redis_certificate() {
-    Tool::RedisServer.require();
     let dir = tempfile::tempdir().unwrap();
     let pki = common::pki::Pki::new();
     let ca = pki.write_ca(dir.path());
     let [cert, key] = pki.issue(dir.path(), "redis", "localhost", false);
-    let port = common::free_port();
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key)
-        .arg("--tls-ca-cert-file")
-        .arg(&ca)
-        .args(["--requirepass", "s3cret"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    common::wait_for_port(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        Duration::from_secs(10),
-    );
+    let redis = Redis::start_tls(&cert, &key, &ca, "s3cret");
+    let port = redis.port;
     let section =
         format!("[cluster]\nredis = \"rediss://:s3cret@localhost:{port}/0\"\nnode = \"tls\"\n");
     // Redis's certificate is verified against the system's roots (SSL_CERT_FILE here).
@@ -628,6 +628,4 @@ fn a_node_joins_over_tls_with_a_password_verifying_redis_certificate() {
         "{}",
         wary.log()
     );
-    let _ = redis.kill();
-    let _ = redis.wait();
 }

@@ -23,7 +23,7 @@ fn of<'a>(ev: &'a [Value], kind: &str, domain: &str) -> Vec<&'a Value> {
 }
 
 fn wait_long(d: &Daemon, what: &str, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    common::poll_until(what, Duration::from_secs(60), || d.events(), f)
+    d.wait_events_within(what, Duration::from_secs(60), f)
 }
 
 /// An enforce policy listing `mx`, cached for a day.
@@ -135,19 +135,12 @@ impl Drop for PolicyServer {
 /// with `enable_tls = "Disabled"` (so TLS seen on the wire is the policy's doing), plus
 /// `shaping`.
 fn daemon(dir: tempfile::TempDir, dns: &Dnsmasq, port: u16, shaping: &str) -> Daemon {
-    std::fs::write(
-        dir.path().join("shaping.toml"),
-        format!(
-            "[\"default\"]\nsmtp_port = {port}\nenable_tls = \"Disabled\"\nprohibited_hosts = []\n\n{shaping}"
-        ),
-    )
-    .unwrap();
-    Daemon::start_in(
+    common::daemon_over(
         dir,
-        &format!(
-            "[dns]\nnameservers = [\"127.0.0.1:{}\"]\n\n[shaping]\nfiles = [\"shaping.toml\"]\n\n[tls]\ntrust_roots = [\"ca.pem\"]\n",
-            dns.port
-        ),
+        dns.port,
+        port,
+        shaping,
+        "[tls]\ntrust_roots = [\"ca.pem\"]\n",
     )
 }
 

@@ -28,7 +28,7 @@ fn has(kind: &'static str, domain: &'static str, n: usize) -> impl Fn(&[Value]) 
 }
 
 fn wait_long(d: &Daemon, what: &str, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    common::poll_until(what, Duration::from_secs(30), || d.events(), f)
+    d.wait_events_within(what, Duration::from_secs(30), f)
 }
 
 const FAST_RETRY: &str = "[queue]\nretry_interval = \"1s\"\nmax_retry_interval = \"1s\"\n";

@@ -85,12 +85,16 @@ impl Receiver {
             .collect()
     }
 
-    fn distinct(&self) -> usize {
+    /// The ids of every record received, once each.
+    fn record_ids(&self) -> HashSet<String> {
         self.records()
             .iter()
             .map(|r| r["record_id"].as_str().unwrap_or("").to_string())
-            .collect::<HashSet<_>>()
-            .len()
+            .collect()
+    }
+
+    fn distinct(&self) -> usize {
+        self.record_ids().len()
     }
 }
 
@@ -229,11 +233,7 @@ fn every_delivery_reaches_the_endpoint_in_order_and_signed_through_failures_an_o
         deliveries(&d).len() >= 2000
     });
     wait("every delivery at the endpoint", 240, || {
-        let got: HashSet<String> = all
-            .records()
-            .iter()
-            .map(|r| r["record_id"].as_str().unwrap_or("").to_string())
-            .collect();
+        let got = all.record_ids();
         deliveries(&d).iter().all(|id| got.contains(id))
     });
 
@@ -293,11 +293,7 @@ fn every_delivery_reaches_the_endpoint_in_order_and_signed_through_failures_an_o
         .collect();
     assert!(t1_in_log.len() > 500, "{}", t1_in_log.len());
     wait("t1's records at its endpoint", 120, || {
-        let got: HashSet<String> = t1
-            .records()
-            .iter()
-            .map(|r| r["record_id"].as_str().unwrap_or("").to_string())
-            .collect();
+        let got = t1.record_ids();
         t1_in_log.is_subset(&got)
     });
     for r in t1.records() {

@@ -33,7 +33,7 @@
 //! counts several), counts in the classifier's own `switchyard_classifier_matches_total{rule}`. The reply itself keeps its normal
 //! outcome: the connection reports it to the message's scheduled queue as usual.
 
-use crate::automation::{Action, RuleBook, RulesInForce, ThresholdWindow, Trigger};
+use crate::automation::{Action, Rule, RuleBook, RulesInForce, ThresholdWindow, Trigger};
 use crate::cluster::{ClusterPort, Unreachable};
 use crate::message::{now_ms, QueueIdentity};
 use crate::messages::{AdminBounce, ReplySeen, SetBounce, SetOverride, SetThrottle, Suspend};
@@ -123,8 +123,6 @@ pub struct ClassifierActor {
     book: Arc<RuleBook>,
     /// `switchyard_classifier_matches_total` by rule index of `book`.
     matches: HashMap<usize, metrics::Counter>,
-    /// Its own address, for the cluster's answers.
-    me: Option<Addr<ClassifierActor>>,
 }
 
 impl ClassifierActor {
@@ -138,11 +136,10 @@ impl ClassifierActor {
             dirty: std::collections::HashSet::new(),
             book: Arc::new(RuleBook::default()),
             matches: HashMap::new(),
-            me: None,
         }
     }
 
-    fn automate(&mut self, msg: &ReplySeen, text: &str) {
+    fn automate(&mut self, msg: &ReplySeen, text: &str, ctx: &Context<Self>) {
         let rules = self.effects.rules.rules();
         if !Arc::ptr_eq(&rules, &self.book) {
             // Reloaded: the scope cache and counters refer to the old rules' indexes; the
@@ -201,11 +198,11 @@ impl ClassifierActor {
                 })
                 .increment(1);
             if let Trigger::Threshold { count, period } = rule.trigger {
-                if let (Some(cluster), Some(me)) = (&self.effects.cluster, &self.me) {
+                if let Some(cluster) = &self.effects.cluster {
                     // Counted in the cluster's window; fired (or counted here, when Redis
                     // does not answer) when the answer comes.
                     let key = format!("threshold/{}/{}/{}", rule.name, msg.source, msg.site);
-                    let (me, seen, name) = (me.clone(), msg.clone(), rule.name.clone());
+                    let (me, seen, name) = (ctx.address(), msg.clone(), rule.name.clone());
                     cluster.count_match(
                         key,
                         count,
@@ -225,10 +222,7 @@ impl ClassifierActor {
                     continue;
                 }
             }
-            let expires_ms = now_ms() + rule.duration.as_millis() as u64;
-            for action in &rule.actions {
-                fire(&self.effects, &rule.name, action, msg, expires_ms);
-            }
+            fire_rule(&self.effects, rule, msg);
         }
     }
 }
@@ -298,6 +292,14 @@ impl ClassifierActor {
                 None => self.effects.spool.delete_state(state_key),
             }
         }
+    }
+}
+
+/// Carry out every action of a fired rule, for the rule's duration from now.
+fn fire_rule(effects: &Effects, rule: &Rule, msg: &ReplySeen) {
+    let expires_ms = now_ms() + rule.duration.as_millis() as u64;
+    for action in &rule.actions {
+        fire(effects, &rule.name, action, msg, expires_ms);
     }
 }
 
@@ -449,7 +451,6 @@ impl Actor for ClassifierActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX);
-        self.me = Some(ctx.address());
         // Threshold windows reach the spool at most once a second each, however many
         // replies count in them.
         ctx.run_interval(WINDOW_FLUSH_EVERY, |act, _| act.flush_windows());
@@ -477,9 +478,9 @@ impl Handler<ReplySeen> for ClassifierActor {
     type Result = ();
 
     /// Run the automation rules in force on the reply.
-    fn handle(&mut self, msg: ReplySeen, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ReplySeen, ctx: &mut Context<Self>) {
         let text = msg.reply.match_text();
-        self.automate(&msg, &text);
+        self.automate(&msg, &text, ctx);
     }
 }
 
@@ -513,10 +514,7 @@ impl Handler<ClusterCounted> for ClassifierActor {
             (Err(Unreachable), Trigger::Immediate) => true,
         };
         if fired {
-            let expires_ms = now_ms() + rule.duration.as_millis() as u64;
-            for action in &rule.actions {
-                fire(&self.effects, &rule.name, action, &c.seen, expires_ms);
-            }
+            fire_rule(&self.effects, rule, &c.seen);
         }
     }
 }

@@ -93,8 +93,8 @@ pub struct ProviderGate {
     connections: AtomicUsize,
     /// Most connections at once.
     connection_limit: Option<Limit>,
-    /// Its key in the cluster (`provider/<provider>/<source>`).
-    key: String,
+    /// The key of its connection leases in the cluster (`conn/provider/<provider>/<source>`).
+    lease_key: String,
     /// Messages across the provider's sites.
     messages: Option<Limiter>,
 }
@@ -111,20 +111,15 @@ impl ProviderGate {
     /// Whether every connection slot of this node is taken (`nodes`: the cluster's nodes
     /// when the limit is shared and Redis does not answer, so that each takes its share).
     pub fn full(&self, nodes: Option<usize>) -> bool {
-        self.connection_limit.is_some_and(|limit| {
-            let mine = match nodes {
-                Some(n) if !limit.local => alone_share(limit.count as u64, n) as usize,
-                _ => limit.count,
-            };
-            self.connections.load(Ordering::Relaxed) >= mine
-        })
+        self.connection_limit
+            .is_some_and(|limit| self.connections.load(Ordering::Relaxed) >= limit.mine(nodes))
     }
 
     /// The cluster-wide connection limit a connection takes a lease on, if any.
     pub fn lease_limit(&self) -> Option<(String, usize)> {
         self.connection_limit
             .filter(|l| !l.local)
-            .map(|l| (format!("conn/{}", self.key), l.count))
+            .map(|l| (self.lease_key.clone(), l.count))
     }
 
     /// A connection opened.
@@ -173,7 +168,7 @@ impl ProviderGates {
                     messages: provider
                         .max_message_rate
                         .map(|r| Limiter::shared(r, shared)),
-                    key,
+                    lease_key: format!("conn/{key}"),
                 })
             })
             .clone()
@@ -266,11 +261,9 @@ impl SharedRate {
         let want = s.want.clamp(1, self.most_at_once());
         drop(s);
         let (state, port, rate) = (self.state.clone(), self.port.clone(), self.rate);
-        let interval =
-            (rate.per / rate.count.clamp(1, u32::MAX as u64) as u32).max(Duration::from_micros(1));
         self.port.take(
             self.key.clone(),
-            interval,
+            rate.interval(),
             rate.burst(),
             want,
             Box::new(move |answer| {
@@ -287,9 +280,10 @@ impl SharedRate {
                     }
                     Err(Unreachable) => {
                         if s.alone.is_none() {
+                            let nodes = port.nodes();
                             let share = Rate {
-                                count: alone_share(rate.count, port.nodes()),
-                                burst: rate.burst.map(|b| alone_share(b, port.nodes())),
+                                count: alone_share(rate.count, nodes),
+                                burst: rate.burst.map(|b| alone_share(b, nodes)),
                                 ..rate
                             };
                             s.alone = Some(Arc::new(Limiter::new(share)));

@@ -31,7 +31,7 @@
 //! goes by its share: the limit divided by the nodes last seen.
 
 use crate::automation::RulesInForce;
-use crate::cluster::{alone_share, LeaseId, Unreachable};
+use crate::cluster::{LeaseId, Unreachable};
 use crate::connection::{ConnectionActor, ConnectionKit, ReadyLine};
 use crate::limits::{Limiter, ProviderGate, ProviderGates};
 use crate::message::{message_id, now_ms, MessageKey, QueueIdentity, Reply};
@@ -197,6 +197,9 @@ pub struct ReadyQueueActor {
     leases: Vec<LeaseId>,
     /// A lease granted for the next connection.
     spare_lease: Option<LeaseId>,
+    /// The cluster-wide connection limits its connections take leases on (none without a
+    /// cluster, or when they are all `local:`).
+    lease_limits: Vec<(String, usize)>,
     /// A lease has been asked for.
     leasing: bool,
     /// Since when Redis has not answered a lease: connections go by the node's share of
@@ -263,6 +266,7 @@ impl ReadyQueueActor {
             pace: None,
             leases: Vec::new(),
             spare_lease: None,
+            lease_limits: Vec::new(),
             leasing: false,
             alone: None,
             suspended,
@@ -328,6 +332,7 @@ impl ReadyQueueActor {
             tracing::info!(source = %self.source.name, site = %self.site, ?settings, "ready queue reshaped");
         }
         self.settings = settings;
+        self.lease_limits = self.leased_limits();
         self.screen_hosts();
     }
 
@@ -394,16 +399,14 @@ impl ReadyQueueActor {
 
     /// Most connections this ready queue opens now.
     fn connection_cap(&self) -> usize {
-        match self.alone_in() {
-            Some(nodes) if !self.settings.connection_limit_local => {
-                alone_share(self.settings.connection_limit as u64, nodes) as usize
-            }
-            _ => self.settings.connection_limit,
-        }
+        self.settings
+            .connection_limit_as_set()
+            .mine(self.alone_in())
     }
 
-    /// The cluster-wide connection limits a new connection counts against.
-    fn lease_limits(&self) -> Vec<(String, usize)> {
+    /// The cluster-wide connection limits a new connection counts against, for
+    /// `lease_limits` (recomputed when the settings are).
+    fn leased_limits(&self) -> Vec<(String, usize)> {
         if self.all.kit.ports.cluster.is_none() {
             return Vec::new();
         }
@@ -423,7 +426,7 @@ impl ReadyQueueActor {
     /// back as [`LeaseAnswer`]). Connections opened without one while Redis did not answer
     /// get theirs first, before any new connection.
     fn take_lease(&mut self, ctx: &mut Context<Self>) -> Result<Option<LeaseId>, ()> {
-        if self.lease_limits().is_empty() {
+        if self.lease_limits.is_empty() {
             return Ok(None);
         }
         if self.leases.len() >= self.connections {
@@ -452,7 +455,7 @@ impl ReadyQueueActor {
         let me = ctx.address();
         let back = cluster.clone();
         cluster.lease(
-            self.lease_limits(),
+            self.lease_limits.clone(),
             Box::new(move |answer| {
                 // A ready queue gone meanwhile gives the lease straight back.
                 if let Err(
@@ -484,7 +487,7 @@ impl ReadyQueueActor {
     /// whether or not a connection may open.)
     fn lease_owed(&mut self, ctx: &mut Context<Self>) {
         if (self.alone.is_some() || self.leases.len() < self.connections)
-            && !self.lease_limits().is_empty()
+            && !self.lease_limits.is_empty()
         {
             self.ask_lease(ctx);
         }

@@ -64,10 +64,14 @@ impl Rate {
         self.count as f64 / self.per.as_secs_f64().max(f64::MIN_POSITIVE)
     }
 
-    /// The GCRA quota: one event every `per / count`, `burst` at once.
+    /// The time between two events: `per / count` (at least 1 ns).
+    pub fn interval(&self) -> Duration {
+        (self.per / self.count.clamp(1, u32::MAX as u64) as u32).max(Duration::from_nanos(1))
+    }
+
+    /// The GCRA quota: one event every [`Rate::interval`], `burst` at once.
     pub fn quota(&self) -> governor::Quota {
-        let interval =
-            (self.per / self.count.clamp(1, u32::MAX as u64) as u32).max(Duration::from_nanos(1));
+        let interval = self.interval();
         let burst = std::num::NonZeroU32::new(self.burst().min(u32::MAX as u64) as u32)
             .unwrap_or(std::num::NonZeroU32::MIN);
         governor::Quota::with_period(interval)
@@ -326,7 +330,7 @@ impl ShapingOptions {
     /// option of that name (the loader warns once about it); `Err` when the value is wrong.
     pub fn set(&mut self, name: &str, value: &OptionValue) -> Result<bool, String> {
         match name {
-            "connection_limit" => self.connection_limit = Some(limit(name, value)?),
+            "connection_limit" => self.connection_limit = Some(Limit::parse(name, value)?),
             "max_connection_rate" => self.max_connection_rate = Some(rate(name, value)?),
             "max_message_rate" => self.max_message_rate = Some(rate(name, value)?),
             "max_deliveries_per_connection" => {
@@ -399,10 +403,17 @@ impl Limit {
             }),
         }
     }
-}
 
-fn limit(key: &str, v: &OptionValue) -> Result<Limit, String> {
-    Limit::parse(key, v)
+    /// The most this node takes: the limit, or — while the cluster's Redis does not
+    /// answer (`alone_among`: the nodes last seen) and the limit is shared — its share.
+    pub fn mine(&self, alone_among: Option<usize>) -> usize {
+        match alone_among {
+            Some(nodes) if !self.local => {
+                crate::cluster::alone_share(self.count as u64, nodes) as usize
+            }
+            _ => self.count,
+        }
+    }
 }
 
 fn rate(key: &str, v: &OptionValue) -> Result<Rate, String> {
@@ -511,6 +522,14 @@ pub struct PathSettings {
 }
 
 impl PathSettings {
+    /// `connection_limit` as written (its count, and whether `local:`).
+    pub fn connection_limit_as_set(&self) -> Limit {
+        Limit {
+            count: self.connection_limit,
+            local: self.connection_limit_local,
+        }
+    }
+
     /// Resolve layered options, KumoMTA's defaults where nothing is set.
     pub fn from_options(o: &ShapingOptions) -> PathSettings {
         PathSettings {

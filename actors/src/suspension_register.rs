@@ -196,7 +196,7 @@ impl SuspensionRegister {
     fn put_suspension(&mut self, s: Suspension, ctx: &mut Context<Self>) {
         self.suspensions.insert(s.id.clone(), s.clone());
         self.apply(&s);
-        self.persist(format!("suspension/{}", s.id), &s);
+        self.persist(s.state_key(), &s);
         self.set_gauge(&s);
         self.ports.events.write(s.record(RecordKind::Suspension));
         tracing::info!(id = %s.id, kind = ?s.kind, tenant = ?s.tenant, campaign = ?s.campaign, source = ?s.source, site = ?s.site, rule = ?s.rule, "suspended until {}", rfc3339_ms(s.expires_ms));
@@ -206,7 +206,7 @@ impl SuspensionRegister {
     /// An override in force, new or changed.
     fn put_override(&mut self, o: Override, ctx: &mut Context<Self>) {
         self.overrides.insert(o.id.clone(), o.clone());
-        self.persist(format!("override/{}", o.id), &o);
+        self.persist(o.state_key(), &o);
         self.publish_overrides(&o.site);
         o.publish_expiry(true);
         self.ports.events.write(o.record(RecordKind::Override));
@@ -218,7 +218,7 @@ impl SuspensionRegister {
     fn put_throttle(&mut self, t: Throttle, ctx: &mut Context<Self>) {
         self.throttles.insert(t.id.clone(), t.clone());
         self.apply_throttle(&t);
-        self.persist(format!("throttle/{}", t.id), &t);
+        self.persist(t.state_key(), &t);
         self.ports.events.write(t.record(RecordKind::Throttle));
         tracing::info!(id = %t.id, tenant = %t.tenant, campaign = ?t.campaign, domain = ?t.domain, site = ?t.site, rate = %t.rate, rule = ?t.rule, "throttled until {}", rfc3339_ms(t.expires_ms));
         self.arm(&t.id, t.expires_ms, ctx);
@@ -229,7 +229,7 @@ impl SuspensionRegister {
         self.bounces.insert(b.id.clone(), b.clone());
         self.publish_bounces(&b);
         b.publish(true);
-        self.persist(format!("bounce/{}", b.id), &b);
+        self.persist(b.state_key(), &b);
         tracing::info!(id = %b.id, tenant = ?b.tenant, campaign = ?b.campaign, domain = ?b.domain, site = ?b.site, rule = ?b.rule, "bouncing until {}", b.expires());
         self.arm(&b.id, b.expires_ms, ctx);
     }
@@ -441,7 +441,9 @@ impl SuspensionRegister {
             ctx.cancel_future(handle);
         }
         if let Some(s) = self.suspensions.remove(id) {
-            self.ports.spool.delete_state(format!("suspension/{id}"));
+            self.ports
+                .spool
+                .delete_state(state_key(PolicyKind::Suspension, id));
             self.set_gauge(&s);
             self.lift(&s);
             let mut r = s.record(RecordKind::Resume);
@@ -451,7 +453,9 @@ impl SuspensionRegister {
             return Some((PolicyKind::Suspension, s.updated_ms, s.expires_ms));
         }
         if let Some(t) = self.throttles.remove(id) {
-            self.ports.spool.delete_state(format!("throttle/{id}"));
+            self.ports
+                .spool
+                .delete_state(state_key(PolicyKind::Throttle, id));
             self.view.remove_throttle(&t);
             t.publish(false);
             // Queues waiting on its limiter go again at once.
@@ -463,14 +467,18 @@ impl SuspensionRegister {
             return Some((PolicyKind::Throttle, t.updated_ms, t.expires_ms));
         }
         if let Some(b) = self.bounces.remove(id) {
-            self.ports.spool.delete_state(format!("bounce/{id}"));
+            self.ports
+                .spool
+                .delete_state(state_key(PolicyKind::Bounce, id));
             self.publish_bounces(&b);
             b.publish(false);
             tracing::info!(id, tenant = ?b.tenant, campaign = ?b.campaign, domain = ?b.domain, site = ?b.site, why, "bounce order ended");
             return Some((PolicyKind::Bounce, b.updated_ms, b.expires_ms));
         }
         if let Some(o) = self.overrides.remove(id) {
-            self.ports.spool.delete_state(format!("override/{id}"));
+            self.ports
+                .spool
+                .delete_state(state_key(PolicyKind::Override, id));
             self.publish_overrides(&o.site);
             o.publish_expiry(false);
             let mut r = o.record(RecordKind::OverrideEnd);
@@ -728,80 +736,56 @@ trait Shared: Clone + Serialize {
     fn twin(&self, register: &SuspensionRegister) -> Option<Self>;
     /// Put it in force.
     fn put(self, register: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>);
+    /// Its entry in the spool's `state` keyspace.
+    fn state_key(&self) -> String {
+        state_key(Self::KIND, self.id())
+    }
 }
 
-/// The [`Shared`] methods every kind has in the same fields.
-macro_rules! shared_fields {
-    () => {
-        fn id(&self) -> &str {
-            &self.id
-        }
-        fn times(&self) -> (u64, u64) {
-            (self.updated_ms, self.expires_ms)
-        }
-        fn stretch(&mut self, expires_ms: u64, updated_ms: u64) {
-            self.expires_ms = expires_ms;
-            self.updated_ms = updated_ms;
-        }
-        fn take_identity(&mut self, other: &Self) {
-            self.id = other.id.clone();
-            self.created_ms = other.created_ms;
+/// The `state` entry of `kind`'s `id`: `suspension/ID`, `throttle/ID`, ...
+fn state_key(kind: PolicyKind, id: &str) -> String {
+    format!("{}/{id}", kind.state_prefix())
+}
+
+/// [`Shared`] for a kind: its fields are named alike; `$map` is where the register keeps
+/// it, `$put` how it puts one in force.
+macro_rules! impl_shared {
+    ($kind:ty, $tag:expr, $map:ident, $put:ident) => {
+        impl Shared for $kind {
+            const KIND: PolicyKind = $tag;
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn times(&self) -> (u64, u64) {
+                (self.updated_ms, self.expires_ms)
+            }
+            fn stretch(&mut self, expires_ms: u64, updated_ms: u64) {
+                self.expires_ms = expires_ms;
+                self.updated_ms = updated_ms;
+            }
+            fn take_identity(&mut self, other: &Self) {
+                self.id = other.id.clone();
+                self.created_ms = other.created_ms;
+            }
+            fn twin(&self, r: &SuspensionRegister) -> Option<Self> {
+                r.$map
+                    .values()
+                    .find(|o| o.id != self.id && o.same_target(self))
+                    .cloned()
+            }
+            fn put(self, r: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>) {
+                r.$put(self, ctx)
+            }
         }
     };
 }
 
-impl Shared for Suspension {
-    const KIND: PolicyKind = PolicyKind::Suspension;
-    shared_fields!();
-    fn twin(&self, r: &SuspensionRegister) -> Option<Self> {
-        r.suspensions
-            .values()
-            .find(|o| o.id != self.id && o.same_target(self))
-            .cloned()
-    }
-    fn put(self, r: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>) {
-        r.put_suspension(self, ctx)
-    }
-}
-
-impl Shared for Throttle {
-    const KIND: PolicyKind = PolicyKind::Throttle;
-    shared_fields!();
-    fn twin(&self, r: &SuspensionRegister) -> Option<Self> {
-        r.throttles
-            .values()
-            .find(|o| o.id != self.id && o.same_target(self))
-            .cloned()
-    }
-    fn put(self, r: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>) {
-        r.put_throttle(self, ctx)
-    }
-}
-
-impl Shared for TimedBounce {
-    const KIND: PolicyKind = PolicyKind::Bounce;
-    shared_fields!();
-    fn twin(&self, r: &SuspensionRegister) -> Option<Self> {
-        r.bounces
-            .values()
-            .find(|o| o.id != self.id && o.same_target(self))
-            .cloned()
-    }
-    fn put(self, r: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>) {
-        r.put_bounce(self, ctx)
-    }
-}
-
-impl Shared for Override {
-    const KIND: PolicyKind = PolicyKind::Override;
-    shared_fields!();
-    fn twin(&self, r: &SuspensionRegister) -> Option<Self> {
-        r.overrides
-            .values()
-            .find(|o| o.id != self.id && o.same_target(self))
-            .cloned()
-    }
-    fn put(self, r: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>) {
-        r.put_override(self, ctx)
-    }
-}
+impl_shared!(
+    Suspension,
+    PolicyKind::Suspension,
+    suspensions,
+    put_suspension
+);
+impl_shared!(Throttle, PolicyKind::Throttle, throttles, put_throttle);
+impl_shared!(TimedBounce, PolicyKind::Bounce, bounces, put_bounce);
+impl_shared!(Override, PolicyKind::Override, overrides, put_override);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::plain_settings;
+use common::{engine_on, plain_settings};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_actors::cluster::{
@@ -59,13 +59,7 @@ fn clustered() -> (switchyard_actors::engine::Engine, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
     let mut mem = MemoryPorts::new(ScriptedConnector::accepting());
     mem.ports.cluster = Some(recorder.clone());
-    let engine = switchyard_actors::engine::Engine::start(
-        plain_settings(),
-        mem.ports.clone(),
-        switchyard_actors::bounce::BounceClassifier::empty(),
-    )
-    .unwrap();
-    (engine, recorder)
+    (engine_on(&mem, plain_settings()), recorder)
 }
 
 fn suspension(id: &str, reason: &str, minutes: u64, updated_ms: u64) -> Suspension {

@@ -60,13 +60,17 @@ pub fn plain_settings() -> EngineSettings {
 /// An engine over in-memory ports whose receivers answer as `connector` says.
 pub fn engine(connector: ScriptedConnector, settings: EngineSettings) -> (Engine, MemoryPorts) {
     let mem = MemoryPorts::new(connector);
-    let engine = Engine::start(
+    (engine_on(&mem, settings), mem)
+}
+
+/// An engine over `mem`'s ports (as the test set them).
+pub fn engine_on(mem: &MemoryPorts, settings: EngineSettings) -> Engine {
+    Engine::start(
         settings,
         mem.ports.clone(),
         switchyard_actors::bounce::BounceClassifier::empty(),
     )
-    .unwrap();
-    (engine, mem)
+    .unwrap()
 }
 
 /// Message `n`'s recipients `rcpts`, as ingress hands them over (its content in the spool).

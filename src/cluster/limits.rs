@@ -13,15 +13,19 @@
 //! - a threshold window (`<prefix>:threshold:<key>`) is a sorted set of match times.
 
 use super::Cluster;
+use redis::Script;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::LazyLock;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_actors::cluster::{Answer, ClusterPort, LeaseId, PolicyChange, Taken, Unreachable};
 
 /// Take up to ARGV[3] events from the GCRA of KEYS[1] (one every ARGV[1] µs, ARGV[2] at
 /// once): {granted, 0} or {0, µs to wait}.
-const GCRA_SCRIPT: &str = r#"
+static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -39,13 +43,14 @@ if granted > 0 then
   return {granted, 0}
 end
 return {0, tat - now - allowance}
-"#;
+"#,
+    )
+});
 
 /// Lease ARGV[2] on every set of KEYS (at most ARGV[2 + i] in KEYS[i]) for ARGV[1] ms, all
 /// or none: 1 when granted.
-const LEASE_SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+static LEASE_SCRIPT: LazyLock<Script> = script_now_ms!(
+    r#"
 local ttl = tonumber(ARGV[1])
 for i = 1, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
@@ -56,14 +61,14 @@ for i = 1, #KEYS do
   redis.call('PEXPIRE', KEYS[i], ttl * 2)
 end
 return 1
-"#;
+"#
+);
 
 /// Renew lease ARGV[2i] in KEYS[i] (at most ARGV[2i + 1] there) for ARGV[1] ms; one that
 /// Redis lost (restarted, or expired while it did not answer) is taken again if there is
 /// room. Returns how many could not be.
-const RENEW_SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+static RENEW_SCRIPT: LazyLock<Script> = script_now_ms!(
+    r#"
 local ttl = tonumber(ARGV[1])
 local lost = 0
 for i = 1, #KEYS do
@@ -81,13 +86,13 @@ for i = 1, #KEYS do
   redis.call('PEXPIRE', KEYS[i], ttl * 2)
 end
 return lost
-"#;
+"#
+);
 
 /// Count match ARGV[3] in the window KEYS[1] of ARGV[1] ms: 1 when it makes ARGV[2] (the
 /// window then starts afresh).
-const THRESHOLD_SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+static THRESHOLD_SCRIPT: LazyLock<Script> = script_now_ms!(
+    r#"
 local period = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
 redis.call('ZADD', KEYS[1], now, ARGV[3])
@@ -97,7 +102,8 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
 end
 redis.call('PEXPIRE', KEYS[1], period)
 return 0
-"#;
+"#
+);
 
 /// Leases renewed per script call.
 const RENEW_BATCH: usize = 500;
@@ -141,7 +147,7 @@ impl Cluster {
             return Ok(());
         }
         let mut c = self.connection().await?;
-        let script = redis::Script::new(RENEW_SCRIPT);
+        let script = &*RENEW_SCRIPT;
         let mut lost = 0;
         for chunk in held.chunks(RENEW_BATCH) {
             let mut call = script.prepare_invoke();
@@ -162,14 +168,7 @@ impl Cluster {
                 .map(|(n, k, _)| (*n, k.clone()))
                 .collect()
         };
-        if !gone.is_empty() {
-            let mut pipe = redis::pipe();
-            for (n, key) in gone {
-                pipe.cmd("ZREM").arg(key).arg(self.member(n)).ignore();
-            }
-            pipe.query_async::<()>(&mut c).await?;
-        }
-        Ok(())
+        self.remove_members(&gone).await
     }
 
     async fn take_rate(
@@ -180,7 +179,7 @@ impl Cluster {
         want: u32,
     ) -> redis::RedisResult<Taken> {
         let mut c = self.connection().await?;
-        let (granted, wait_us): (u32, u64) = redis::Script::new(GCRA_SCRIPT)
+        let (granted, wait_us): (u32, u64) = GCRA_SCRIPT
             .key(self.key(&format!("rate:{key}")))
             .arg(interval.as_micros().max(1) as u64)
             .arg(burst.max(1))
@@ -200,7 +199,7 @@ impl Cluster {
             .iter()
             .map(|(k, limit)| (self.key(&format!("lease:{k}")), *limit))
             .collect();
-        let script = redis::Script::new(LEASE_SCRIPT);
+        let script = &*LEASE_SCRIPT;
         let mut call = script.prepare_invoke();
         call.arg(self.settings.lease_ttl.as_millis() as u64)
             .arg(self.member(n));
@@ -219,21 +218,28 @@ impl Cluster {
         Ok(Some(LeaseId(n)))
     }
 
-    async fn give_back(&self, lease: u64) -> redis::RedisResult<()> {
-        let keys = self
-            .leases
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&lease);
-        let Some(keys) = keys else {
-            return Ok(());
+    /// Take `leases` out of those this node holds, and out of Redis in one round trip.
+    async fn give_back(&self, leases: impl IntoIterator<Item = u64>) -> redis::RedisResult<()> {
+        let members: Vec<(u64, String)> = {
+            let mut held = self.leases.held.lock().unwrap_or_else(|e| e.into_inner());
+            leases
+                .into_iter()
+                .filter_map(|n| held.remove(&n).map(|keys| (n, keys)))
+                .flat_map(|(n, keys)| keys.into_iter().map(move |(key, _)| (n, key)))
+                .collect()
         };
+        self.remove_members(&members).await
+    }
+
+    /// Remove lease `n` from set `key`, for each pair.
+    async fn remove_members(&self, members: &[(u64, String)]) -> redis::RedisResult<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
         let mut c = self.connection().await?;
-        let member = self.member(lease);
         let mut pipe = redis::pipe();
-        for (key, _) in keys {
-            pipe.cmd("ZREM").arg(key).arg(&member).ignore();
+        for (n, key) in members {
+            pipe.cmd("ZREM").arg(key).arg(self.member(*n)).ignore();
         }
         pipe.query_async(&mut c).await
     }
@@ -244,14 +250,12 @@ impl Cluster {
             let held = self.leases.held.lock().unwrap_or_else(|e| e.into_inner());
             held.keys().copied().collect()
         };
-        for lease in all {
-            let _ = self.give_back(lease).await;
-        }
+        let _ = self.give_back(all).await;
     }
 
     async fn count(&self, key: &str, count: u32, period: Duration) -> redis::RedisResult<bool> {
         let mut c = self.connection().await?;
-        let fired: i64 = redis::Script::new(THRESHOLD_SCRIPT)
+        let fired: i64 = THRESHOLD_SCRIPT
             .key(self.key(&format!("threshold:{key}")))
             .arg(period.as_millis() as u64)
             .arg(count)
@@ -282,12 +286,30 @@ impl<T> Drop for Promise<T> {
     }
 }
 
-/// An answer from Redis, or [`Unreachable`] (logged at debug: the callers say it once).
-fn answered<T>(result: redis::RedisResult<T>, what: &str) -> Result<T, Unreachable> {
-    result.map_err(|e| {
-        tracing::debug!("cluster: {what}: {e}");
-        Unreachable
-    })
+impl Cluster {
+    /// Run `work` against Redis on the daemon's runtime and give its result to `answer`:
+    /// [`Unreachable`] when Redis did not answer (logged at debug: the askers say it once).
+    fn ask<T, F>(
+        &self,
+        what: &'static str,
+        answer: Answer<Result<T, Unreachable>>,
+        work: impl FnOnce(Arc<Cluster>) -> F,
+    ) where
+        T: Send + 'static,
+        F: std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
+    {
+        let answer = Promise(Some(answer));
+        self.spawn(|this| {
+            let work = work(this);
+            async move {
+                let result = work.await.map_err(|e| {
+                    tracing::debug!("cluster: {what}: {e}");
+                    Unreachable
+                });
+                answer.keep(result);
+            }
+        });
+    }
 }
 
 impl ClusterPort for Cluster {
@@ -311,10 +333,8 @@ impl ClusterPort for Cluster {
         want: u32,
         answer: Answer<Result<Taken, Unreachable>>,
     ) {
-        let answer = Promise(Some(answer));
-        self.spawn(|this| async move {
-            let taken = this.take_rate(&key, interval, burst, want).await;
-            answer.keep(answered(taken, "rate"));
+        self.ask("rate", answer, |this| async move {
+            this.take_rate(&key, interval, burst, want).await
         });
     }
 
@@ -323,15 +343,14 @@ impl ClusterPort for Cluster {
         limits: Vec<(String, usize)>,
         answer: Answer<Result<Option<LeaseId>, Unreachable>>,
     ) {
-        let answer = Promise(Some(answer));
-        self.spawn(|this| async move {
-            answer.keep(answered(this.take_lease(&limits).await, "lease"));
+        self.ask("lease", answer, |this| async move {
+            this.take_lease(&limits).await
         });
     }
 
     fn release(&self, lease: LeaseId) {
         self.spawn(|this| async move {
-            if let Err(e) = this.give_back(lease.0).await {
+            if let Err(e) = this.give_back([lease.0]).await {
                 // Not given back: it expires by itself within lease_ttl.
                 tracing::debug!("cluster: lease not given back: {e}");
             }
@@ -345,9 +364,8 @@ impl ClusterPort for Cluster {
         period: Duration,
         answer: Answer<Result<bool, Unreachable>>,
     ) {
-        let answer = Promise(Some(answer));
-        self.spawn(|this| async move {
-            answer.keep(answered(this.count(&key, count, period).await, "threshold"));
+        self.ask("threshold", answer, |this| async move {
+            this.count(&key, count, period).await
         });
     }
 

@@ -19,14 +19,30 @@
 //! Every call to Redis runs on the daemon's runtime ([`Cluster::spawn`]); none blocks an
 //! actor.
 
+/// A Lua script (a `LazyLock<redis::Script>`, hashed once) that begins with `now`: Redis's
+/// own `TIME` in ms, so no node's clock matters.
+macro_rules! script_now_ms {
+    ($body:expr) => {
+        std::sync::LazyLock::new(|| {
+            redis::Script::new(concat!(
+                "local t = redis.call('TIME')\n",
+                "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n",
+                $body
+            ))
+        })
+    };
+}
+
 mod limits;
 mod policy;
 
 pub use switchyard_actors::cluster::ClusterPort;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::LazyLock;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -44,15 +60,15 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 /// Renew the claim on KEYS[1] for instance ARGV[1] (PX ARGV[2]) unless another instance
 /// holds it (then -1), and stamp the heartbeat of node ARGV[3] (queues ARGV[4], connections
 /// ARGV[5]) into the hash KEYS[2] with Redis's clock; returns that time in ms.
-const HEARTBEAT_SCRIPT: &str = r#"
+static HEARTBEAT_SCRIPT: LazyLock<Script> = script_now_ms!(
+    r#"
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return -1 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[3] .. ' ' .. ms .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
-return ms
-"#;
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[3] .. ' ' .. now .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
+return now
+"#
+);
 
 /// What `[cluster]` says.
 #[derive(Debug, Clone)]
@@ -250,7 +266,7 @@ impl Cluster {
     async fn beat_once(&self, queues: u64, connections: u64) -> redis::RedisResult<bool> {
         let mut c = self.connection().await?;
         let p = &self.settings.key_prefix;
-        let now: i64 = redis::Script::new(HEARTBEAT_SCRIPT)
+        let now: i64 = HEARTBEAT_SCRIPT
             .key(format!("{p}:node:{}", self.settings.node))
             .key(format!("{p}:nodes"))
             .arg(&self.instance)

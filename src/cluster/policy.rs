@@ -14,7 +14,9 @@
 
 use super::Cluster;
 use futures::StreamExt;
+use redis::Script;
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::Duration;
 use switchyard_actors::cluster::PolicyChange;
 use switchyard_actors::engine::Engine;
@@ -27,7 +29,8 @@ const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 /// Write the change ARGV[1] (updated ARGV[2], expiring ARGV[3] ms since the epoch) to KEYS[1]
 /// unless what is there is as new (then answer that), list it in KEYS[2] and publish it on
 /// KEYS[3]; '' when written or already over.
-const WRITE_SCRIPT: &str = r#"
+static WRITE_SCRIPT: LazyLock<Script> = script_now_ms!(
+    r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, c = pcall(cjson.decode, cur)
@@ -35,20 +38,18 @@ if cur then
     return cur
   end
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3]) - now
 if ttl <= 0 then return '' end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', math.floor(ttl))
 redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
 redis.call('PUBLISH', KEYS[3], ARGV[1])
 return ''
-"#;
+"#
+);
 
 /// Every change held in the index KEYS[1] whose object has not expired.
-const READ_ALL_SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+static READ_ALL_SCRIPT: LazyLock<Script> = script_now_ms!(
+    r#"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local keys = redis.call('ZRANGE', KEYS[1], 0, -1)
 local out = {}
@@ -61,7 +62,8 @@ for i = 1, #keys, 500 do
   end
 end
 return out
-"#;
+"#
+);
 
 impl Cluster {
     fn channel(&self) -> String {
@@ -77,7 +79,7 @@ impl Cluster {
         let json = serde_json::to_string(change).map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::Client, "policy change", e.to_string()))
         })?;
-        let current: String = redis::Script::new(WRITE_SCRIPT)
+        let current: String = WRITE_SCRIPT
             .key(self.key(&format!("policy:{}", change.id)))
             .key(self.key("policy-index"))
             .key(self.channel())
@@ -160,7 +162,7 @@ impl Cluster {
             }
         }
         let mut c = self.connection().await?;
-        let all: Vec<String> = redis::Script::new(READ_ALL_SCRIPT)
+        let all: Vec<String> = READ_ALL_SCRIPT
             .key(self.key("policy-index"))
             .invoke_async(&mut c)
             .await?;

@@ -738,6 +738,20 @@ pub fn is_valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The error for a `what` name (source, tenant, node, webhook) that is not
+/// [`is_valid_name`].
+fn bad_name(what: &str, name: &Spanned<String>) -> Option<(Range<usize>, String)> {
+    (!is_valid_name(name.get_ref())).then(|| {
+        (
+            name.span(),
+            format!(
+                "invalid {what} name {:?}: use letters, digits, '-', '_', '.'",
+                name.get_ref()
+            ),
+        )
+    })
+}
+
 fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
     let c = &loaded.config;
     let mut errors = Vec::new();
@@ -753,14 +767,8 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
     }
     let mut sources = HashSet::new();
     for s in &c.source {
-        if !is_valid_name(s.name.get_ref()) {
-            err(
-                s.name.span(),
-                format!(
-                    "invalid source name {:?}: use letters, digits, '-', '_', '.'",
-                    s.name.get_ref()
-                ),
-            );
+        if let Some((span, msg)) = bad_name("source", &s.name) {
+            err(span, msg);
         } else if !sources.insert(s.name.get_ref().as_str()) {
             err(
                 s.name.span(),
@@ -868,14 +876,8 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
         if argon2::PasswordHash::new(u.password_hash.get_ref()).is_err() {
             err(u.password_hash.span(), format!("password_hash of user {:?} is not an argon2 PHC string (\"$argon2id$v=19$...\")", u.name));
         }
-        if !is_valid_name(u.tenant.get_ref()) {
-            err(
-                u.tenant.span(),
-                format!(
-                    "invalid tenant name {:?}: use letters, digits, '-', '_', '.'",
-                    u.tenant.get_ref()
-                ),
-            );
+        if let Some((span, msg)) = bad_name("tenant", &u.tenant) {
+            err(span, msg);
         }
     }
     match (&c.smtp.tls_certificate, &c.smtp.tls_private_key) {
@@ -941,26 +943,15 @@ fn validate(loaded: &LoadedConfig, src: &SourceText) -> Vec<ConfigError> {
                     .into(),
             );
         }
-        if let Some(node) = &cluster.node {
-            if !is_valid_name(node.get_ref()) {
-                err(
-                    node.span(),
-                    format!(
-                        "invalid node name {:?}: use letters, digits, '-', '_', '.'",
-                        node.get_ref()
-                    ),
-                );
-            }
+        if let Some((span, msg)) = cluster.node.as_ref().and_then(|n| bad_name("node", n)) {
+            err(span, msg);
         }
     }
     let mut webhooks = HashSet::new();
     for w in &c.webhook {
         let name = w.name.get_ref();
-        if !is_valid_name(name) {
-            err(
-                w.name.span(),
-                format!("invalid webhook name {name:?}: use letters, digits, '-', '_', '.'"),
-            );
+        if let Some((span, msg)) = bad_name("webhook", &w.name) {
+            err(span, msg);
         } else if !webhooks.insert(name.as_str()) {
             err(w.name.span(), format!("duplicate webhook name {name:?}"));
         }

@@ -117,9 +117,12 @@ async fn test_webhook(
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     match state.webhooks.test(&name).await {
-        Ok(status) => Ok(Json(json!({ "webhook": name, "status": status }))),
-        Err(e) if e.starts_with("no webhook") => Err(ApiError(StatusCode::NOT_FOUND, e)),
-        Err(e) => Err(ApiError(StatusCode::BAD_GATEWAY, e)),
+        Some(Ok(status)) => Ok(Json(json!({ "webhook": name, "status": status }))),
+        Some(Err(e)) => Err(ApiError(StatusCode::BAD_GATEWAY, e)),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no webhook named {name:?}"),
+        )),
     }
 }
 

@@ -45,11 +45,9 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// A connector that verifies against the web PKI roots and `extra_roots`
-    /// (`[tls] trust_roots`).
-    pub fn new(extra_roots: Vec<CertificateDer<'static>>) -> anyhow::Result<Connector> {
+    /// A connector that verifies with `verified` (see [`verified_tls_config`]).
+    pub fn new(verified: rustls::ClientConfig) -> anyhow::Result<Connector> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verified = verified_tls_config(extra_roots)?;
         let insecure = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()

@@ -15,6 +15,8 @@ pub mod tail;
 
 use crate::config::{LoadedConfig, WebhookConfig};
 use crate::https::{HttpsClient, Url};
+use crate::logs::LatestSegment;
+use crate::spool::read_state;
 use base64::Engine;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,9 +58,12 @@ fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::
     }
 }
 
+/// The spool state entries of the webhooks' cursors: `webhook/<name>`.
+pub const CURSOR_PREFIX: &str = "webhook/";
+
 /// The spool state key of `name`'s cursor.
 pub fn cursor_key(name: &str) -> String {
-    format!("webhook/{name}")
+    format!("{CURSOR_PREFIX}{name}")
 }
 
 /// The keys of a `secret_file`: one `whsec_` + base64 per line (blank lines and `#`
@@ -157,6 +162,8 @@ struct Running {
 pub struct Webhooks {
     https: HttpsClient,
     log_dir: PathBuf,
+    /// The log's newest segment, from its writer.
+    latest: LatestSegment,
     store: Arc<dyn SpoolPort>,
     /// Stored cursors, read at start.
     stored: Mutex<HashMap<String, Cursor>>,
@@ -164,13 +171,15 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Senders for the endpoints of `loaded`, reading `log_dir`; `stored` are the spool's
+    /// Senders for the endpoints of `loaded`, reading `log_dir` (whose writer keeps
+    /// `latest`); `stored` are the spool's
     /// `webhook/` state entries (the cursors of endpoints no longer configured are
     /// forgotten: one added again later starts at the end of the log).
     pub async fn start(
         loaded: &LoadedConfig,
         https: HttpsClient,
         log_dir: &Path,
+        latest: LatestSegment,
         stored: Vec<(String, Vec<u8>)>,
         store: Arc<dyn SpoolPort>,
     ) -> Arc<Webhooks> {
@@ -181,24 +190,17 @@ impl Webhooks {
             .map(|w| w.name.get_ref())
             .collect();
         let mut cursors = HashMap::new();
-        for (key, value) in stored {
-            let Some(name) = key.strip_prefix("webhook/") else {
-                continue;
-            };
-            match serde_json::from_slice::<Cursor>(&value) {
-                Ok(c) if configured.iter().any(|n| *n == name) => {
-                    cursors.insert(name.to_string(), c);
-                }
-                Ok(_) => store.delete_state(key),
-                Err(e) => {
-                    tracing::error!("spool state {key} cannot be read back ({e}); dropped");
-                    store.delete_state(key);
-                }
+        for (key, name, cursor) in read_state::<Cursor>(stored, CURSOR_PREFIX, Some(&*store)) {
+            if configured.iter().any(|n| **n == name) {
+                cursors.insert(name, cursor);
+            } else {
+                store.delete_state(key);
             }
         }
         let hooks = Arc::new(Webhooks {
             https,
             log_dir: log_dir.to_path_buf(),
+            latest,
             store,
             stored: Mutex::new(cursors),
             running: Mutex::new(HashMap::new()),
@@ -334,6 +336,7 @@ impl Webhooks {
             endpoint: endpoint.clone(),
             https: self.https.clone(),
             log_dir: self.log_dir.clone(),
+            latest: self.latest.clone(),
             store: self.store.clone(),
             status: status.clone(),
         };
@@ -365,14 +368,12 @@ impl Webhooks {
         out
     }
 
-    /// Send one signed test event to `name` now: the endpoint's status code, or why not.
-    pub async fn test(&self, name: &str) -> Result<u16, String> {
+    /// Send one signed test event to `name` now: the endpoint's status code, or why not;
+    /// `None` when no webhook has that name.
+    pub async fn test(&self, name: &str) -> Option<Result<u16, String>> {
         let endpoint = {
             let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            running
-                .get(name)
-                .map(|r| r.endpoint.clone())
-                .ok_or_else(|| format!("no webhook named {name:?}"))?
+            running.get(name).map(|r| r.endpoint.clone())?
         };
         let now = SystemTime::now();
         let id = format!(
@@ -394,10 +395,12 @@ impl Webhooks {
             headers,
             body: body.into(),
         };
-        self.https
-            .send(request, 64 * 1024, endpoint.timeout)
-            .await
-            .map(|a| a.status)
+        Some(
+            self.https
+                .send(request, 64 * 1024, endpoint.timeout)
+                .await
+                .map(|a| a.status),
+        )
     }
 
     /// Stop every sender (shutdown): their cursors are in the spool already.

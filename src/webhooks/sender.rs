@@ -18,6 +18,7 @@
 use super::tail::{Cursor, LogTail, Tailed};
 use super::{Endpoint, Status};
 use crate::https::{HttpsClient, Request};
+use crate::logs::LatestSegment;
 use bytes::Bytes;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,8 @@ pub struct Sender {
     pub endpoint: Arc<Endpoint>,
     pub https: HttpsClient,
     pub log_dir: PathBuf,
+    /// The log's newest segment, from its writer.
+    pub latest: LatestSegment,
     pub store: Arc<dyn SpoolPort>,
     pub status: Arc<Mutex<Status>>,
 }
@@ -55,7 +58,7 @@ pub struct Sender {
 impl Sender {
     /// Run from `cursor` until the task is aborted.
     pub async fn run(self, cursor: Cursor) {
-        let mut tail = LogTail::new(&self.log_dir, cursor);
+        let mut tail = LogTail::new(&self.log_dir, cursor).following(self.latest.clone());
         let mut saved_at = Instant::now();
         loop {
             let (batch, after, rest) = self.gather(tail).await;
@@ -108,7 +111,7 @@ impl Sender {
                 Err(e) => {
                     // The reader panicked: start a new one where it was.
                     self.failed("log_read", format!("event log reader failed: {e}"));
-                    tail = LogTail::new(&self.log_dir, cursor);
+                    tail = LogTail::new(&self.log_dir, cursor).following(self.latest.clone());
                     tokio::time::sleep(LOG_RETRY).await;
                     Vec::new()
                 }

@@ -48,9 +48,13 @@ pub struct LogTail {
     open: Option<Open>,
     /// Why the last read stopped short (the segment is opened again next time).
     error: Option<String>,
+    /// The newest segment, from the log's writer: at the end of the cursor's segment, the
+    /// directory is listed for the next one only once a later one exists.
+    latest: Option<LatestSegment>,
 }
 
 pub use crate::logs::segments;
+use crate::logs::LatestSegment;
 
 /// The cursor at the end of the log as it is now: where a new webhook starts.
 pub fn end_of_log(dir: &Path) -> Cursor {
@@ -76,7 +80,15 @@ impl LogTail {
             cursor,
             open: None,
             error: None,
+            latest: None,
         }
+    }
+
+    /// Told by the log's writer which segment is the newest (without it, the directory is
+    /// listed whenever the reader is at the end of a segment).
+    pub fn following(mut self, latest: LatestSegment) -> LogTail {
+        self.latest = Some(latest);
+        self
     }
 
     /// The cursor past the last record read.
@@ -103,6 +115,11 @@ impl LogTail {
                 Ok(None) => {
                     // The end of what is written. A later segment means this one is
                     // complete: read what may have come in meanwhile, then go on there.
+                    if let Some(latest) = &self.latest {
+                        if latest.get() <= self.cursor.segment {
+                            break;
+                        }
+                    }
                     let later = segments(&self.dir)
                         .into_iter()
                         .find(|s| *s > self.cursor.segment);
@@ -217,21 +234,11 @@ impl LogTail {
                     None => return false,
                 }
             };
-            let zst = self.dir.join(format!("{segment}.jsonl.zst"));
-            let plain = self.dir.join(format!("{segment}.jsonl"));
-            // A complete `.zst` first: for a moment both exist, and the `.jsonl` goes next.
-            let opened: std::io::Result<Open> = match File::open(&zst) {
-                Ok(f) => zstd::stream::Decoder::new(f).map(|d| Open {
-                    reader: Box::new(BufReader::new(d)) as Box<dyn BufRead + Send>,
+            let mut open = match open_reader(&self.dir, &segment) {
+                Ok(reader) => Open {
+                    reader,
                     partial: Vec::new(),
-                }),
-                Err(_) => File::open(&plain).map(|f| Open {
-                    reader: Box::new(BufReader::new(f)),
-                    partial: Vec::new(),
-                }),
-            };
-            let mut open = match opened {
-                Ok(o) => o,
+                },
                 // Compressed between the listing and the open: look again.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
@@ -260,17 +267,21 @@ impl LogTail {
     }
 }
 
+/// A reader of `segment`'s lines: its complete `.zst` first (for a moment both exist, and
+/// the `.jsonl` goes next), else its `.jsonl`.
+fn open_reader(dir: &Path, segment: &str) -> std::io::Result<Box<dyn BufRead + Send>> {
+    match File::open(dir.join(format!("{segment}.jsonl.zst"))) {
+        Ok(f) => Ok(Box::new(BufReader::new(zstd::stream::Decoder::new(f)?))),
+        Err(_) => Ok(Box::new(BufReader::new(File::open(
+            dir.join(format!("{segment}.jsonl")),
+        )?))),
+    }
+}
+
 /// Read a whole segment's lines (tests, `ctl`).
 pub fn read_segment(dir: &Path, segment: &str) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    match File::open(dir.join(format!("{segment}.jsonl.zst"))) {
-        Ok(f) => {
-            zstd::stream::Decoder::new(f)?.read_to_end(&mut out)?;
-        }
-        Err(_) => {
-            File::open(dir.join(format!("{segment}.jsonl")))?.read_to_end(&mut out)?;
-        }
-    }
+    open_reader(dir, segment)?.read_to_end(&mut out)?;
     Ok(out)
 }
 

@@ -244,7 +244,17 @@ impl Daemon {
         what: &str,
         f: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        poll_until(what, Duration::from_secs(10), || self.events(), f)
+        self.wait_events_within(what, Duration::from_secs(10), f)
+    }
+
+    /// [`Daemon::wait_events`] with a longer (or shorter) patience.
+    pub fn wait_events_within(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        poll_until(what, timeout, || self.events(), f)
     }
 }
 
@@ -824,22 +834,33 @@ pub fn world(mx: &[(&str, &str)], responses: &str, shaping: &str, config: &str) 
         opts.push(format!("--host-record={host},127.0.0.1"));
     }
     let dns = Dnsmasq::start(&opts);
+    let d = daemon_over(dir, dns.port, sink.port, shaping, config);
+    World { dns, sink, d }
+}
+
+/// A daemon in `dir` resolving through dnsmasq on `dns_port`, whose `["default"]` shaping
+/// block sends every domain to `smtp_port` in plain text, `shaping` appended to the
+/// shaping file and `config` to the config.
+pub fn daemon_over(
+    dir: tempfile::TempDir,
+    dns_port: u16,
+    smtp_port: u16,
+    shaping: &str,
+    config: &str,
+) -> Daemon {
     std::fs::write(
         dir.path().join("shaping.toml"),
         format!(
-            "[\"default\"]\nsmtp_port = {}\nenable_tls = \"Disabled\"\nprohibited_hosts = []\n\n{shaping}",
-            sink.port
+            "[\"default\"]\nsmtp_port = {smtp_port}\nenable_tls = \"Disabled\"\nprohibited_hosts = []\n\n{shaping}"
         ),
     )
     .unwrap();
-    let d = Daemon::start_in(
+    Daemon::start_in(
         dir,
         &format!(
-            "[dns]\nnameservers = [\"127.0.0.1:{}\"]\n\n[shaping]\nfiles = [\"shaping.toml\"]\n\n{config}",
-            dns.port
+            "[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\n\n[shaping]\nfiles = [\"shaping.toml\"]\n\n{config}"
         ),
-    );
-    World { dns, sink, d }
+    )
 }
 
 /// Read JSON records with `read` every 50 ms until `f` holds on them (they are written

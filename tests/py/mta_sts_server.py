@@ -11,9 +11,9 @@ Every request is appended to FILE as one JSON line {"host", "path", "status"}. P
 import argparse
 import json
 import os
-import ssl
-import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from http_serve import serve
 
 
 def main():
@@ -51,14 +51,7 @@ def main():
         def log_message(self, *a):
             pass
 
-    ip, port = args.listen.rsplit(":", 1)
-    server = ThreadingHTTPServer((ip, int(port)), Policy)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(args.cert, args.key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    print("ready", flush=True)
-    sys.stdout.flush()
-    server.serve_forever()
+    serve(args.listen, Policy, args.cert, args.key)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,10 @@ Prints "ready" once listening.
 import argparse
 import datetime
 import json
-import ssl
-import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
+from http_serve import serve
 from standardwebhooks.webhooks import Webhook
 
 
@@ -93,16 +92,7 @@ def main():
         def log_message(self, *a):
             pass
 
-    ip, port = args.listen.rsplit(":", 1)
-    ThreadingHTTPServer.allow_reuse_address = True
-    server = ThreadingHTTPServer((ip, int(port)), Receiver)
-    if args.cert:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(args.cert, args.key)
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    print("ready", flush=True)
-    sys.stdout.flush()
-    server.serve_forever()
+    serve(args.listen, Receiver, args.cert, args.key)
 
 
 if __name__ == "__main__":
