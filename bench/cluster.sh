@@ -10,17 +10,22 @@
 #                the cluster's connection_limit), RUNS times in turn: medians and ratio;
 #   two vs one   the same N messages through two nodes (N/2 each, injected at once) and
 #                through one, both with [cluster]: the cluster's total rate (one machine,
-#                2 cores: the nodes compete for them).
+#                2 cores: the nodes compete for them);
+#   postfix      the same N messages through Postfix relaying to the same smtp-sink, in
+#                the same run: every mode is also given as a ratio to it.
 #
 #   bench/cluster.sh [MESSAGES] [RUNS] [FIRINGS]      defaults: 20000 3 100
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 . bench/switchyard.sh
+. bench/postfix.sh
 
 N=${1:-20000}; RUNS=${2:-3}; FIRINGS=${3:-100}; S=20; L=5120
 work=$(mktemp -d /var/tmp/switchyard-cluster.XXXXXX)
+chmod 755 "$work"  # Postfix runs as user postfix and must reach its queue
 sy_cleanup_on_exit "$work"
+trap 'postfix_stop "$work/postfix"; for p in "${pids[@]}" ${sy_pid:-}; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 cargo build --release -q
 base=$((20000 + RANDOM % 10000))
 redis_port=$((base + 1)); sink_port=$((base + 2)); reject_port=$((base + 3))
@@ -109,6 +114,7 @@ relay() {
     off) node a "$dir/a" "$port" "$route" ;;
     on) node a "$dir/a" "$port" "$route" cluster ;;
     two) node a "$dir/a" "$port" "$route" cluster; node b "$dir/b" $((port + 2)) "$route" cluster ;;
+    postfix) postfix_start "$work/postfix" "$port" "relayhost = [127.0.0.1]:$sink_port" "smtp_tls_security_level = none" ;;
   esac
   sleep 1.5
   start=$(now)
@@ -117,18 +123,22 @@ relay() {
     smtp-source -d -s $((S / 2)) -m $((N / 2)) -l "$L" -f bench@example.com -t rcpt@example.org "127.0.0.1:$((port + 2))"
     wait %%
     until [ $(( $(delivered $((port + 1))) + $(delivered $((port + 3))) )) -ge "$N" ]; do sleep 0.05; done
+  elif [ "$mode" = postfix ]; then
+    smtp-source -d -s "$S" -m "$N" -l "$L" -f bench@example.com -t rcpt@example.org "127.0.0.1:$port"
+    until [ "$(postfix_queued "$work/postfix")" -eq 0 ]; do sleep 0.05; done
   else
     smtp-source -d -s "$S" -m "$N" -l "$L" -f bench@example.com -t rcpt@example.org "127.0.0.1:$port"
     until [ "$(delivered $((port + 1)))" -ge "$N" ]; do sleep 0.05; done
   fi
   end=$(now)
   stop_nodes
+  [ "$mode" = postfix ] && { postfix_stop "$work/postfix"; rm -rf "$work/postfix"; }
   rm -rf "$dir"
   echo "$mode $(echo "$N / ($end - $start)" | bc -l)"
 }
 out="$work/results.txt"
 for r in $(seq "$RUNS"); do
-  for mode in off on two; do relay "$mode" "$r" >> "$out"; done
+  for mode in off on two postfix; do relay "$mode" "$r" >> "$out"; done
 done
 echo "$prop"
 python3 - "$out" "$N" <<'PY'
@@ -136,9 +146,10 @@ import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 med = lambda m: statistics.median(float(r[1]) for r in rows if r[0] == m)
 runs = lambda m: ", ".join(f"{float(r[1]):.0f}" for r in rows if r[0] == m)
-off, on, two = med("off"), med("on"), med("two")
-print(f"messages={sys.argv[2]} runs={len(rows) // 3} (20 sessions, 5 KiB, kept connections, smtp-sink)")
-print(f"one node, no [cluster]   {off:8.0f} msg/s  (runs: {runs('off')})")
-print(f"one node, [cluster] on   {on:8.0f} msg/s  {on / off * 100:6.1f} % of off  (runs: {runs('on')})")
-print(f"two nodes, [cluster] on  {two:8.0f} msg/s  {two / on * 100:6.1f} % of one node  (runs: {runs('two')})")
+off, on, two, pf = med("off"), med("on"), med("two"), med("postfix")
+print(f"messages={sys.argv[2]} runs={len(rows) // 4} (20 sessions, 5 KiB, kept connections, smtp-sink)")
+print(f"postfix                  {pf:8.0f} msg/s  (runs: {runs('postfix')})")
+print(f"one node, no [cluster]   {off:8.0f} msg/s  {off / pf:6.2f}x postfix  (runs: {runs('off')})")
+print(f"one node, [cluster] on   {on:8.0f} msg/s  {on / pf:6.2f}x postfix  {on / off * 100:6.1f} % of off  (runs: {runs('on')})")
+print(f"two nodes, [cluster] on  {two:8.0f} msg/s  {two / pf:6.2f}x postfix  {two / on * 100:6.1f} % of one node  (runs: {runs('two')})")
 PY

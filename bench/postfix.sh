@@ -1,5 +1,6 @@
 # Sourced by bench scripts: a private Postfix instance on a loopback port, for comparison.
 #   postfix_start DIR PORT [extra main.cf lines...]   postfix_stop DIR
+#   postfix_queued DIR   messages in its queue (0: everything handed on)
 # It queues in DIR/spool; Postfix fsyncs each queue file before its 250, as switchyard
 # fsyncs before its own.
 
@@ -38,6 +39,11 @@ MAIN
   done
   echo "postfix did not start; see $dir/maillog" >&2
   return 1
+}
+
+postfix_queued() {
+  find "$1/spool/incoming" "$1/spool/active" "$1/spool/deferred" "$1/spool/maildrop" \
+       -type f 2>/dev/null | wc -l
 }
 
 postfix_stop() {

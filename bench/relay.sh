@@ -85,10 +85,6 @@ postfix_start "$work/postfix" "$pf_port" "relayhost = [127.0.0.1]:$sink_port" "s
 now() { date +%s.%N; }
 
 sy_delivered() { sy_metric '^switchyard_delivery_total\{.*outcome="delivered"'; }
-pf_queued() {
-  find "$work/postfix/spool/incoming" "$work/postfix/spool/active" "$work/postfix/spool/deferred" \
-       "$work/postfix/spool/maildrop" -type f 2>/dev/null | wc -l
-}
 
 if [ -n "${PROFILE:-}" ]; then
   perf record -g -o "$PROFILE" -p "$sy_pid" 2>/dev/null &
@@ -110,7 +106,7 @@ start=$(now)
 smtp-source $keep -s "$S" -m "$N" -l "$L" -f bench@example.com -t rcpt@example.org "127.0.0.1:$pf_port"
 injected=$(now)
 sleep 0.5
-until [ "$(pf_queued)" -eq 0 ]; do sleep 0.05; done
+until [ "$(postfix_queued "$work/postfix")" -eq 0 ]; do sleep 0.05; done
 pf_end=$(now)
 pf_cpu=$(echo "($(pf_ticks) - $cpu0) / $tick * 1000 / $N" | bc -l)
 pf_rate=$(echo "$N / ($pf_end - $start)" | bc -l)
