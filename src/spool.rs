@@ -957,6 +957,11 @@ impl switchyard_actors::ports::SpoolPort for Spool {
         self.send_op(WriteOp::DeleteState(key));
     }
 
+    fn sync(&self) -> futures::future::BoxFuture<'static, ()> {
+        let spool = self.clone();
+        Box::pin(async move { Spool::sync(&spool).await })
+    }
+
     fn load(&self, key: &MessageKey) -> Result<switchyard_actors::ports::LoadedMessage, String> {
         Spool::load(self, key).map_err(|e| e.to_string())
     }

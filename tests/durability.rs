@@ -136,3 +136,52 @@ fn sigkill_in_the_middle_of_injection_loses_nothing_acknowledged() {
         sent.len()
     );
 }
+
+/// The ids the API lists at `path`.
+fn listed_ids(d: &Daemon, path: &str) -> Vec<String> {
+    d.get_json(path)
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|x| x["id"].as_str().expect("an id").to_string())
+        .collect()
+}
+
+/// An operator's change that the API answered is on disk before the answer: SIGKILL the
+/// daemon right after each one, and the restarted daemon has it — a suspension, a throttle
+/// and a bounce order made, then each cancelled.
+#[test]
+fn every_acknowledged_operator_change_survives_sigkill() {
+    let mut d = Daemon::start("");
+    let kinds = [
+        ("/api/v1/suspensions", r#""reason":"durability""#, 201),
+        ("/api/v1/throttles", r#""rate":"10/h""#, 201),
+        ("/api/v1/bounces", r#""reason":"durability""#, 200),
+    ];
+    for round in 0..4 {
+        for (path, extra, created) in kinds {
+            let body = format!(r#"{{"tenant":"t{round}","duration":"1h",{extra}}}"#);
+            let (status, answer) = d.request("POST", path, Some(&body));
+            assert_eq!(status, created, "{path} {body}: {answer}");
+            let id = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["id"]
+                .as_str()
+                .expect("an id")
+                .to_string();
+            d.kill();
+            d.spawn();
+            assert!(
+                listed_ids(&d, path).contains(&id),
+                "round {round}: {path} {id} was answered {status} and lost by a SIGKILL"
+            );
+
+            let (status, answer) = d.request("DELETE", &format!("{path}/{id}"), None);
+            assert_eq!(status, 204, "{path}/{id}: {answer}");
+            d.kill();
+            d.spawn();
+            assert!(
+                !listed_ids(&d, path).contains(&id),
+                "round {round}: the cancel of {path} {id} was answered and undone by a SIGKILL"
+            );
+        }
+    }
+}

@@ -76,6 +76,7 @@ pub struct Engine {
     pools: Pools,
     policies: Arc<PoliciesInForce>,
     classifier: Addr<ClassifierActor>,
+    spool: Arc<dyn crate::ports::SpoolPort>,
 }
 
 impl Engine {
@@ -179,6 +180,7 @@ impl Engine {
             cluster: ports.cluster.clone(),
         }));
         Engine {
+            spool: ports.spool.clone(),
             tenants,
             campaigns,
             queues,
@@ -291,17 +293,19 @@ impl Engine {
             None => self.tenants.registry.all(),
         };
         let asks = tenants.iter().map(|t| t.send(bounce.clone())).collect();
-        crate::messages::sum_counts(asks).await
+        let n = crate::messages::sum_counts(asks).await;
+        self.spool.sync().await;
+        n
     }
 
     /// Suspend (or extend); the suspension as stored. `None` if the engine has stopped.
     pub async fn suspend(&self, s: Suspension) -> Option<Suspension> {
-        self.register.send(Suspend(s)).await.ok()
+        self.durable(self.register.send(Suspend(s))).await
     }
 
     /// End a suspension, throttle or override now: `Some(true)` when the id existed.
     pub async fn resume(&self, id: String) -> Option<bool> {
-        self.register.send(Resume { id }).await.ok()
+        self.durable(self.register.send(Resume { id })).await
     }
 
     /// Put changes of the shared policy made on other nodes into effect (newest wins).
@@ -326,7 +330,7 @@ impl Engine {
 
     /// Throttle (or re-throttle); the throttle as stored. `None` if the engine has stopped.
     pub async fn throttle(&self, t: Throttle) -> Option<Throttle> {
-        self.register.send(SetThrottle(t)).await.ok()
+        self.durable(self.register.send(SetThrottle(t))).await
     }
 
     /// Every active throttle, oldest first.
@@ -336,7 +340,19 @@ impl Engine {
 
     /// Start (or extend) a bounce order; the order as stored.
     pub async fn bounce_order(&self, b: TimedBounce) -> Option<TimedBounce> {
-        self.register.send(SetBounce(b)).await.ok()
+        self.durable(self.register.send(SetBounce(b))).await
+    }
+
+    /// An operator's change, answered only once what it stored is on disk: a change the
+    /// API acknowledged survives a crash right after. (The register queues its writes
+    /// before it answers, so the barrier queued after the answer comes after them.)
+    async fn durable<T>(
+        &self,
+        change: impl std::future::Future<Output = Result<T, actix::MailboxError>>,
+    ) -> Option<T> {
+        let answer = change.await.ok()?;
+        self.spool.sync().await;
+        Some(answer)
     }
 
     /// Every active bounce order, oldest first.

@@ -75,6 +75,10 @@ impl SpoolPort for MemorySpool {
         lock(&self.state).remove(&key);
     }
 
+    fn sync(&self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     fn load(&self, key: &MessageKey) -> Result<LoadedMessage, String> {
         let id: [u8; 16] = key[..16].try_into().map_err(|_| "short key".to_string())?;
         lock(&self.bodies)

@@ -25,6 +25,10 @@ pub trait SpoolPort: Send + Sync + 'static {
     fn put_state(&self, key: String, value: Vec<u8>);
     /// Forget a state entry.
     fn delete_state(&self, key: String);
+    /// Resolves once every change queued before it is committed and fsynced: what an
+    /// operator's change waits for before it is answered, so an acknowledged change
+    /// survives a crash.
+    fn sync(&self) -> BoxFuture<'static, ()>;
     /// Read sender and body. Blocking; call it off actor threads.
     fn load(&self, key: &MessageKey) -> Result<LoadedMessage, String>;
 }
