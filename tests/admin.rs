@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A request with an optional bearer token: (status, body).
 fn call(
@@ -39,6 +39,20 @@ fn call(
             .map(|(_, b)| b.to_string())
             .unwrap_or_default(),
     )
+}
+
+/// The scheduled queue of hold.test, as `GET /api/v1/queues` lists it.
+fn hold_test_queue(addr: SocketAddr, token: Option<&str>) -> Value {
+    let (status, body) = call(addr, "GET", "/api/v1/queues", token, "");
+    assert_eq!(status, 200, "{body}");
+    let q: Value = serde_json::from_str(&body).unwrap();
+    q["scheduled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["domain"] == "hold.test")
+        .cloned()
+        .unwrap_or_else(|| panic!("no hold.test queue: {q}"))
 }
 
 fn is_error(body: &str) -> bool {
@@ -159,12 +173,7 @@ fn every_route_answers_good_and_bad_input_behind_the_token() {
     let (status, body) = call(a, "GET", "/api/v1/queues", t, "");
     assert_eq!(status, 200, "{body}");
     let q: Value = serde_json::from_str(&body).unwrap();
-    let held = q["scheduled"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["domain"] == "hold.test")
-        .unwrap();
+    let held = hold_test_queue(a, t);
     assert_eq!(
         (
             &held["name"],
@@ -218,6 +227,13 @@ fn every_route_answers_good_and_bad_input_behind_the_token() {
     ] {
         let (status, body) = call(a, "POST", "/api/v1/suspensions", t, bad);
         assert!(status == 400 && is_error(&body), "{bad}: {status} {body}");
+    }
+    // The hold reaches the queue through the tenant and campaign actors: wait until the
+    // queue says it is held, so the resume below has something to release.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hold_test_queue(a, t)["suspended"].as_bool().unwrap() {
+        assert!(Instant::now() < deadline, "the queue never showed the hold");
+        std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
         call(a, "DELETE", &format!("/api/v1/suspensions/{id}"), t, "").0,
