@@ -234,36 +234,56 @@ impl SuspensionRegister {
         self.arm(&b.id, b.expires_ms, ctx);
     }
 
-    /// A change made on another node, unless what this node knows of it is as new.
+    /// A change made on another node, unless this node knows a newer one. Every change
+    /// comes here from Redis — the channel carries only what Redis kept, a reconciliation
+    /// reads what it holds — and of two changes made in the same millisecond Redis keeps
+    /// the one written first: on such a tie Redis's copy wins here too, so every node ends
+    /// on the same one.
     fn apply_shared(&mut self, c: PolicyChange, ctx: &mut Context<Self>) {
-        if self.version_of(&c.id).is_some_and(|v| v >= c.updated_ms) || c.expires_ms <= now_ms() {
+        let known = self.version_of(&c.id);
+        if known.is_some_and(|v| v > c.updated_ms) || c.expires_ms <= now_ms() {
             return;
         }
+        let tie = known == Some(c.updated_ms);
         let Some(object) = c.object.clone() else {
-            self.end(&c.id, &format!("resumed on node {}", c.node), ctx);
-            self.bury(c);
+            if !(tie && self.tombstones.contains_key(&c.id)) {
+                self.end(&c.id, &format!("resumed on node {}", c.node), ctx);
+                self.bury(c);
+            }
             return;
         };
-        if self.tombstones.remove(&c.id).is_some() {
-            self.ports.spool.delete_state(format!("tombstone/{}", c.id));
-        }
         let read = match c.kind {
             PolicyKind::Suspension => {
-                serde_json::from_value::<Suspension>(object).map(|x| self.put_shared(x, ctx))
+                serde_json::from_value::<Suspension>(object).map(|x| self.adopt(x, tie, ctx))
             }
             PolicyKind::Throttle => {
-                serde_json::from_value::<Throttle>(object).map(|x| self.put_shared(x, ctx))
+                serde_json::from_value::<Throttle>(object).map(|x| self.adopt(x, tie, ctx))
             }
             PolicyKind::Bounce => {
-                serde_json::from_value::<TimedBounce>(object).map(|x| self.put_shared(x, ctx))
+                serde_json::from_value::<TimedBounce>(object).map(|x| self.adopt(x, tie, ctx))
             }
             PolicyKind::Override => {
-                serde_json::from_value::<Override>(object).map(|x| self.put_shared(x, ctx))
+                serde_json::from_value::<Override>(object).map(|x| self.adopt(x, tie, ctx))
             }
         };
         if let Err(e) = read {
             tracing::warn!(id = %c.id, node = %c.node, "a policy change from the cluster cannot be read ({e}); left out");
         }
+    }
+
+    /// Put `x`, Redis's copy, in force — unless, on a tie, this node already has it just so
+    /// (every reconciliation hears it again).
+    fn adopt<T: Shared>(&mut self, x: T, tie: bool, ctx: &mut Context<Self>) {
+        if tie {
+            let as_known = x.known(self).map(serde_json::to_value);
+            if as_known.is_some_and(|k| k.ok() == serde_json::to_value(&x).ok()) {
+                return;
+            }
+        }
+        if self.tombstones.remove(x.id()).is_some() {
+            self.ports.spool.delete_state(format!("tombstone/{}", x.id()));
+        }
+        self.put_shared(x, ctx);
     }
 
     /// An object from another node. When this node already has one for the same target
@@ -734,6 +754,8 @@ trait Shared: Clone + Serialize {
     fn take_identity(&mut self, other: &Self);
     /// One the register has for the same target under another id.
     fn twin(&self, register: &SuspensionRegister) -> Option<Self>;
+    /// The register's own copy of it (same id), if it is in force.
+    fn known<'r>(&self, register: &'r SuspensionRegister) -> Option<&'r Self>;
     /// Put it in force.
     fn put(self, register: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>);
     /// Its entry in the spool's `state` keyspace.
@@ -772,6 +794,9 @@ macro_rules! impl_shared {
                     .values()
                     .find(|o| o.id != self.id && o.same_target(self))
                     .cloned()
+            }
+            fn known<'r>(&self, r: &'r SuspensionRegister) -> Option<&'r Self> {
+                r.$map.get(&self.id)
             }
             fn put(self, r: &mut SuspensionRegister, ctx: &mut Context<SuspensionRegister>) {
                 r.$put(self, ctx)

@@ -1,6 +1,7 @@
 //! The suspension register in a cluster, with a port that records what it is told to share
 //! (and answers nothing else): changes are shared in order, the newest wins, a resume is a
-//! tombstone an older copy cannot undo, and two nodes' suspensions of one target merge.
+//! tombstone an older copy cannot undo, two nodes' suspensions of one target merge, and of
+//! two changes made in the same millisecond Redis's copy wins.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use switchyard_actors::cluster::{
     Answer, ClusterPort, LeaseId, PolicyChange, PolicyKind, Taken, Unreachable,
 };
-use switchyard_actors::memory::{MemoryPorts, ScriptedConnector};
+use switchyard_actors::memory::{MemoryEvents, MemoryPorts, ScriptedConnector};
 use switchyard_actors::message::now_ms;
 use switchyard_actors::suspension::{Suspension, SuspensionKind};
 
@@ -56,10 +57,20 @@ impl ClusterPort for Recorder {
 }
 
 fn clustered() -> (switchyard_actors::engine::Engine, Arc<Recorder>) {
+    let (e, rec, _) = clustered_with_log();
+    (e, rec)
+}
+
+/// [`clustered`], and the engine's event log.
+fn clustered_with_log() -> (
+    switchyard_actors::engine::Engine,
+    Arc<Recorder>,
+    Arc<MemoryEvents>,
+) {
     let recorder = Arc::new(Recorder::default());
     let mut mem = MemoryPorts::new(ScriptedConnector::accepting());
     mem.ports.cluster = Some(recorder.clone());
-    (engine_on(&mem, plain_settings()), recorder)
+    (engine_on(&mem, plain_settings()), recorder, mem.events.clone())
 }
 
 fn suspension(id: &str, reason: &str, minutes: u64, updated_ms: u64) -> Suspension {
@@ -144,4 +155,34 @@ async fn two_nodes_suspensions_of_one_target_merge_into_the_smaller_id() {
     // The same merge seen again (b's own tombstone of mine, older) changes nothing.
     e.apply_shared(vec![change(&mine, true, mine.updated_ms)]);
     assert_eq!(listed(&e).await.len(), 1);
+}
+
+#[actix::test]
+async fn of_two_changes_in_the_same_millisecond_the_copy_redis_kept_wins_once() {
+    let (e, rec, log) = clustered_with_log();
+    let mine = e.suspend(suspension("", "mine", 60, 0)).await.unwrap();
+    let at = mine.updated_ms;
+    // b changed the same suspension in the same millisecond, and Redis kept b's: it wins
+    // here too (before, each node kept its own for ever).
+    let mut theirs = mine.clone();
+    theirs.reason = "theirs".into();
+    e.apply_shared(vec![change(&theirs, false, at)]);
+    let now = listed(&e).await;
+    assert_eq!((now.len(), now[0].reason.as_str()), (1, "theirs"), "{now:?}");
+    // Heard again at every reconciliation: nothing more is logged, stored or shared.
+    let (records, shared) = (log.records().len(), rec.shared.lock().unwrap().len());
+    for _ in 0..3 {
+        e.apply_shared(vec![change(&theirs, false, at)]);
+    }
+    assert_eq!(listed(&e).await[0].reason, "theirs");
+    assert_eq!(log.records().len(), records, "{:?}", log.records());
+    assert_eq!(rec.shared.lock().unwrap().len(), shared);
+    // A resume made elsewhere in that same millisecond, kept by Redis, ends it; heard
+    // again, it is nothing new.
+    e.apply_shared(vec![change(&theirs, true, at)]);
+    assert!(listed(&e).await.is_empty());
+    let records = log.records().len();
+    e.apply_shared(vec![change(&theirs, true, at)]);
+    assert!(listed(&e).await.is_empty());
+    assert_eq!(log.records().len(), records);
 }
