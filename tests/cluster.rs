@@ -418,11 +418,12 @@ fn a_connection_limit_holds_for_the_cluster_and_local_for_each_node() {
         "peak sessions with connection_limit = 3 on two nodes"
     );
     assert_eq!(leases, 3, "most leases seen in Redis");
-    let (local, leases) = peak_sessions("\"local:3\"", 30);
-    eprintln!("connection_limit = \"local:3\": peak {local} sessions at the sink");
+    // The issue's own words: "local:2" is 2 per node, above 2 for the two.
+    let (local, leases) = peak_sessions("\"local:2\"", 30);
+    eprintln!("connection_limit = \"local:2\": peak {local} sessions at the sink");
     assert!(
-        local > 3,
-        "peak {local} sessions with connection_limit = \"local:3\" on two nodes"
+        local > 2,
+        "peak {local} sessions with connection_limit = \"local:2\" on two nodes"
     );
     assert_eq!(leases, 0, "a local limit takes no lease");
 }
