@@ -356,6 +356,51 @@ fn a_rule_fired_on_one_node_holds_the_tenant_on_every_node_until_resumed_on_any(
     wait_suspended(&p.a, "noisy", 1, 5);
 }
 
+#[test]
+fn of_two_changes_in_the_same_millisecond_every_node_ends_on_the_one_redis_kept() {
+    let p = pair("", "", "");
+    let (status, body) = p.a.request(
+        "POST",
+        "/api/v1/suspensions",
+        Some(r#"{"tenant":"acme","domain":"gmail.test","duration":"1h","reason":"made on a"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_suspended(&p.b, "acme", 1, 5);
+    // Another node changed it in the same millisecond and its copy is the one Redis kept:
+    // same updated_ms, other contents, other node.
+    let key = format!("test:policy:{id}");
+    let mut kept: Value = serde_json::from_str(p.redis.cli(&["GET", &key]).trim()).unwrap();
+    kept["node"] = "c".into();
+    kept["object"]["reason"] = "kept by redis".into();
+    let set = p.redis.cli(&["SET", &key, &kept.to_string(), "KEEPTTL"]);
+    assert_eq!(set.trim(), "OK");
+    // The next reconciliation (every 10 s) brings both nodes to it: before, each kept
+    // its own copy of that millisecond for ever.
+    for d in [&p.a, &p.b] {
+        common::poll_until(
+            "Redis's copy listed",
+            Duration::from_secs(15),
+            || suspended(d, "acme"),
+            |s| s.len() == 1 && s[0]["reason"] == "kept by redis" && s[0]["id"] == id.as_str(),
+        );
+    }
+    // Heard again at every reconciliation after that, it is applied once.
+    let applied = |d: &Daemon| {
+        d.events()
+            .iter()
+            .filter(|e| e["type"] == "Suspension" && e["reason"] == "kept by redis")
+            .count()
+    };
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!((applied(&p.a), applied(&p.b)), (1, 1));
+    let stored: Value = serde_json::from_str(p.redis.cli(&["GET", &key]).trim()).unwrap();
+    assert_eq!(stored, kept, "Redis's copy stays");
+}
+
 /// Neither node fell back to its share of a limit: Redis answered throughout.
 fn redis_answered(p: &Pair) {
     for d in [&p.a, &p.b] {
