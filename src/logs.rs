@@ -189,6 +189,11 @@ impl EventSink for EventLog {
     fn write_final(&self, record: LogRecord, key: MessageKey, spool: Arc<dyn SpoolPort>) {
         self.send(Entry::Final(record, Removal { key, spool }));
     }
+
+    fn sync(&self) -> futures::future::BoxFuture<'static, ()> {
+        let log = self.clone();
+        Box::pin(async move { EventLog::sync(&log).await })
+    }
 }
 
 /// Pending bytes that make a segment write out before the round ends.

@@ -293,8 +293,9 @@ enum WriteOp {
         value: Vec<u8>,
     },
     DeleteState(String),
-    /// Answer once every write queued before it is committed and fsynced (shutdown).
-    Sync(oneshot::Sender<()>),
+    /// Answer once every write queued before it has been through the writer: `true` when
+    /// its state changes and settlements were committed and fsynced.
+    Sync(oneshot::Sender<bool>),
 }
 
 /// The spool handle; cheap to clone.
@@ -474,11 +475,12 @@ impl Spool {
     }
 
     /// Wait until every write queued so far is committed and fsynced: settlements, which
-    /// are otherwise only handed to the OS, included. Shutdown calls it last.
-    pub async fn sync(&self) {
+    /// are otherwise only handed to the OS, included. Shutdown calls it last. `false` when
+    /// they could not be (a storage error, or the writer has stopped).
+    pub async fn sync(&self) -> bool {
         let (done, wait) = oneshot::channel();
         self.send_op(WriteOp::Sync(done));
-        let _ = wait.await;
+        wait.await.unwrap_or(false)
     }
 
     /// Every state entry whose key starts with `prefix`.
@@ -643,9 +645,11 @@ impl Writer {
             if let Err(e) = &result {
                 tracing::error!("spool batch of {} writes failed: {e}", ops.len());
             }
+            // A full disk refuses the new messages of a batch but commits the rest.
+            let settled = matches!(result, Ok(()) | Err(SpoolError::DiskFull { .. }));
             for op in ops.drain(..) {
                 if let WriteOp::Sync(done) = op {
-                    let _ = done.send(());
+                    let _ = done.send(settled);
                 } else if let WriteOp::Store { done, .. } = op {
                     let answer = match &result {
                         Ok(()) => Ok(()),
@@ -957,7 +961,7 @@ impl switchyard_actors::ports::SpoolPort for Spool {
         self.send_op(WriteOp::DeleteState(key));
     }
 
-    fn sync(&self) -> futures::future::BoxFuture<'static, ()> {
+    fn sync(&self) -> futures::future::BoxFuture<'static, bool> {
         let spool = self.clone();
         Box::pin(async move { Spool::sync(&spool).await })
     }

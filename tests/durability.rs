@@ -185,3 +185,55 @@ fn every_acknowledged_operator_change_survives_sigkill() {
         }
     }
 }
+
+/// How many recipients of `tenant` a stopped daemon's spool still holds.
+fn spooled_of(d: &Daemon, tenant: &str) -> usize {
+    let spool = switchyard::spool::Spool::open(&d.dir.path().join("data/spool"), 0).unwrap();
+    spool
+        .queue_entries()
+        .filter(|entry| entry.as_ref().unwrap().2.tenant == tenant)
+        .count()
+}
+
+/// Mail an operator bounced stays bounced: by the answer `{"bounced": N}` its records are
+/// written and its removal from the spool is on disk, so a SIGKILL right after it brings
+/// none of it back.
+#[test]
+fn mail_bounced_by_an_operator_stays_bounced_through_a_sigkill() {
+    let mut d = Daemon::start("");
+    for round in 0..4 {
+        let tenant = format!("b{round}");
+        // DNS refuses at once: the mail waits in its scheduled queue for a route.
+        common::send_as(&d, 5, "news@bounce.example", "u@nowhere.test", &tenant);
+        common::poll_until(
+            "the 5 messages queued",
+            Duration::from_secs(10),
+            || {
+                d.get_json("/api/v1/queues")["scheduled"]
+                    .as_array()
+                    .unwrap()
+                    .clone()
+            },
+            |q| {
+                q.iter()
+                    .filter(|x| x["tenant"] == tenant.as_str())
+                    .map(|x| x["messages"].as_u64().unwrap())
+                    .sum::<u64>()
+                    == 5
+            },
+        );
+        let body = format!(r#"{{"tenant":"{tenant}","reason":"durability"}}"#);
+        let (status, answer) = d.request("POST", "/api/v1/bounces", Some(&body));
+        assert_eq!(status, 200, "{answer}");
+        let bounced =
+            serde_json::from_str::<serde_json::Value>(&answer).unwrap()["bounced"].clone();
+        assert_eq!(bounced, 5, "{answer}");
+        d.kill();
+        assert_eq!(
+            spooled_of(&d, &tenant),
+            0,
+            "round {round}: bounced and answered, then back in the spool after a SIGKILL"
+        );
+        d.spawn();
+    }
+}

@@ -65,6 +65,18 @@ pub struct Submission {
     pub message: QueuedMessage,
 }
 
+/// Why an operator's change was not answered as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotDone {
+    /// The actor system has stopped (shutdown).
+    #[error("engine stopped")]
+    Stopped,
+    /// It is in force, but the spool could not store it (see the daemon's log): a restart
+    /// would not have it.
+    #[error("in force now, but the spool could not store it (see the daemon's log)")]
+    NotStored,
+}
+
 /// Handle on the running actor system.
 pub struct Engine {
     tenants: Arc<Tenants>,
@@ -77,6 +89,7 @@ pub struct Engine {
     policies: Arc<PoliciesInForce>,
     classifier: Addr<ClassifierActor>,
     spool: Arc<dyn crate::ports::SpoolPort>,
+    events: Arc<dyn crate::ports::EventSink>,
 }
 
 impl Engine {
@@ -181,6 +194,7 @@ impl Engine {
         }));
         Engine {
             spool: ports.spool.clone(),
+            events: ports.events.clone(),
             tenants,
             campaigns,
             queues,
@@ -281,8 +295,13 @@ impl Engine {
     }
 
     /// Bounce queued mail with AdminBounce records: one tenant's (or every tenant's),
-    /// optionally one campaign's and one domain's. Returns how many recipients.
-    pub async fn bounce(&self, tenant: Option<&str>, bounce: AdminBounce) -> usize {
+    /// optionally one campaign's and one domain's. Returns how many recipients, once their
+    /// records are written and their removal from the spool is on disk.
+    pub async fn bounce(
+        &self,
+        tenant: Option<&str>,
+        bounce: AdminBounce,
+    ) -> Result<usize, NotDone> {
         let tenants = match tenant {
             Some(t) => self
                 .tenants
@@ -294,17 +313,22 @@ impl Engine {
         };
         let asks = tenants.iter().map(|t| t.send(bounce.clone())).collect();
         let n = crate::messages::sum_counts(asks).await;
-        self.spool.sync().await;
-        n
+        // Each bounced recipient leaves the spool once its record is written: first the
+        // log's barrier (which hands those removals to the spool), then the spool's.
+        self.events.sync().await;
+        if !self.spool.sync().await {
+            return Err(NotDone::NotStored);
+        }
+        Ok(n)
     }
 
-    /// Suspend (or extend); the suspension as stored. `None` if the engine has stopped.
-    pub async fn suspend(&self, s: Suspension) -> Option<Suspension> {
+    /// Suspend (or extend); the suspension as stored.
+    pub async fn suspend(&self, s: Suspension) -> Result<Suspension, NotDone> {
         self.durable(self.register.send(Suspend(s))).await
     }
 
-    /// End a suspension, throttle or override now: `Some(true)` when the id existed.
-    pub async fn resume(&self, id: String) -> Option<bool> {
+    /// End a suspension, throttle or override now: `true` when the id existed.
+    pub async fn resume(&self, id: String) -> Result<bool, NotDone> {
         self.durable(self.register.send(Resume { id })).await
     }
 
@@ -328,8 +352,8 @@ impl Engine {
         self.register.send(ListSuspensions).await.ok()
     }
 
-    /// Throttle (or re-throttle); the throttle as stored. `None` if the engine has stopped.
-    pub async fn throttle(&self, t: Throttle) -> Option<Throttle> {
+    /// Throttle (or re-throttle); the throttle as stored.
+    pub async fn throttle(&self, t: Throttle) -> Result<Throttle, NotDone> {
         self.durable(self.register.send(SetThrottle(t))).await
     }
 
@@ -339,7 +363,7 @@ impl Engine {
     }
 
     /// Start (or extend) a bounce order; the order as stored.
-    pub async fn bounce_order(&self, b: TimedBounce) -> Option<TimedBounce> {
+    pub async fn bounce_order(&self, b: TimedBounce) -> Result<TimedBounce, NotDone> {
         self.durable(self.register.send(SetBounce(b))).await
     }
 
@@ -349,10 +373,12 @@ impl Engine {
     async fn durable<T>(
         &self,
         change: impl std::future::Future<Output = Result<T, actix::MailboxError>>,
-    ) -> Option<T> {
-        let answer = change.await.ok()?;
-        self.spool.sync().await;
-        Some(answer)
+    ) -> Result<T, NotDone> {
+        let answer = change.await.map_err(|_| NotDone::Stopped)?;
+        if !self.spool.sync().await {
+            return Err(NotDone::NotStored);
+        }
+        Ok(answer)
     }
 
     /// Every active bounce order, oldest first.

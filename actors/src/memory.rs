@@ -75,8 +75,8 @@ impl SpoolPort for MemorySpool {
         lock(&self.state).remove(&key);
     }
 
-    fn sync(&self) -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(std::future::ready(()))
+    fn sync(&self) -> futures::future::BoxFuture<'static, bool> {
+        Box::pin(std::future::ready(true))
     }
 
     fn load(&self, key: &MessageKey) -> Result<LoadedMessage, String> {

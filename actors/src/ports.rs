@@ -25,10 +25,10 @@ pub trait SpoolPort: Send + Sync + 'static {
     fn put_state(&self, key: String, value: Vec<u8>);
     /// Forget a state entry.
     fn delete_state(&self, key: String);
-    /// Resolves once every change queued before it is committed and fsynced: what an
-    /// operator's change waits for before it is answered, so an acknowledged change
-    /// survives a crash.
-    fn sync(&self) -> BoxFuture<'static, ()>;
+    /// Resolves once every change queued before it has been through the writer: `true`
+    /// when the state changes among them are committed and fsynced. What an operator's
+    /// change waits for before it is answered, so an acknowledged change survives a crash.
+    fn sync(&self) -> BoxFuture<'static, bool>;
     /// Read sender and body. Blocking; call it off actor threads.
     fn load(&self, key: &MessageKey) -> Result<LoadedMessage, String>;
 }
@@ -46,6 +46,12 @@ pub trait EventSink: Send + Sync + 'static {
     fn write_final(&self, record: LogRecord, key: MessageKey, spool: Arc<dyn SpoolPort>) {
         self.write(record);
         spool.remove(key);
+    }
+
+    /// Resolves once every record filed before it is written and the removals waiting on
+    /// them are handed to the spool. This default is for sinks that write at once.
+    fn sync(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
     }
 }
 

@@ -245,11 +245,6 @@ impl SuspensionRegister {
             return;
         }
         let tie = known == Some(c.updated_ms);
-        // This node's own change comes back from every reconciliation: each change it
-        // makes is stamped later than the one before, so a tie with its own is itself.
-        if tie && self.cluster.as_ref().is_some_and(|me| me.node() == c.node) {
-            return;
-        }
         let Some(object) = c.object.clone() else {
             if !(tie && self.tombstones.contains_key(&c.id)) {
                 self.end(&c.id, &format!("resumed on node {}", c.node), ctx);
@@ -286,7 +281,9 @@ impl SuspensionRegister {
             }
         }
         if self.tombstones.remove(x.id()).is_some() {
-            self.ports.spool.delete_state(format!("tombstone/{}", x.id()));
+            self.ports
+                .spool
+                .delete_state(format!("tombstone/{}", x.id()));
         }
         self.put_shared(x, ctx);
     }

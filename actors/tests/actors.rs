@@ -117,7 +117,7 @@ async fn a_held_tenant_sends_nothing_and_its_release_counts_no_attempt() {
     let bad = scheduled.iter().find(|q| q.tenant == "bad").unwrap();
     assert!(bad.suspended && bad.messages == 1, "{bad:?}");
 
-    assert_eq!(engine.resume(held.id).await, Some(true));
+    assert_eq!(engine.resume(held.id).await, Ok(true));
     let records = mem
         .events
         .wait(SOON, |r| count(r, RecordKind::Delivery) == 2)

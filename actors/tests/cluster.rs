@@ -70,7 +70,11 @@ fn clustered_with_log() -> (
     let recorder = Arc::new(Recorder::default());
     let mut mem = MemoryPorts::new(ScriptedConnector::accepting());
     mem.ports.cluster = Some(recorder.clone());
-    (engine_on(&mem, plain_settings()), recorder, mem.events.clone())
+    (
+        engine_on(&mem, plain_settings()),
+        recorder,
+        mem.events.clone(),
+    )
 }
 
 fn suspension(id: &str, reason: &str, minutes: u64, updated_ms: u64) -> Suspension {
@@ -168,7 +172,11 @@ async fn of_two_changes_in_the_same_millisecond_the_copy_redis_kept_wins_once() 
     theirs.reason = "theirs".into();
     e.apply_shared(vec![change(&theirs, false, at)]);
     let now = listed(&e).await;
-    assert_eq!((now.len(), now[0].reason.as_str()), (1, "theirs"), "{now:?}");
+    assert_eq!(
+        (now.len(), now[0].reason.as_str()),
+        (1, "theirs"),
+        "{now:?}"
+    );
     // Heard again at every reconciliation: nothing more is logged, stored or shared.
     let (records, shared) = (log.records().len(), rec.shared.lock().unwrap().len());
     for _ in 0..3 {

@@ -18,7 +18,7 @@ use switchyard_actors::throttle::Throttle;
 use switchyard_actors::timed_bounce::TimedBounce;
 
 fn stopped() -> ApiError {
-    ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into())
+    switchyard_actors::engine::NotDone::Stopped.into()
 }
 
 /// A duration of a request body: humantime, more than zero.
@@ -89,7 +89,7 @@ pub(super) async fn create_throttle(
         expires_ms: now + duration.as_millis() as u64,
         updated_ms: 0,
     };
-    let stored = state.engine.throttle(t).await.ok_or_else(stopped)?;
+    let stored = state.engine.throttle(t).await?;
     Ok((StatusCode::CREATED, Json(throttle_json(&stored))).into_response())
 }
 
@@ -100,7 +100,7 @@ async fn end(
     exists: bool,
     what: &str,
 ) -> Result<Response, ApiError> {
-    if exists && state.engine.resume(id.clone()).await.ok_or_else(stopped)? {
+    if exists && state.engine.resume(id.clone()).await? {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     Err(ApiError(StatusCode::NOT_FOUND, format!("no {what} {id:?}")))
@@ -193,7 +193,7 @@ pub(super) async fn bounce(
         site: None,
         reason: reason.clone(),
     };
-    let n = state.engine.bounce(req.tenant.as_deref(), now).await;
+    let n = state.engine.bounce(req.tenant.as_deref(), now).await?;
     let order = match duration {
         Some(d) => {
             let now = now_ms();
@@ -209,7 +209,7 @@ pub(super) async fn bounce(
                 expires_ms: now + d.as_millis() as u64,
                 updated_ms: 0,
             };
-            Some(state.engine.bounce_order(order).await.ok_or_else(stopped)?)
+            Some(state.engine.bounce_order(order).await?)
         }
         None => None,
     };

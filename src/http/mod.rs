@@ -135,6 +135,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A change the engine did not finish: 503 with what happened.
+impl From<switchyard_actors::engine::NotDone> for ApiError {
+    fn from(e: switchyard_actors::engine::NotDone) -> Self {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
@@ -280,11 +287,7 @@ async fn create_suspension(
         expires_ms: now + duration.as_millis() as u64,
         updated_ms: 0,
     };
-    let stored = state
-        .engine
-        .suspend(s)
-        .await
-        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into()))?;
+    let stored = state.engine.suspend(s).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": stored.id, "expires": rfc3339_ms(stored.expires_ms)})),
@@ -296,11 +299,7 @@ async fn resume_suspension(
     State(state): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let found = state
-        .engine
-        .resume(id.clone())
-        .await
-        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into()))?;
+    let found = state.engine.resume(id.clone()).await?;
     if found {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
