@@ -12,11 +12,12 @@ use crate::spool::{Spool, SpoolError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_actors::cluster::ClusterPort;
+use switchyard_actors::cluster::{ClusterPort, PolicyKind};
 use switchyard_actors::engine::{Engine, EngineSettings, Submission};
 use switchyard_actors::messages::Restore;
 use switchyard_actors::pool::{Pool, Pools};
 use switchyard_actors::ports::{EgressSource, Ports};
+use switchyard_actors::suspension_register::TOMBSTONE_PREFIX;
 
 /// How often the MX-rollup sites of the shaping blocks are looked up again (answers come
 /// from the DNS cache until their TTL runs out, so this follows the TTLs).
@@ -183,11 +184,14 @@ pub async fn restore_suspensions(spool: &Spool, engine: &Engine) -> anyhow::Resu
             .collect())
     }
     let restore = Restore {
-        suspensions: read(spool, "suspension/")?,
-        overrides: read(spool, "override/")?,
-        throttles: read(spool, "throttle/")?,
-        bounces: read(spool, "bounce/")?,
-        tombstones: read(spool, "tombstone/")?,
+        suspensions: read(
+            spool,
+            &format!("{}/", PolicyKind::Suspension.state_prefix()),
+        )?,
+        overrides: read(spool, &format!("{}/", PolicyKind::Override.state_prefix()))?,
+        throttles: read(spool, &format!("{}/", PolicyKind::Throttle.state_prefix()))?,
+        bounces: read(spool, &format!("{}/", PolicyKind::Bounce.state_prefix()))?,
+        tombstones: read(spool, &format!("{TOMBSTONE_PREFIX}/"))?,
     };
     let (s, o, t, b) = (
         restore.suspensions.len(),

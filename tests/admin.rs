@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A request with an optional bearer token: (status, body).
 fn call(
@@ -230,11 +230,12 @@ fn every_route_answers_good_and_bad_input_behind_the_token() {
     }
     // The hold reaches the queue through the tenant and campaign actors: wait until the
     // queue says it is held, so the resume below has something to release.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !hold_test_queue(a, t)["suspended"].as_bool().unwrap() {
-        assert!(Instant::now() < deadline, "the queue never showed the hold");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::poll_until(
+        "the queue to show the hold",
+        Duration::from_secs(10),
+        || vec![hold_test_queue(a, t)],
+        |q| q[0]["suspended"] == true,
+    );
     assert_eq!(
         call(a, "DELETE", &format!("/api/v1/suspensions/{id}"), t, "").0,
         204

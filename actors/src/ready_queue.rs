@@ -756,8 +756,8 @@ impl Actor for ReadyQueueActor {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.release_spare();
-        if let Some(c) = &self.all.kit.ports.cluster {
-            self.leases.drain(..).for_each(|l| c.release(l));
+        for lease in std::mem::take(&mut self.leases) {
+            self.release(lease);
         }
         self.ready_gauge.set(0.0);
         self.connections_gauge.set(0.0);

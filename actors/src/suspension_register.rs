@@ -31,7 +31,7 @@
 //! before hearing of each other's end up with one: the smaller id, with the later expiry.
 //! [`SharedSnapshot`] is everything, for reconciliation.
 
-use crate::cluster::{ClusterPort, PolicyChange, PolicyKind};
+use crate::cluster::{PolicyChange, PolicyKind};
 use crate::message::now_ms;
 use crate::messages::{
     ApplyShared, ListBounces, ListOverrides, ListSuspensions, ListThrottles, Recheck, Restore,
@@ -61,8 +61,6 @@ pub struct SuspensionRegister {
     bounces: HashMap<String, TimedBounce>,
     overrides: HashMap<String, Override>,
     timers: HashMap<String, SpawnHandle>,
-    /// The cluster the policy is shared in, if any.
-    cluster: Option<Arc<dyn ClusterPort>>,
     /// In a cluster: what was deleted (resumed, cancelled) and when, kept until the
     /// object's own expiry so that an older copy from another node cannot bring it back.
     tombstones: HashMap<String, PolicyChange>,
@@ -80,7 +78,6 @@ impl SuspensionRegister {
         ports: Ports,
         refresh: std::time::Duration,
     ) -> Self {
-        let cluster = ports.cluster.clone();
         SuspensionRegister {
             refresh,
             view,
@@ -92,7 +89,6 @@ impl SuspensionRegister {
             bounces: HashMap::new(),
             overrides: HashMap::new(),
             timers: HashMap::new(),
-            cluster,
             tombstones: HashMap::new(),
         }
     }
@@ -112,6 +108,7 @@ impl SuspensionRegister {
             updated_ms,
             expires_ms,
             node: self
+                .ports
                 .cluster
                 .as_ref()
                 .map(|c| c.node().to_string())
@@ -134,7 +131,7 @@ impl SuspensionRegister {
 
     /// Tell the other nodes of `x` as it is now.
     fn share<T: Shared>(&self, x: &T) {
-        if let Some(cluster) = &self.cluster {
+        if let Some(cluster) = &self.ports.cluster {
             cluster.share(vec![self.change_of(x)]);
         }
     }
@@ -150,7 +147,7 @@ impl SuspensionRegister {
         expires_ms: u64,
     ) {
         let tombstone = self.change(kind, id, updated_ms, expires_ms, None);
-        if let Some(cluster) = &self.cluster {
+        if let Some(cluster) = &self.ports.cluster {
             cluster.share(first.into_iter().chain([tombstone.clone()]).collect());
         }
         self.bury(tombstone);
@@ -169,10 +166,10 @@ impl SuspensionRegister {
 
     /// Keep a deletion (cluster only) until the object's expiry.
     fn bury(&mut self, tombstone: PolicyChange) {
-        if self.cluster.is_none() || tombstone.expires_ms <= now_ms() {
+        if self.ports.cluster.is_none() || tombstone.expires_ms <= now_ms() {
             return;
         }
-        self.persist(format!("tombstone/{}", tombstone.id), &tombstone);
+        self.persist(tombstone_key(&tombstone.id), &tombstone);
         self.tombstones.insert(tombstone.id.clone(), tombstone);
     }
 
@@ -187,7 +184,7 @@ impl SuspensionRegister {
             .collect();
         for id in gone {
             self.tombstones.remove(&id);
-            self.ports.spool.delete_state(format!("tombstone/{id}"));
+            self.ports.spool.delete_state(tombstone_key(&id));
         }
     }
 
@@ -239,13 +236,13 @@ impl SuspensionRegister {
     /// reads what it holds — and of two changes made in the same millisecond Redis keeps
     /// the one written first: on such a tie Redis's copy wins here too, so every node ends
     /// on the same one.
-    fn apply_shared(&mut self, c: PolicyChange, ctx: &mut Context<Self>) {
+    fn apply_shared(&mut self, mut c: PolicyChange, ctx: &mut Context<Self>) {
         let known = self.version_of(&c.id);
         if known.is_some_and(|v| v > c.updated_ms) || c.expires_ms <= now_ms() {
             return;
         }
         let tie = known == Some(c.updated_ms);
-        let Some(object) = c.object.clone() else {
+        let Some(object) = c.object.take() else {
             if !(tie && self.tombstones.contains_key(&c.id)) {
                 self.end(&c.id, &format!("resumed on node {}", c.node), ctx);
                 self.bury(c);
@@ -253,39 +250,36 @@ impl SuspensionRegister {
             return;
         };
         let read = match c.kind {
-            PolicyKind::Suspension => {
-                serde_json::from_value::<Suspension>(object).map(|x| self.adopt(x, tie, ctx))
-            }
-            PolicyKind::Throttle => {
-                serde_json::from_value::<Throttle>(object).map(|x| self.adopt(x, tie, ctx))
-            }
-            PolicyKind::Bounce => {
-                serde_json::from_value::<TimedBounce>(object).map(|x| self.adopt(x, tie, ctx))
-            }
-            PolicyKind::Override => {
-                serde_json::from_value::<Override>(object).map(|x| self.adopt(x, tie, ctx))
-            }
+            PolicyKind::Suspension => self.adopt::<Suspension>(object, tie, ctx),
+            PolicyKind::Throttle => self.adopt::<Throttle>(object, tie, ctx),
+            PolicyKind::Bounce => self.adopt::<TimedBounce>(object, tie, ctx),
+            PolicyKind::Override => self.adopt::<Override>(object, tie, ctx),
         };
         if let Err(e) = read {
             tracing::warn!(id = %c.id, node = %c.node, "a policy change from the cluster cannot be read ({e}); left out");
         }
     }
 
-    /// Put `x`, Redis's copy, in force — unless, on a tie, this node already has it just so
-    /// (every reconciliation hears it again).
-    fn adopt<T: Shared>(&mut self, x: T, tie: bool, ctx: &mut Context<Self>) {
+    /// Put `object`, Redis's copy of a `T`, in force — unless, on a tie, this node already
+    /// has it just so (every reconciliation hears it again).
+    fn adopt<T: Shared + serde::de::DeserializeOwned>(
+        &mut self,
+        object: serde_json::Value,
+        tie: bool,
+        ctx: &mut Context<Self>,
+    ) -> serde_json::Result<()> {
+        let x: T = serde_json::from_value(object)?;
         if tie {
             let as_known = x.known(self).map(serde_json::to_value);
             if as_known.is_some_and(|k| k.ok() == serde_json::to_value(&x).ok()) {
-                return;
+                return Ok(());
             }
         }
         if self.tombstones.remove(x.id()).is_some() {
-            self.ports
-                .spool
-                .delete_state(format!("tombstone/{}", x.id()));
+            self.ports.spool.delete_state(tombstone_key(x.id()));
         }
         self.put_shared(x, ctx);
+        Ok(())
     }
 
     /// An object from another node. When this node already has one for the same target
@@ -769,6 +763,14 @@ trait Shared: Clone + Serialize {
 /// The `state` entry of `kind`'s `id`: `suspension/ID`, `throttle/ID`, ...
 fn state_key(kind: PolicyKind, id: &str) -> String {
     format!("{}/{id}", kind.state_prefix())
+}
+
+/// The prefix of the `state` entries of tombstones (cluster only).
+pub const TOMBSTONE_PREFIX: &str = "tombstone";
+
+/// The `state` entry of the tombstone of `id`.
+fn tombstone_key(id: &str) -> String {
+    format!("{TOMBSTONE_PREFIX}/{id}")
 }
 
 /// [`Shared`] for a kind: its fields are named alike; `$map` is where the register keeps

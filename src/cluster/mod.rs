@@ -265,10 +265,9 @@ impl Cluster {
 
     async fn beat_once(&self, queues: u64, connections: u64) -> redis::RedisResult<bool> {
         let mut c = self.connection().await?;
-        let p = &self.settings.key_prefix;
         let now: i64 = HEARTBEAT_SCRIPT
-            .key(format!("{p}:node:{}", self.settings.node))
-            .key(format!("{p}:nodes"))
+            .key(self.node_key())
+            .key(self.key("nodes"))
             .arg(&self.instance)
             .arg((NODE_TTL.as_millis()) as u64)
             .arg(&self.settings.node)
@@ -280,7 +279,7 @@ impl Cluster {
             return Ok(false);
         }
         let all: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("{p}:nodes"))
+            .arg(self.key("nodes"))
             .query_async(&mut c)
             .await?;
         let mut nodes = Vec::new();
@@ -305,7 +304,7 @@ impl Cluster {
         }
         if !gone.is_empty() {
             let _: redis::RedisResult<()> = redis::cmd("HDEL")
-                .arg(format!("{p}:nodes"))
+                .arg(self.key("nodes"))
                 .arg(&gone)
                 .query_async(&mut c)
                 .await;
@@ -332,18 +331,22 @@ impl Cluster {
         format!("{}:{rest}", self.settings.key_prefix)
     }
 
+    /// This node's heartbeat key.
+    fn node_key(&self) -> String {
+        self.key(&format!("node:{}", self.settings.node))
+    }
+
     /// Leave (shutdown): give the name and the heartbeat up at once.
     pub async fn leave(&self) {
         self.give_back_all().await;
         let Ok(mut c) = self.connection().await else {
             return;
         };
-        let p = &self.settings.key_prefix;
         let _: redis::RedisResult<()> = redis::pipe()
             .cmd("DEL")
-            .arg(format!("{p}:node:{}", self.settings.node))
+            .arg(self.node_key())
             .cmd("HDEL")
-            .arg(format!("{p}:nodes"))
+            .arg(self.key("nodes"))
             .arg(&self.settings.node)
             .query_async(&mut c)
             .await;

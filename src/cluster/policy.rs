@@ -8,8 +8,8 @@
 //!
 //! Pub/sub loses what is said while a node is disconnected, so each node reconciles in
 //! full every [`RECONCILE_EVERY`], whenever its subscription is made again and whenever
-//! Redis answers again: it writes everything it knows (Redis keeps the newer of each, and
-//! answers with it when that is Redis's), then applies everything Redis holds. The newest
+//! Redis answers again: it writes everything it knows (Redis keeps the newer of each),
+//! then applies everything Redis holds. The newest
 //! change of each object wins on both sides.
 
 use super::Cluster;
@@ -27,23 +27,23 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
 /// Write the change ARGV[1] (updated ARGV[2], expiring ARGV[3] ms since the epoch) to KEYS[1]
-/// unless what is there is as new (then answer that), list it in KEYS[2] and publish it on
-/// KEYS[3]; '' when written or already over.
+/// unless what is there is as new or it is already over, list it in KEYS[2] and publish it
+/// on KEYS[3].
 static WRITE_SCRIPT: LazyLock<Script> = script_now_ms!(
     r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, c = pcall(cjson.decode, cur)
   if ok and type(c) == 'table' and tonumber(c['updated_ms']) and tonumber(c['updated_ms']) >= tonumber(ARGV[2]) then
-    return cur
+    return 0
   end
 end
 local ttl = tonumber(ARGV[3]) - now
-if ttl <= 0 then return '' end
+if ttl <= 0 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', math.floor(ttl))
 redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
 redis.call('PUBLISH', KEYS[3], ARGV[1])
-return ''
+return 1
 "#
 );
 
@@ -70,16 +70,13 @@ impl Cluster {
         self.key("policy")
     }
 
-    /// Write one change; `Some` newer change when Redis holds one.
-    async fn write_change(
-        &self,
-        change: &PolicyChange,
-    ) -> redis::RedisResult<Option<PolicyChange>> {
+    /// Write one change (Redis keeps the newer of it and its own copy).
+    async fn write_change(&self, change: &PolicyChange) -> redis::RedisResult<()> {
         let mut c = self.connection().await?;
         let json = serde_json::to_string(change).map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::Client, "policy change", e.to_string()))
         })?;
-        let current: String = WRITE_SCRIPT
+        let _written: i64 = WRITE_SCRIPT
             .key(self.key(&format!("policy:{}", change.id)))
             .key(self.key("policy-index"))
             .key(self.channel())
@@ -88,7 +85,7 @@ impl Cluster {
             .arg(change.expires_ms)
             .invoke_async(&mut c)
             .await?;
-        Ok(read_change(&current))
+        Ok(())
     }
 
     /// Tell the other nodes of a change made here; if Redis does not answer, the next
@@ -155,19 +152,15 @@ impl Cluster {
         let Some(mine) = engine.shared_snapshot().await else {
             return Ok(());
         };
-        let mut newer = Vec::new();
         for change in &mine {
-            if let Some(theirs) = self.write_change(change).await? {
-                newer.push(theirs);
-            }
+            self.write_change(change).await?;
         }
         let mut c = self.connection().await?;
         let all: Vec<String> = READ_ALL_SCRIPT
             .key(self.key("policy-index"))
             .invoke_async(&mut c)
             .await?;
-        newer.extend(all.iter().filter_map(|s| read_change(s)));
-        engine.apply_shared(newer);
+        engine.apply_shared(all.iter().filter_map(|s| read_change(s)).collect());
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! automation sets (`/api/v1/overrides`). Each is listed and cancelled by id; throttles and
 //! bounces are also made by hand. The SuspensionRegister owns them all.
 
-use super::{bad_request, parse_body, ApiError, Body, HttpState};
+use super::{bad_request, parse_body, stopped, ApiError, Body, HttpState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,10 +16,6 @@ use switchyard_actors::shaping::Rate;
 use switchyard_actors::suspension::{rfc3339_ms, Override};
 use switchyard_actors::throttle::Throttle;
 use switchyard_actors::timed_bounce::TimedBounce;
-
-fn stopped() -> ApiError {
-    switchyard_actors::engine::NotDone::Stopped.into()
-}
 
 /// A duration of a request body: humantime, more than zero.
 pub(super) fn positive_duration(text: &str) -> Result<std::time::Duration, ApiError> {

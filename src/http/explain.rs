@@ -5,7 +5,7 @@
 //! `file:line` it was written at (default < providers < destination < source blocks) — and
 //! the suspensions, throttles, overrides and bounce orders that apply to it now.
 
-use super::{bad_request, ApiError, HttpState};
+use super::{bad_request, stopped, ApiError, HttpState};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -22,10 +22,6 @@ pub(super) struct ExplainQuery {
     domain: String,
     campaign: Option<String>,
     source: Option<String>,
-}
-
-fn stopped() -> ApiError {
-    ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into())
 }
 
 /// Where a queue policy value comes from: the last layered section that sets it.

@@ -142,6 +142,11 @@ impl From<switchyard_actors::engine::NotDone> for ApiError {
     }
 }
 
+/// The engine has stopped (shutdown): 503.
+fn stopped() -> ApiError {
+    switchyard_actors::engine::NotDone::Stopped.into()
+}
+
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
@@ -218,11 +223,7 @@ fn suspension_json(s: &Suspension) -> serde_json::Value {
 }
 
 async fn list_suspensions(State(state): State<HttpState>) -> Result<Response, ApiError> {
-    let all = state
-        .engine
-        .suspensions()
-        .await
-        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "engine stopped".into()))?;
+    let all = state.engine.suspensions().await.ok_or_else(stopped)?;
     let list: Vec<serde_json::Value> = all.iter().map(suspension_json).collect();
     Ok(Json(list).into_response())
 }
