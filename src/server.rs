@@ -133,8 +133,28 @@ pub async fn run(loaded: LoadedConfig, path: Option<PathBuf>) -> anyhow::Result<
         max_segment_size: c.logs.max_segment_size.0,
         compress: c.logs.compress,
     };
+    // Reception records a crash kept from the log: looked for before the log starts (and
+    // cuts a torn last line), written first.
+    let unlogged = spool
+        .unlogged_receptions()
+        .context("cannot read the spool's Reception records")?;
+    let (logged, missing) = crate::logs::missing_receptions(&data_dir.join("logs"), unlogged);
     let log = EventLog::start(&data_dir.join("logs"), log_settings)
         .context("cannot start the event log")?;
+    if !missing.is_empty() {
+        tracing::warn!(
+            recovered = missing.len(),
+            "Reception records lost by a crash before the log wrote them: written now from the spool, with \"recovered\": true"
+        );
+    }
+    spool.receptions_logged(logged);
+    for (id, stored) in missing {
+        log.write_reception(crate::logs::Reception::recovered(
+            id,
+            &stored,
+            spool.clone(),
+        ));
+    }
     // The cluster is joined first: the engine's limits and policy are shared through it.
     let started: Arc<std::sync::OnceLock<Arc<switchyard_actors::engine::Engine>>> = Arc::default();
     let cluster = match &c.cluster {

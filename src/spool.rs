@@ -70,6 +70,12 @@ const MESSAGE_FILES_ABOVE: usize = 12;
 const FLUSH_EMPTY_ABOVE: u64 = 4 << 20;
 /// Compactions to give space back start at most this often.
 const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// A journal smaller than this is never a reason to rotate the spool ([`Writer::rotate`]).
+const ROTATE_JOURNAL_ABOVE: u64 = 8 << 20;
+/// Free space a rotation needs besides twice the live data it copies.
+const ROTATE_ROOM: u64 = 1 << 20;
+/// How often the writer looks whether the spool should rotate.
+const ROTATION_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the spool could not take a write.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +227,9 @@ pub struct NewMessage {
     pub body: bytes::Bytes,
     /// One entry per recipient, in envelope order.
     pub entries: Vec<QueueEntry>,
+    /// Its Reception record as the event log will write it (one JSON object), kept with
+    /// the message until the log has it ([`Spool::unlogged_receptions`]).
+    pub reception: bytes::Bytes,
 }
 
 /// Key of a recipient's queue entry (see [`entry_key`]): the actors' one key type.
@@ -293,6 +302,11 @@ enum WriteOp {
         value: Vec<u8>,
     },
     DeleteState(String),
+    /// The event log has written these messages' Reception records.
+    ReceptionsLogged(Vec<MessageId>),
+    /// Rotate now, whatever the journal's size (tests).
+    #[cfg(test)]
+    Rotate(oneshot::Sender<Result<(), String>>),
     /// Answer once every write queued before it has been through the writer: `true` when
     /// its state changes and settlements were committed and fsynced.
     Sync(oneshot::Sender<bool>),
@@ -305,10 +319,8 @@ pub struct Spool {
 }
 
 struct Inner {
-    db: Database,
-    messages: Keyspace,
-    queue: Keyspace,
-    state: Keyspace,
+    /// The generation in use ([`Store`]); the writer swaps it when the spool rotates.
+    store: Slot,
     /// `None` only while dropping, so the writer sees its channel close.
     writer: Option<mpsc::UnboundedSender<WriteOp>>,
     store_permits: Arc<tokio::sync::Semaphore>,
@@ -343,11 +355,11 @@ impl Drop for Inner {
 
 /// The group-commit writer, alone on its thread.
 struct Writer {
-    db: Database,
-    messages: Keyspace,
-    queue: Keyspace,
-    state: Keyspace,
+    /// The generation it writes to: the same as `slot` holds.
+    store: Arc<Store>,
+    slot: Slot,
     counters: Arc<Counters>,
+    /// The spool's directory (`data_dir/spool`), where its generations live.
     path: PathBuf,
     min_free_space: u64,
     commit_delay: std::time::Duration,
@@ -358,6 +370,174 @@ struct Writer {
     compactor: std::sync::mpsc::SyncSender<()>,
     /// The journal's size on disk, read at most every [`JOURNAL_SIZE_EVERY`].
     journal_size: std::cell::Cell<(Option<std::time::Instant>, u64)>,
+    /// When the writer last looked whether the spool should rotate ([`Writer::rotate`]).
+    last_rotation_check: Option<std::time::Instant>,
+}
+
+/// One generation of the spool: a fjall database with its keyspaces, in its own directory
+/// under the spool's (`gen-NNNNNN`; a spool from before generations is its own directory).
+/// fjall seals its active journal only past 64 MB, so on a small volume the journal of mail
+/// long delivered could fill the disk: the writer then starts a new generation, copies what
+/// is still alive into it, and deletes the old one whole ([`Writer::rotate`]).
+struct Store {
+    dir: PathBuf,
+    db: Database,
+    messages: Keyspace,
+    queue: Keyspace,
+    state: Keyspace,
+    /// Message id → its Reception record, until the event log has written it (see
+    /// [`Spool::unlogged_receptions`]).
+    receptions: Keyspace,
+}
+
+impl Store {
+    fn open(dir: &Path) -> Result<Store, SpoolError> {
+        // The spool reads little (recovery, the rare cold message): a small block cache, not
+        // fjall's 32 MiB, which a wave of deliveries fills and RSS then keeps showing.
+        let db = Database::builder(dir).cache_size(SPOOL_CACHE).open()?;
+        // Bodies are large and written once: keep them out of the LSM's compaction path.
+        let messages = db.keyspace("messages", || {
+            KeyspaceCreateOptions::default()
+                .with_kv_separation(Some(KvSeparationOptions::default()))
+        })?;
+        let queue = db.keyspace("queue", KeyspaceCreateOptions::default)?;
+        // Suspensions and shaping overrides, keyed "suspension/ID", "override/ID".
+        let state = db.keyspace("state", KeyspaceCreateOptions::default)?;
+        let receptions = db.keyspace("receptions", KeyspaceCreateOptions::default)?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            db,
+            messages,
+            queue,
+            state,
+            receptions,
+        })
+    }
+
+    fn keyspaces(&self) -> [&Keyspace; 4] {
+        [&self.messages, &self.queue, &self.state, &self.receptions]
+    }
+
+    /// Start flushing every memtable (fjall does it in the background).
+    fn flush_memtables(&self) {
+        for ks in self.keyspaces() {
+            if let Err(e) = ks.rotate_memtable() {
+                tracing::warn!("spool: cannot flush a memtable: {e}");
+            }
+        }
+    }
+}
+
+/// The generation in use, shared by the writer (which swaps it) and the readers.
+#[derive(Clone)]
+struct Slot(Arc<std::sync::RwLock<Arc<Store>>>);
+
+impl Slot {
+    fn get(&self) -> Arc<Store> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, store: Arc<Store>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = store;
+    }
+}
+
+/// The file in the spool's directory that names the generation in use.
+const GENERATION_FILE: &str = "generation";
+/// What fjall keeps at the top of its directory: a spool from before generations has these
+/// in the spool's own directory.
+const FJALL_TOP_LEVEL: [&str; 3] = ["version", "lock", "keyspaces"];
+
+fn generation_name(n: u64) -> String {
+    format!("gen-{n:06}")
+}
+
+fn generation_number(name: &str) -> Option<u64> {
+    name.strip_prefix("gen-")?.parse().ok()
+}
+
+/// The directory of the generation in use: named by the generation file, else the spool's
+/// own directory when it holds a database from before generations, else a first generation.
+/// Directories of other generations (left by a rotation a crash interrupted, or by a
+/// process that stopped before it deleted the old one) are removed.
+fn current_generation(spool_dir: &Path) -> Result<PathBuf, SpoolError> {
+    let io = |what: &str, e: std::io::Error| {
+        SpoolError::Storage(format!("{what} in {}: {e}", spool_dir.display()))
+    };
+    let named = match std::fs::read_to_string(spool_dir.join(GENERATION_FILE)) {
+        Ok(name) => Some(name.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io("cannot read the generation file", e)),
+    };
+    let legacy = FJALL_TOP_LEVEL.iter().any(|f| spool_dir.join(f).exists());
+    let current = match named {
+        Some(name) if generation_number(&name).is_some() => spool_dir.join(name),
+        Some(name) => {
+            return Err(SpoolError::Corrupt(format!(
+                "{} names no generation: {name:?}",
+                spool_dir.join(GENERATION_FILE).display()
+            )))
+        }
+        None if legacy => return Ok(spool_dir.to_path_buf()),
+        None => {
+            let first = spool_dir.join(generation_name(1));
+            write_generation_file(spool_dir, &generation_name(1))
+                .map_err(|e| io("cannot write the generation file", e))?;
+            first
+        }
+    };
+    for entry in std::fs::read_dir(spool_dir).map_err(|e| io("cannot list", e))? {
+        let path = entry.map_err(|e| io("cannot list", e))?.path();
+        let is_generation = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| generation_number(n).is_some());
+        if is_generation && path != current {
+            tracing::info!(
+                "spool: removing {}, a generation no longer in use",
+                path.display()
+            );
+            std::fs::remove_dir_all(&path).map_err(|e| io("cannot remove an old generation", e))?;
+        }
+    }
+    if legacy {
+        remove_generation(spool_dir, spool_dir)
+            .map_err(|e| io("cannot remove the old spool", e))?;
+    }
+    Ok(current)
+}
+
+/// Name `name` the generation in use: written under a temporary name, fsynced, renamed,
+/// and the directory fsynced, so a crash leaves either the old name or the new one.
+fn write_generation_file(spool_dir: &Path, name: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let partial = spool_dir.join(format!("{GENERATION_FILE}.tmp"));
+    let mut f = std::fs::File::create(&partial)?;
+    f.write_all(format!("{name}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&partial, spool_dir.join(GENERATION_FILE))?;
+    std::fs::File::open(spool_dir)?.sync_all()
+}
+
+/// Delete a generation no longer in use: its directory, or for a spool from before
+/// generations, fjall's files at the top of the spool's directory.
+fn remove_generation(spool_dir: &Path, dir: &Path) -> std::io::Result<()> {
+    if dir != spool_dir {
+        return std::fs::remove_dir_all(dir);
+    }
+    for entry in std::fs::read_dir(spool_dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if FJALL_TOP_LEVEL.contains(&name) && path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else if FJALL_TOP_LEVEL.contains(&name) || name.ends_with(".jnl") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 impl Spool {
@@ -376,20 +556,10 @@ impl Spool {
     ) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| SpoolError::Storage(format!("cannot create {}: {e}", dir.display())))?;
-        // The spool reads little (recovery, the rare cold message): a small block cache, not
-        // fjall's 32 MiB, which a wave of deliveries fills and RSS then keeps showing.
-        let db = Database::builder(dir).cache_size(SPOOL_CACHE).open()?;
-        // Bodies are large and written once: keep them out of the LSM's compaction path.
-        let messages = db.keyspace("messages", || {
-            KeyspaceCreateOptions::default()
-                .with_kv_separation(Some(KvSeparationOptions::default()))
-        })?;
-        let queue = db.keyspace("queue", KeyspaceCreateOptions::default)?;
-        // Suspensions and shaping overrides, keyed "suspension/ID", "override/ID".
-        let state = db.keyspace("state", KeyspaceCreateOptions::default)?;
+        let store = Arc::new(Store::open(&current_generation(dir)?)?);
         let (mut count, mut bytes) = (0u64, 0u64);
         // Sizes only: with key-value separation the bodies are not read.
-        for item in messages.iter() {
+        for item in store.messages.iter() {
             bytes += u64::from(item.size()?);
             count += 1;
         }
@@ -398,20 +568,20 @@ impl Spool {
             bytes: AtomicU64::new(bytes),
         });
         counters.publish();
+        let slot = Slot(Arc::new(std::sync::RwLock::new(store.clone())));
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
-            db: db.clone(),
-            messages: messages.clone(),
-            queue: queue.clone(),
-            state: state.clone(),
+            store,
+            slot: slot.clone(),
             counters: counters.clone(),
             path: dir.to_path_buf(),
             min_free_space,
             commit_delay,
             last_reclaim: std::cell::Cell::new(None),
             last_flush: std::cell::Cell::new(None),
-            compactor: Compactor::start(messages.clone(), queue.clone(), state.clone())?,
+            compactor: Compactor::start(slot.clone())?,
             journal_size: std::cell::Cell::new((None, 0)),
+            last_rotation_check: None,
         };
         let writer_thread = std::thread::Builder::new()
             .name("spool-writer".into())
@@ -419,10 +589,7 @@ impl Spool {
             .map_err(|e| SpoolError::Storage(format!("cannot start spool writer: {e}")))?;
         Ok(Spool {
             inner: Arc::new(Inner {
-                db,
-                messages,
-                queue,
-                state,
+                store: slot,
                 writer: Some(tx),
                 store_permits: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_DEPTH)),
                 writer_thread: Some(writer_thread),
@@ -483,10 +650,34 @@ impl Spool {
         wait.await.unwrap_or(false)
     }
 
+    /// The event log has written these messages' Reception records: forget the copies
+    /// kept with them. A settlement: not fsynced on its own.
+    pub fn receptions_logged(&self, ids: Vec<MessageId>) {
+        if !ids.is_empty() {
+            self.send_op(WriteOp::ReceptionsLogged(ids));
+        }
+    }
+
+    /// The Reception records stored with their messages that the event log may not have
+    /// written yet: a process killed between a message's `250` and the log's write leaves
+    /// them (the daemon writes the missing ones at start, see `logs::missing_receptions`).
+    /// After a clean stop there are none.
+    pub fn unlogged_receptions(&self) -> Result<Vec<(MessageId, Vec<u8>)>, SpoolError> {
+        let mut out = Vec::new();
+        for item in self.inner.store.get().receptions.iter() {
+            let (k, v) = item.into_inner()?;
+            let id: [u8; 16] = k[..]
+                .try_into()
+                .map_err(|_| SpoolError::Corrupt("bad reception key".into()))?;
+            out.push((MessageId(uuid::Uuid::from_bytes(id)), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Every state entry whose key starts with `prefix`.
     pub fn state_entries(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
         let mut out = Vec::new();
-        for item in self.inner.state.prefix(prefix.as_bytes()) {
+        for item in self.inner.store.get().state.prefix(prefix.as_bytes()) {
             let (k, v) = item.into_inner()?;
             out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
         }
@@ -505,16 +696,17 @@ impl Spool {
     /// Remove messages that no recipient entry refers to any more (left by a crash between a
     /// last removal and the message's own removal). Returns how many went.
     pub fn remove_orphans(&self) -> Result<usize, SpoolError> {
+        let store = self.inner.store.get();
         let mut orphans = Vec::new();
-        for item in self.inner.messages.iter() {
+        for item in store.messages.iter() {
             let k = item.key()?;
-            if self.inner.queue.prefix(&k).next().is_none() {
+            if store.queue.prefix(&k).next().is_none() {
                 orphans.push(k);
             }
         }
         for k in &orphans {
-            let size = self.inner.messages.size_of(k)?.unwrap_or(0);
-            self.inner.messages.remove(k.clone())?;
+            let size = store.messages.size_of(k)?.unwrap_or(0);
+            store.messages.remove(k.clone())?;
             self.inner.counters.messages.fetch_sub(1, Ordering::Relaxed);
             self.inner
                 .counters
@@ -532,14 +724,11 @@ impl Spool {
     pub fn upkeep(&self) {
         let inner = &self.inner;
         inner.counters.publish();
+        let store = inner.store.get();
         if inner.counters.messages.load(Ordering::Relaxed) == 0
-            && inner.db.write_buffer_size() > FLUSH_EMPTY_ABOVE
+            && store.db.write_buffer_size() > FLUSH_EMPTY_ABOVE
         {
-            for ks in [&inner.messages, &inner.queue, &inner.state] {
-                if let Err(e) = ks.rotate_memtable() {
-                    tracing::warn!("spool: cannot flush a memtable: {e}");
-                }
-            }
+            store.flush_memtables();
         }
     }
 
@@ -555,7 +744,7 @@ impl Spool {
 
     /// Read a message's envelope and body.
     pub fn read_message(&self, id: MessageId) -> Result<Option<(Envelope, Vec<u8>)>, SpoolError> {
-        match self.inner.messages.get(id.key())? {
+        match self.inner.store.get().messages.get(id.key())? {
             Some(v) => decode_message(&v).map(Some),
             None => Ok(None),
         }
@@ -569,7 +758,7 @@ impl Spool {
         let id = MessageId(uuid::Uuid::from_bytes(
             key[..16].try_into().unwrap_or_default(),
         ));
-        let Some(v) = self.inner.messages.get(id.key())? else {
+        let Some(v) = self.inner.store.get().messages.get(id.key())? else {
             return Err(SpoolError::Corrupt(format!("message {id} is missing")));
         };
         let (envelope, at) = decode_envelope(&v)?;
@@ -580,11 +769,15 @@ impl Spool {
         })
     }
 
-    /// Every recipient entry in the spool, oldest first.
+    /// Every recipient entry in the spool, oldest first (of the generation in use when it
+    /// started, which it keeps open).
     pub fn queue_entries(
         &self,
     ) -> impl Iterator<Item = Result<(MessageId, u32, QueueEntry), SpoolError>> + '_ {
-        self.inner.queue.iter().map(|item| {
+        let store = self.inner.store.get();
+        let entries = store.queue.iter();
+        entries.map(move |item| {
+            let _open = &store;
             let (k, v) = item.into_inner()?;
             let (id, idx) =
                 parse_entry_key(&k).ok_or_else(|| SpoolError::Corrupt("bad queue key".into()))?;
@@ -629,7 +822,7 @@ fn gather(rx: &mut mpsc::UnboundedReceiver<WriteOp>, ops: &mut Vec<WriteOp>, byt
 }
 
 impl Writer {
-    fn run(self, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
         let mut ops: Vec<WriteOp> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut bytes = 0usize;
@@ -648,6 +841,11 @@ impl Writer {
             // A full disk refuses the new messages of a batch but commits the rest.
             let settled = matches!(result, Ok(()) | Err(SpoolError::DiskFull { .. }));
             for op in ops.drain(..) {
+                #[cfg(test)]
+                if let WriteOp::Rotate(done) = op {
+                    let _ = done.send(self.rotate().map_err(|e| e.to_string()));
+                    continue;
+                }
                 if let WriteOp::Sync(done) = op {
                     let _ = done.send(settled);
                 } else if let WriteOp::Store { done, .. } = op {
@@ -665,27 +863,23 @@ impl Writer {
                     let _ = done.send(answer);
                 }
             }
+            self.rotate_if_due(false);
         }
     }
 
-    fn commit(&self, ops: &[WriteOp], bytes: u64) -> Result<(), SpoolError> {
+    fn commit(&mut self, ops: &[WriteOp], bytes: u64) -> Result<(), SpoolError> {
         if bytes > 0 {
-            // Room for the message twice (journal, then its table or blob file when the
-            // memtable is flushed), the free-space floor, and the journal not yet flushed:
-            // a flush rewrites what is still alive in it, and only then is it deleted, so a
-            // spool that let the journal eat the headroom could never give space back.
-            let unflushed = self.journal_bytes_recent();
-            let required = bytes
-                .saturating_mul(2)
-                .saturating_add(self.min_free_space)
-                .saturating_add(unflushed);
+            let required = self.required(bytes);
             let mut available = available_space(&self.path);
             if available.is_some_and(|a| a < required) {
                 // Deleted messages may still hold space: start giving it back (the flush
-                // runs in fjall's background; a full disk may slow it), and look again.
+                // runs in fjall's background; a full disk may slow it), start a new
+                // generation if the journal is what holds it, and look again.
                 self.reclaim();
+                self.rotate_if_due(true);
                 available = available_space(&self.path);
             }
+            let required = self.required(bytes);
             if let Some(available) = available {
                 if available < required {
                     // Refuse new mail, but still settle what was delivered: removals free space.
@@ -706,13 +900,119 @@ impl Writer {
         self.commit_ops(ops.iter())
     }
 
+    /// Free space a batch of new messages of `bytes` needs: room for them twice (journal,
+    /// then their table or blob file when the memtable is flushed), the free-space floor,
+    /// and what a flush of the memtables may still write — the live data in them, at most
+    /// the messages still spooled. The journal of what was deleted needs nothing more (a
+    /// flush writes only what is alive); it is given back when fjall seals it or the spool
+    /// rotates ([`Writer::rotate`]).
+    fn required(&self, bytes: u64) -> u64 {
+        let live = self.counters.bytes.load(Ordering::Relaxed);
+        let unflushed = live.min(self.store.db.write_buffer_size());
+        bytes
+            .saturating_mul(2)
+            .saturating_add(self.min_free_space)
+            .saturating_add(unflushed)
+    }
+
+    /// Start a new generation when the journal holds a good part of the disk's room and
+    /// little of it is still alive (see [`Writer::rotate`]). Looked at after a batch at most
+    /// every [`ROTATION_CHECK_EVERY`], and whenever a batch is refused for space (`refused`).
+    fn rotate_if_due(&mut self, refused: bool) -> bool {
+        if !refused
+            && self
+                .last_rotation_check
+                .is_some_and(|t| t.elapsed() < ROTATION_CHECK_EVERY)
+        {
+            return false;
+        }
+        self.last_rotation_check = Some(std::time::Instant::now());
+        let journal = self.journal_bytes_recent();
+        let live = self.counters.bytes.load(Ordering::Relaxed);
+        // Copying what is alive must cost a small part of what it gives back.
+        if journal < ROTATE_JOURNAL_ABOVE || live > journal / 4 {
+            return false;
+        }
+        let Some(available) = available_space(&self.path) else {
+            return false;
+        };
+        // On a volume with room for fjall's own 64 MB journals, fjall seals them itself.
+        if !refused && journal.saturating_mul(3) < available {
+            return false;
+        }
+        // Room for the copy (journal now, its tables or blobs later) and the new journal's
+        // first writes.
+        if available < live.saturating_mul(2).saturating_add(ROTATE_ROOM) {
+            return false;
+        }
+        match self.rotate() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("spool: cannot start a new generation: {e}");
+                false
+            }
+        }
+    }
+
+    /// Rotate the spool: open a new generation, copy into it what is still alive (messages,
+    /// recipient entries, state, unlogged Reception records), fsync it, name it in the
+    /// generation file, and use it; the old one is deleted whole once nothing reads it any
+    /// more. New writes wait meanwhile (this is the writer's thread); a crash before the
+    /// generation file names the new one leaves the old one in use, after it the new one,
+    /// and the next start removes the other.
+    fn rotate(&mut self) -> Result<(), SpoolError> {
+        let started = std::time::Instant::now();
+        let journal = journal_bytes(&self.store.dir);
+        let number = self
+            .store
+            .dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(generation_number)
+            .unwrap_or(0)
+            + 1;
+        let name = generation_name(number);
+        let dir = self.path.join(&name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| SpoolError::Storage(format!("cannot clear {}: {e}", dir.display())))?;
+        }
+        let copied = Store::open(&dir).and_then(|next| {
+            let copied = copy_live(&self.store, &next)?;
+            write_generation_file(&self.path, &name).map_err(|e| {
+                SpoolError::Storage(format!("cannot write the generation file: {e}"))
+            })?;
+            Ok((next, copied))
+        });
+        let (next, copied) = match copied {
+            Ok(c) => c,
+            Err(e) => {
+                // The half-made generation goes (its database is closed by now).
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let old = std::mem::replace(&mut self.store, Arc::new(next));
+        self.slot.set(self.store.clone());
+        self.journal_size.set((None, 0));
+        tracing::info!(
+            generation = name,
+            journal_bytes = journal,
+            copied_bytes = copied,
+            ms = started.elapsed().as_millis() as u64,
+            "spool: rotated to a new generation to give back the journal of delivered mail"
+        );
+        retire(old, self.path.clone());
+        Ok(())
+    }
+
     /// The journal's size on disk, as of at most [`JOURNAL_SIZE_EVERY`] ago.
     fn journal_bytes_recent(&self) -> u64 {
         let (at, bytes) = self.journal_size.get();
         if at.is_some_and(|t| t.elapsed() < JOURNAL_SIZE_EVERY) {
             return bytes;
         }
-        let bytes = journal_bytes(&self.path);
+        let bytes = journal_bytes(&self.store.dir);
         self.journal_size
             .set((Some(std::time::Instant::now()), bytes));
         bytes
@@ -731,21 +1031,12 @@ impl Writer {
             return;
         }
         self.last_reclaim.set(Some(std::time::Instant::now()));
-        self.flush_memtables();
+        self.store.flush_memtables();
         tracing::info!(
-            journal_bytes = journal_bytes(&self.path),
+            journal_bytes = journal_bytes(&self.store.dir),
             "spool: giving back the space of deleted messages"
         );
         self.compact();
-    }
-
-    /// Start flushing every memtable (fjall does it in the background).
-    fn flush_memtables(&self) {
-        for ks in [&self.messages, &self.queue, &self.state] {
-            if let Err(e) = ks.rotate_memtable() {
-                tracing::warn!("spool: cannot flush a memtable: {e}");
-            }
-        }
     }
 
     /// Ask the compactor to give back the blob files of deleted messages ([`Compactor`]).
@@ -762,15 +1053,19 @@ impl Writer {
         // settlements alone is only handed to the OS: the next fsync (the journal is one
         // sequential file) makes it durable too, and if a crash comes first the worst case
         // is a recipient delivered once more — never a message lost.
-        let must_sync = ops
-            .clone()
-            .any(|op| !matches!(op, WriteOp::Remove(_) | WriteOp::Reschedule { .. }));
+        let must_sync = ops.clone().any(|op| {
+            !matches!(
+                op,
+                WriteOp::Remove(_) | WriteOp::Reschedule { .. } | WriteOp::ReceptionsLogged(_)
+            )
+        });
         let mode = if must_sync {
             PersistMode::SyncAll
         } else {
             PersistMode::Buffer
         };
-        let mut batch = self.db.batch().durability(Some(mode));
+        let store = &self.store;
+        let mut batch = store.db.batch().durability(Some(mode));
         let (mut added, mut added_bytes) = (0u64, 0u64);
         let mut removed_ids = Vec::new();
         for op in ops {
@@ -780,15 +1075,17 @@ impl Writer {
                     let record = encode_message(&m.envelope, &m.body);
                     added += 1;
                     added_bytes += record.len() as u64;
-                    batch.insert(&self.messages, m.id.key(), record);
+                    batch.insert(&store.messages, m.id.key(), record);
                     for (i, e) in m.entries.iter().enumerate() {
                         let v = serde_json::to_vec(e)
                             .map_err(|e| SpoolError::Storage(e.to_string()))?;
-                        batch.insert(&self.queue, entry_key(m.id, i as u32), v);
+                        batch.insert(&store.queue, entry_key(m.id, i as u32), v);
                     }
+                    // Kept until the event log has written it: see `unlogged_receptions`.
+                    batch.insert(&store.receptions, m.id.key(), &m.reception[..]);
                 }
                 WriteOp::Remove(key) => {
-                    batch.remove(&self.queue, *key);
+                    batch.remove(&store.queue, *key);
                     removed_ids.push(<[u8; 16]>::try_from(&key[..16]).unwrap_or_default());
                 }
                 WriteOp::Reschedule {
@@ -799,22 +1096,29 @@ impl Writer {
                 } => {
                     // Rewrites of an entry still in this batch are rare (a retry is minutes
                     // away); read the stored one.
-                    if let Some(v) = self.queue.get(key)? {
+                    if let Some(v) = store.queue.get(key)? {
                         if let Ok(mut e) = serde_json::from_slice::<QueueEntry>(&v) {
                             e.attempts = *attempts;
                             e.due_ms = *due_ms;
                             e.held_ms = *held_ms;
                             let v = serde_json::to_vec(&e)
                                 .map_err(|e| SpoolError::Storage(e.to_string()))?;
-                            batch.insert(&self.queue, *key, v);
+                            batch.insert(&store.queue, *key, v);
                         }
                     }
                 }
-                WriteOp::PutState { key, value } => {
-                    batch.insert(&self.state, key.as_bytes(), value.as_slice())
+                WriteOp::ReceptionsLogged(ids) => {
+                    for id in ids {
+                        batch.remove(&store.receptions, id.key());
+                    }
                 }
-                WriteOp::DeleteState(key) => batch.remove(&self.state, key.as_bytes()),
+                WriteOp::PutState { key, value } => {
+                    batch.insert(&store.state, key.as_bytes(), value.as_slice())
+                }
+                WriteOp::DeleteState(key) => batch.remove(&store.state, key.as_bytes()),
                 WriteOp::Sync(_) => {}
+                #[cfg(test)]
+                WriteOp::Rotate(_) => {}
             }
         }
         batch.commit()?;
@@ -826,11 +1130,11 @@ impl Writer {
         // message left without entries by a crash is removed at the next start.
         removed_ids.sort_unstable();
         removed_ids.dedup();
-        let mut cleanup = self.db.batch();
+        let mut cleanup = store.db.batch();
         for id in removed_ids {
-            if self.queue.prefix(id).next().is_none() {
-                if let Some(size) = self.messages.size_of(id)? {
-                    cleanup.remove(&self.messages, id);
+            if store.queue.prefix(id).next().is_none() {
+                if let Some(size) = store.messages.size_of(id)? {
+                    cleanup.remove(&store.messages, id);
                     self.counters.messages.fetch_sub(1, Ordering::Relaxed);
                     self.counters
                         .bytes
@@ -841,23 +1145,81 @@ impl Writer {
         cleanup.commit()?;
         self.counters.publish();
         let empty = self.counters.messages.load(Ordering::Relaxed) == 0;
-        if empty && self.messages.disk_space() > COMPACT_EMPTY_ABOVE {
+        if empty && store.messages.disk_space() > COMPACT_EMPTY_ABOVE {
             self.compact();
         }
         let due = self
             .last_flush
             .get()
             .is_none_or(|t| t.elapsed() >= RECLAIM_EVERY);
-        if due && self.db.write_buffer_size() > MEMTABLE_BUDGET {
+        if due && store.db.write_buffer_size() > MEMTABLE_BUDGET {
             self.last_flush.set(Some(std::time::Instant::now()));
-            self.flush_memtables();
+            store.flush_memtables();
             // Each flush leaves a table and a blob file of the message store; the blob files
             // of a spool that always holds some deferred mail go only in a compaction.
-            if self.messages.table_count() + self.messages.blob_file_count() > MESSAGE_FILES_ABOVE {
+            if store.messages.table_count() + store.messages.blob_file_count() > MESSAGE_FILES_ABOVE
+            {
                 self.compact();
             }
         }
         Ok(())
+    }
+}
+
+/// Copy every entry of `from` into `to` (the same keyspaces), in batches of at most
+/// [`MAX_BATCH_BYTES`], then fsync `to`. Returns the bytes copied.
+fn copy_live(from: &Store, to: &Store) -> Result<u64, SpoolError> {
+    let mut copied = 0u64;
+    for (source, target) in from.keyspaces().into_iter().zip(to.keyspaces()) {
+        let mut batch = to.db.batch();
+        let mut pending = 0usize;
+        for item in source.iter() {
+            let (k, v) = item.into_inner()?;
+            pending += k.len() + v.len();
+            copied += (k.len() + v.len()) as u64;
+            batch.insert(target, k, v);
+            if pending >= MAX_BATCH_BYTES {
+                std::mem::replace(&mut batch, to.db.batch()).commit()?;
+                pending = 0;
+            }
+        }
+        batch.commit()?;
+    }
+    to.db.persist(PersistMode::SyncAll)?;
+    Ok(copied)
+}
+
+/// Close a generation no longer in use and delete it, on a thread of its own: once nothing
+/// reads it any more (a recovery still reading it keeps it), its database is closed, then its
+/// files go. A process that stops first leaves it to the next start.
+fn retire(old: Arc<Store>, spool_dir: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("spool-retire".into())
+        .spawn(move || {
+            let mut old = old;
+            let store = loop {
+                match Arc::try_unwrap(old) {
+                    Ok(store) => break store,
+                    Err(still_read) => {
+                        old = still_read;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                }
+            };
+            let dir = store.dir.clone();
+            drop(store);
+            match remove_generation(&spool_dir, &dir) {
+                Ok(()) => tracing::info!("spool: removed the old generation {}", dir.display()),
+                Err(e) => tracing::warn!(
+                    "spool: cannot remove the old generation {} (the next start will): {e}",
+                    dir.display()
+                ),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(
+            "spool: cannot start removing the old generation (the next start will): {e}"
+        );
     }
 }
 
@@ -867,25 +1229,16 @@ impl Writer {
 /// when a batch is refused for space, and when the spool has emptied while its message files
 /// still take more than [`COMPACT_EMPTY_ABOVE`]; the compactor runs at most every
 /// [`COMPACT_EVERY`] (a request meanwhile waits for its turn, requests coalesce): flush the
-/// memtables, then a major compaction of the (small) message index.
+/// memtables, then a major compaction of the (small) message index. It works on the
+/// generation in use when it starts.
 struct Compactor {
-    messages: Keyspace,
-    queue: Keyspace,
-    state: Keyspace,
+    slot: Slot,
 }
 
 impl Compactor {
-    fn start(
-        messages: Keyspace,
-        queue: Keyspace,
-        state: Keyspace,
-    ) -> Result<std::sync::mpsc::SyncSender<()>, SpoolError> {
+    fn start(slot: Slot) -> Result<std::sync::mpsc::SyncSender<()>, SpoolError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let c = Compactor {
-            messages,
-            queue,
-            state,
-        };
+        let c = Compactor { slot };
         std::thread::Builder::new()
             .name("spool-compact".into())
             .spawn(move || c.run(rx))
@@ -901,37 +1254,39 @@ impl Compactor {
             }
             while requests.try_recv().is_ok() {}
             last = Some(std::time::Instant::now());
-            let before = self.messages.disk_space();
-            match self.compact() {
+            let store = self.slot.get();
+            let before = store.messages.disk_space();
+            match compact(&store) {
                 Ok(()) => tracing::info!(
                     before,
-                    after = self.messages.disk_space(),
+                    after = store.messages.disk_space(),
                     "spool: compacted the message files of deleted messages"
                 ),
                 Err(e) => tracing::warn!("spool: compaction to give space back failed: {e}"),
             }
         }
     }
+}
 
-    fn compact(&self) -> Result<(), fjall::Error> {
-        for ks in [&self.messages, &self.queue, &self.state] {
-            ks.rotate_memtable_and_wait()?;
-        }
-        // The first pass drops the deleted messages' entries and marks their blob files
-        // stale; fjall deletes a dead blob file only in the compaction after that (fjall
-        // 3.1, measured: 2 blob files of 4,000 deleted 20 KB values stay after one pass,
-        // none after two).
-        self.messages.major_compact()?;
-        self.messages.major_compact()?;
-        self.queue.major_compact()?;
-        // The files of replaced versions are deleted by fjall's version maintenance, which
-        // runs when a memtable is rotated: give it one (a tiny state entry) to rotate.
-        self.state.insert(
-            "spool/compacted",
-            switchyard_actors::message::now_ms().to_be_bytes(),
-        )?;
-        self.state.rotate_memtable_and_wait()
+fn compact(store: &Store) -> Result<(), fjall::Error> {
+    for ks in store.keyspaces() {
+        ks.rotate_memtable_and_wait()?;
     }
+    // The first pass drops the deleted messages' entries and marks their blob files
+    // stale; fjall deletes a dead blob file only in the compaction after that (fjall
+    // 3.1, measured: 2 blob files of 4,000 deleted 20 KB values stay after one pass,
+    // none after two).
+    store.messages.major_compact()?;
+    store.messages.major_compact()?;
+    store.queue.major_compact()?;
+    store.receptions.major_compact()?;
+    // The files of replaced versions are deleted by fjall's version maintenance, which
+    // runs when a memtable is rotated: give it one (a tiny state entry) to rotate.
+    store.state.insert(
+        "spool/compacted",
+        switchyard_actors::message::now_ms().to_be_bytes(),
+    )?;
+    store.state.rotate_memtable_and_wait()
 }
 
 /// Free bytes for unprivileged writers on the filesystem holding `path`.
@@ -1035,6 +1390,7 @@ mod tests {
                     held_ms: 0,
                 })
                 .collect(),
+            reception: bytes::Bytes::from(format!(r#"{{"type":"Reception","id":"{id}"}}"#)),
         }
     }
 
@@ -1056,6 +1412,133 @@ mod tests {
         let entries: Vec<_> = spool.queue_entries().map(Result::unwrap).collect();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].2.queue, "spring:acme@example.org");
+    }
+
+    impl Spool {
+        async fn rotate_now(&self) -> Result<(), String> {
+            let (done, wait) = oneshot::channel();
+            self.send_op(WriteOp::Rotate(done));
+            wait.await.map_err(|e| e.to_string())?
+        }
+    }
+
+    fn generation(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join(GENERATION_FILE))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn entries_of(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Waits for the retired generation's directory to go.
+    fn wait_gone(path: &Path) {
+        for _ in 0..200 {
+            if !path.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{} is still there", path.display());
+    }
+
+    #[tokio::test]
+    async fn a_rotation_keeps_what_is_alive_and_deletes_the_old_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = message("acme", &["x@example.org", "y@example.org"]);
+        let gone = message("acme", &["z@example.org"]);
+        {
+            let spool = Spool::open(dir.path(), 0).unwrap();
+            assert_eq!(generation(dir.path()), "gen-000001");
+            spool.store(kept.clone()).await.unwrap();
+            spool.store(gone.clone()).await.unwrap();
+            spool.remove(entry_key(gone.id, 0));
+            spool.remove(entry_key(kept.id, 0));
+            spool.receptions_logged(vec![gone.id]);
+            use switchyard_actors::ports::SpoolPort;
+            spool.put_state("suspension/1".into(), b"{}".to_vec());
+            assert!(spool.sync().await);
+            spool.rotate_now().await.unwrap();
+            assert_eq!(generation(dir.path()), "gen-000002");
+            wait_gone(&dir.path().join("gen-000001"));
+            // Written after the rotation: into the new generation.
+            spool.reschedule(entry_key(kept.id, 1), 3, 77, 0);
+            assert!(spool.sync().await);
+            assert_eq!(spool.message_count(), 1);
+            assert!(spool.read_message(gone.id).unwrap().is_none());
+        }
+        assert_eq!(entries_of(dir.path()), ["gen-000002", "generation"]);
+        let spool = Spool::open(dir.path(), 0).unwrap();
+        assert_eq!(spool.message_count(), 1);
+        let (env, body) = spool.read_message(kept.id).unwrap().unwrap();
+        assert_eq!((env, body), (kept.envelope.clone(), kept.body.to_vec()));
+        let entries: Vec<_> = spool.queue_entries().map(Result::unwrap).collect();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            (entries[0].1, entries[0].2.attempts, entries[0].2.due_ms),
+            (1, 3, 77)
+        );
+        assert_eq!(spool.state_entries("suspension/").unwrap().len(), 1);
+        let unlogged = spool.unlogged_receptions().unwrap();
+        assert_eq!(unlogged.len(), 1);
+        assert_eq!(unlogged[0], (kept.id, kept.reception.to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_spool_from_before_generations_is_used_in_place_and_rotated_out_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = message("acme", &["x@example.org"]);
+        {
+            // The layout before generations: fjall's files in the spool's own directory.
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .messages
+                .insert(m.id.key(), encode_message(&m.envelope, &m.body))
+                .unwrap();
+            store
+                .queue
+                .insert(
+                    entry_key(m.id, 0),
+                    serde_json::to_vec(&m.entries[0]).unwrap(),
+                )
+                .unwrap();
+            store.db.persist(PersistMode::SyncAll).unwrap();
+        }
+        {
+            let spool = Spool::open(dir.path(), 0).unwrap();
+            assert!(!dir.path().join(GENERATION_FILE).exists());
+            assert_eq!(spool.message_count(), 1);
+            spool.rotate_now().await.unwrap();
+            assert_eq!(generation(dir.path()), "gen-000001");
+            wait_gone(&dir.path().join("keyspaces"));
+            assert!(spool.read_message(m.id).unwrap().is_some());
+        }
+        assert_eq!(entries_of(dir.path()), ["gen-000001", "generation"]);
+        let spool = Spool::open(dir.path(), 0).unwrap();
+        assert_eq!(spool.message_count(), 1);
+        assert_eq!(spool.queue_entries().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_generation_left_by_an_interrupted_rotation_is_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = message("acme", &["x@example.org"]);
+        {
+            let spool = Spool::open(dir.path(), 0).unwrap();
+            spool.store(m.clone()).await.unwrap();
+        }
+        // A crash after the copy began, before the generation file named the new one.
+        drop(Store::open(&dir.path().join("gen-000002")).unwrap());
+        let spool = Spool::open(dir.path(), 0).unwrap();
+        assert_eq!(entries_of(dir.path()), ["gen-000001", "generation"]);
+        assert!(spool.read_message(m.id).unwrap().is_some());
     }
 
     #[tokio::test]

@@ -127,6 +127,10 @@ impl Ingress {
             dkim,
             ..LogRecord::new(RecordKind::Reception)
         };
+        // Rendered once: stored with the message (so that a crash before the log writes it
+        // cannot lose it) and written by the log as it is.
+        let reception = bytes::Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        let hour = crate::logs::hour_of(&record.timestamp);
         let tenant = envelope.tenant.clone();
         let sender = envelope.sender.clone();
         // The content rides along to the first attempt (within the budget).
@@ -150,13 +154,21 @@ impl Ingress {
                 envelope,
                 body,
                 entries,
+                reception: reception.clone(),
             })
             .await
             .map_err(|e| (StoreError::Spool(e), sender))?;
         switchyard_actors::test_hooks::hop(id.0.as_bytes(), "spooled");
-        self.engine.submit(submissions).await;
+        // Filed before the engine has the message, so its Reception comes before any other
+        // record of it.
+        self.log.write_reception(crate::logs::Reception {
+            id,
+            line: reception,
+            hour,
+            spool: self.spool.clone(),
+        });
         metrics::counter!("switchyard_received_total", "tenant" => tenant).increment(1);
-        self.log.write(record);
+        self.engine.submit(submissions).await;
         Ok(())
     }
 }
