@@ -1,7 +1,8 @@
 # Sourced by bench scripts: a switchyard daemon on loopback ports, relaying by [routes].
 #   sy_config DIR ROUTE...   write DIR/switchyard.toml (data in DIR/data); ROUTE is
 #                            "domain=host:port"; uses $sy_port (SMTP) and $sy_http (HTTP)
-#   sy_start DIR             start it on that config (log in DIR/switchyard.log), set
+#   sy_start DIR             start it on that config (log in DIR/switchyard.log; the binary
+#                            is $SWITCHYARD_BIN, default target/release/switchyard), set
 #                            $sy_pid, and wait for its HTTP port
 #   sy_metric REGEX          the sum of the /metrics lines matching REGEX
 #   sy_wait_port PORT        wait (up to 10 s) until something accepts on 127.0.0.1:PORT
@@ -22,7 +23,7 @@ sy_config() {
 }
 
 sy_start() {
-  target/release/switchyard serve --config "$1/switchyard.toml" 2>>"$1/switchyard.log" &
+  "${SWITCHYARD_BIN:-target/release/switchyard}" serve --config "$1/switchyard.toml" 2>>"$1/switchyard.log" &
   sy_pid=$!
   sy_wait_port "$sy_http"
 }
